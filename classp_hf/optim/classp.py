@@ -1,0 +1,459 @@
+"""CLASSP: Continual Learning through Adjustment Suppression and Sparsity Promotion.
+
+Implements the optimizer of O. Ludwig, "CLASSP: a Biologically-Inspired Approach to Continual
+Learning through Adjustment Suppression and Sparsity Promotion" (arXiv:2405.09637, 2024), with a
+per-element threshold mask (the reference code compares one boolean with the threshold), the
+power applied to the accumulated gradients, per-group hyperparameters and the torch.optim
+``step(closure)`` signature.
+
+This module has no Hugging Face imports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach
+
+__all__ = ["CLASSP", "classp", "DEFAULT_LR", "DEFAULT_EPS"]
+
+#: Default learning rate: with ``power=1`` the first step on a weight is about ``lr * sign(g)``,
+#: so ``lr`` behaves like Adam's step size. 1e-3 fine-tunes MiniLM; see ``docs/hyperparameters.md``.
+DEFAULT_LR = 1e-3
+#: Default eps: small against the per-element |g| of a pretrained transformer (~1e-5 for MiniLM).
+DEFAULT_EPS = 1e-8
+
+#: Name of CLASSP's one state tensor per parameter.
+STATE_KEY = "grad_sum"
+
+
+def _check_number(name: str, value: Any, *, low: float, inclusive: bool) -> float:
+    """Returns ``value`` as a float, or raises ``ValueError`` naming ``name``."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Invalid {name} value: {name} must be a number, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"Invalid {name} value: {name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"Invalid {name} value: {value} (must be finite)")
+    if value < low or (value == low and not inclusive):
+        relation = ">=" if inclusive else ">"
+        raise ValueError(f"Invalid {name} value: {value} (must be {relation} {low:g})")
+    return value
+
+
+def _check_flag(name: str, value: Any, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, bool):
+        raise ValueError(f"Invalid {name} value: {name} must be a bool, got {type(value).__name__} {value!r}")
+
+
+def validate_hyperparameters(group: dict[str, Any]) -> None:
+    """Checks CLASSP's hyperparameters in a param group (or the defaults) in place.
+
+    Args:
+        group (`dict`): holds ``lr``, ``threshold``, ``power``, ``eps``, ``weight_decay``,
+            ``apply_decay``, ``foreach`` and ``maximize``.
+
+    Raises:
+        ValueError: naming the first invalid hyperparameter.
+    """
+    _check_number("lr", group["lr"], low=0.0, inclusive=True)
+    _check_number("threshold", group["threshold"], low=0.0, inclusive=True)
+    _check_number("power", group["power"], low=0.0, inclusive=False)
+    _check_number("eps", group["eps"], low=0.0, inclusive=False)
+    _check_number("weight_decay", group["weight_decay"], low=0.0, inclusive=True)
+    _check_flag("apply_decay", group["apply_decay"])
+    _check_flag("maximize", group["maximize"])
+    _check_flag("foreach", group["foreach"], allow_none=True)
+
+
+class CLASSP(Optimizer):
+    r"""Implements CLASSP, an AdaGrad generalisation for continual learning.
+
+    For each element :math:`i` of a parameter at step :math:`t`, with gradient :math:`g`:
+
+    .. math::
+        \begin{aligned}
+            &\textbf{if } g_i^2 > \tau \text{ and } g_i \text{ is finite:} \\
+            &\quad w_i \leftarrow w_i - \gamma \lambda w_i
+                \hspace{6mm}\text{(decoupled weight decay, passing elements only)} \\
+            &\quad S_i \leftarrow S_i + |g_i|^p \\
+            &\quad w_i \leftarrow w_i - \gamma \, g_i / (\epsilon + S_i)^{1/p}
+                \hspace{6mm}\text{(} w_i - \gamma g_i \text{ if not apply\_decay)} \\
+            &\textbf{else: } w_i, S_i \text{ unchanged}
+        \end{aligned}
+
+    :math:`S` includes the current step's gradient, as in AdaGrad and the paper's pseudo-code
+    (the paper's printed sum over :math:`k < t` would divide the first step by
+    :math:`\epsilon^{1/p}`). With ``power=2, threshold=0`` this is AdaGrad with ``eps`` inside
+    the root (:class:`torch.optim.Adagrad` puts it outside: :math:`g / (\sqrt{S} + \epsilon)`).
+    :math:`S` is CLASSP's memory of which weights earlier tasks used: keep one optimizer across
+    tasks (a fresh optimizer per task throws the mechanism away).
+
+    Non-finite gradient elements (``nan``, ``inf``) are skipped: neither :math:`w` nor
+    :math:`S` changes there, so one bad batch cannot poison the accumulated state; they are not
+    counted as updated in :meth:`diagnostics`. The check needs no device synchronisation.
+
+    The paper's experiments used ``lr=0.025, threshold=0.99, eps=1e-4, power=1`` on a small
+    transformer trained from scratch at batch 750. These values do not transfer to pretrained
+    models: a fine-tuned transformer's per-element :math:`g^2` is around 1e-10 (MiniLM, batch 16),
+    so ``threshold=0.99`` freezes every weight once the mask is per element, and ``lr=0.025``
+    (a first step of about ``lr * sign(g)`` with ``power=1``) wrecks pretrained weights. The
+    defaults (``lr=1e-3, eps=1e-8, threshold=0, power=1``) come from a short sweep on MiniLM
+    documented in ``docs/hyperparameters.md``.
+
+    Args:
+        params (iterable): parameters to optimize, or dicts defining param groups.
+        lr (`float`, defaults to 1e-3): learning rate :math:`\gamma` (>= 0).
+        threshold (`float`, defaults to 0.0): per-element threshold :math:`\tau` on :math:`g^2`
+            (>= 0); 0 updates every element with a non-zero gradient.
+        power (`float`, defaults to 1.0): the power :math:`p` (> 0).
+        eps (`float`, defaults to 1e-8): :math:`\epsilon` inside the root (> 0).
+        apply_decay (`bool`, defaults to `True`): divide by :math:`(\epsilon + S)^{1/p}`; if
+            `False`, passing elements take a plain SGD step (:math:`S` is still accumulated).
+        weight_decay (`float`, defaults to 0.0): decoupled weight decay :math:`\lambda`, as in
+            AdamW, applied only to elements that pass the mask.
+        foreach (`bool`, *optional*): use the multi-tensor (``torch._foreach_*``) path. By
+            default chosen as torch.optim chooses it: on for CUDA tensors, off on CPU.
+        maximize (`bool`, defaults to `False`): maximize the objective instead of minimizing.
+
+    State:
+        ``grad_sum``: :math:`S`, one float32 tensor per parameter whatever the parameter's
+        dtype, kept in float32 by :meth:`load_state_dict` too.
+
+    Example:
+        >>> optimizer = CLASSP(model.parameters(), lr=1e-3)
+        >>> loss_fn(model(x), y).backward()
+        >>> optimizer.step()
+        >>> optimizer.diagnostics()[0]["update_fraction"]
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = DEFAULT_LR,
+        threshold: float = 0.0,
+        power: float = 1.0,
+        eps: float = DEFAULT_EPS,
+        apply_decay: bool = True,
+        weight_decay: float = 0.0,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            threshold=threshold,
+            power=power,
+            eps=eps,
+            apply_decay=apply_decay,
+            weight_decay=weight_decay,
+            foreach=foreach,
+            maximize=maximize,
+        )
+        validate_hyperparameters(defaults)
+        self._last_update_counts: dict[int, Tensor] = {}
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._init_state(p)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Adds a param group after checking its hyperparameters (see :class:`CLASSP`)."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        validate_hyperparameters(group)
+        if hasattr(self, "state"):
+            for p in group["params"]:
+                self._init_state(p)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._last_update_counts = {}
+        for group in self.param_groups:
+            group.setdefault("foreach", None)
+            group.setdefault("maximize", False)
+            group.setdefault("apply_decay", True)
+            group.setdefault("weight_decay", 0.0)
+
+    def _init_state(self, p: Tensor) -> None:
+        state = self.state[p]
+        if STATE_KEY not in state:
+            if p.is_sparse:
+                raise RuntimeError("CLASSP does not support sparse parameters")
+            state[STATE_KEY] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads the optimizer state, keeping ``grad_sum`` in float32.
+
+        :class:`torch.optim.Optimizer` casts floating-point state to each parameter's dtype;
+        for a bfloat16 parameter that would round :math:`S` to 8 bits of mantissa. The state is
+        moved to each parameter's device and kept in float32 instead.
+
+        Args:
+            state_dict (`dict`): as returned by :meth:`state_dict`.
+
+        Raises:
+            ValueError: if a ``grad_sum`` tensor's shape does not match its parameter.
+        """
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError("Invalid CLASSP state_dict: expected a dict with 'state' and 'param_groups'")
+        states = {key: dict(value) for key, value in state_dict["state"].items()}
+        held_back = {key: value.pop(STATE_KEY) for key, value in states.items() if STATE_KEY in value}
+        super().load_state_dict({**state_dict, "state": states})
+        saved_ids = [pid for group in state_dict["param_groups"] for pid in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for pid, p in zip(saved_ids, params, strict=True):
+            if pid not in held_back:
+                continue
+            grad_sum = held_back[pid]
+            if not isinstance(grad_sum, Tensor) or grad_sum.shape != p.shape:
+                shape = tuple(grad_sum.shape) if isinstance(grad_sum, Tensor) else type(grad_sum).__name__
+                raise ValueError(
+                    f"Invalid CLASSP state_dict: grad_sum of parameter {pid} has shape {shape}, "
+                    f"the parameter has {tuple(p.shape)}"
+                )
+            self.state[p][STATE_KEY] = grad_sum.to(device=p.device, dtype=torch.float32).clone()
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._init_state(p)
+        self._last_update_counts = {}
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Performs a single optimization step.
+
+        Args:
+            closure (`Callable`, *optional*): re-evaluates the model and returns the loss.
+
+        Returns:
+            The loss returned by ``closure``, or `None`.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        for index, group in enumerate(self.param_groups):
+            params, grads, grad_sums = [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("CLASSP does not support sparse gradients; use a dense embedding")
+                params.append(p)
+                grads.append(p.grad)
+                grad_sums.append(self.state[p][STATE_KEY])
+            if not params:
+                self._last_update_counts.pop(index, None)
+                continue
+            self._last_update_counts[index] = classp(
+                params,
+                grads,
+                grad_sums,
+                lr=group["lr"],
+                threshold=group["threshold"],
+                power=group["power"],
+                eps=group["eps"],
+                apply_decay=group["apply_decay"],
+                weight_decay=group["weight_decay"],
+                maximize=group["maximize"],
+                foreach=group["foreach"],
+            )
+        return loss
+
+    @torch.no_grad()
+    def diagnostics(self) -> list[dict[str, float]]:
+        """Per-group statistics for logging.
+
+        Reads the device once per call (not once per step): log it every ``logging_steps``.
+
+        Returns:
+            A list with one dict per param group: ``update_fraction`` (elements updated at the
+            last step over all elements of the group; 0 if the group had no gradient),
+            ``grad_sum_mean``, ``grad_sum_max`` and ``grad_sum_nonzero_fraction`` (share of
+            elements ever updated since the state began).
+        """
+        out = []
+        for index, group in enumerate(self.param_groups):
+            sums = [self.state[p][STATE_KEY] for p in group["params"]]
+            numel = sum(s.numel() for s in sums)
+            if numel == 0:
+                out.append(dict(update_fraction=0.0, grad_sum_mean=0.0, grad_sum_max=0.0, grad_sum_nonzero_fraction=0.0))
+                continue
+            total = sum(s.sum(dtype=torch.float64).cpu() for s in sums)
+            largest = max(s.max().cpu() for s in sums)
+            nonzero = sum(torch.count_nonzero(s).cpu() for s in sums)
+            count = self._last_update_counts.get(index)
+            updated = 0.0 if count is None else float(count)
+            out.append(
+                dict(
+                    update_fraction=updated / numel,
+                    grad_sum_mean=float(total) / numel,
+                    grad_sum_max=float(largest),
+                    grad_sum_nonzero_fraction=float(nonzero) / numel,
+                )
+            )
+        return out
+
+
+def classp(
+    params: list[Tensor],
+    grads: list[Tensor],
+    grad_sums: list[Tensor],
+    *,
+    lr: float,
+    threshold: float,
+    power: float,
+    eps: float,
+    apply_decay: bool,
+    weight_decay: float,
+    maximize: bool,
+    foreach: bool | None = None,
+) -> Tensor:
+    """Functional CLASSP: updates ``params`` and ``grad_sums`` in place.
+
+    Args:
+        params, grads, grad_sums (`list[Tensor]`): parameters, their gradients and their
+            float32 accumulators :math:`S`.
+        lr, threshold, power, eps, apply_decay, weight_decay, maximize: see :class:`CLASSP`.
+        foreach (`bool`, *optional*): use the multi-tensor path; `None` chooses as torch.optim.
+
+    Returns:
+        A 0-dim tensor on the first parameter's device: the number of elements updated.
+    """
+    if foreach is None:
+        _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+    impl = _multi_tensor_classp if foreach else _single_tensor_classp
+    return impl(
+        params,
+        grads,
+        grad_sums,
+        lr=lr,
+        threshold=threshold,
+        power=power,
+        eps=eps,
+        apply_decay=apply_decay,
+        weight_decay=weight_decay,
+        maximize=maximize,
+    )
+
+
+def _masked_grad(grad: Tensor, sqrt_threshold: float, power: float) -> tuple[Tensor, Tensor]:
+    """Returns the masked float32 gradient and its S increment ``|g|**power``.
+
+    An element passes when it is finite and ``|g| > sqrt(threshold)`` (the same set as
+    ``g**2 > threshold``, without float32 overflow or underflow of ``g**2``); every other element
+    is 0 in both returned tensors, so it changes neither ``S`` nor the weight.
+    """
+    g = torch.nan_to_num(grad.to(torch.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    magnitude = g.abs()
+    if sqrt_threshold > 0.0:
+        torch.threshold_(magnitude, sqrt_threshold, 0.0)
+        g = torch.copysign(magnitude, g)
+    if power == 1.0:
+        increment = magnitude
+    elif power == 2.0:
+        increment = magnitude.square_()
+    else:
+        increment = magnitude.pow_(power)
+    return g, increment
+
+
+def _denominator(grad_sum: Tensor, eps: float, power: float) -> Tensor:
+    denom = grad_sum.add(eps)
+    if power == 2.0:
+        return denom.sqrt_()
+    if power != 1.0:
+        return denom.pow_(1.0 / power)
+    return denom
+
+
+def _single_tensor_classp(
+    params: list[Tensor],
+    grads: list[Tensor],
+    grad_sums: list[Tensor],
+    *,
+    lr: float,
+    threshold: float,
+    power: float,
+    eps: float,
+    apply_decay: bool,
+    weight_decay: float,
+    maximize: bool,
+) -> Tensor:
+    sqrt_threshold = math.sqrt(threshold)
+    step_size = lr if maximize else -lr
+    updated = torch.zeros((), dtype=torch.int64, device=params[0].device)
+    for param, grad, grad_sum in zip(params, grads, grad_sums, strict=True):
+        g, increment = _masked_grad(grad, sqrt_threshold, power)
+        updated += torch.count_nonzero(g)
+        weight = param if param.dtype == torch.float32 else param.to(torch.float32)
+        if weight_decay != 0.0:
+            weight.addcmul_(weight, increment.sign(), value=-lr * weight_decay)
+        grad_sum.add_(increment)
+        if apply_decay:
+            weight.addcdiv_(g, _denominator(grad_sum, eps, power), value=step_size)
+        else:
+            weight.add_(g, alpha=step_size)
+        if weight is not param:
+            param.copy_(weight)
+    return updated
+
+
+def _multi_tensor_classp(
+    params: list[Tensor],
+    grads: list[Tensor],
+    grad_sums: list[Tensor],
+    *,
+    lr: float,
+    threshold: float,
+    power: float,
+    eps: float,
+    apply_decay: bool,
+    weight_decay: float,
+    maximize: bool,
+) -> Tensor:
+    sqrt_threshold = math.sqrt(threshold)
+    step_size = lr if maximize else -lr
+    updated = torch.zeros((), dtype=torch.int64, device=params[0].device)
+    grouped: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
+    for param, grad, grad_sum in zip(params, grads, grad_sums, strict=True):
+        lists = grouped.setdefault((param.device, param.dtype), ([], [], []))
+        lists[0].append(param)
+        lists[1].append(grad)
+        lists[2].append(grad_sum)
+    for (_, dtype), (device_params, device_grads, device_sums) in grouped.items():
+        # No _foreach_where: the mask is one fused pass per tensor, the arithmetic is foreach.
+        masked = [_masked_grad(grad, sqrt_threshold, power) for grad in device_grads]
+        masked_grads = [g for g, _ in masked]
+        increments = [inc for _, inc in masked]
+        counts = torch.stack([torch.count_nonzero(g) for g in masked_grads]).sum()
+        updated += counts.to(updated.device)
+        if dtype == torch.float32:
+            weights = device_params
+        else:
+            weights = [p.to(torch.float32) for p in device_params]
+        if weight_decay != 0.0:
+            torch._foreach_addcmul_(weights, weights, torch._foreach_sign(increments), value=-lr * weight_decay)
+        torch._foreach_add_(device_sums, increments)
+        if apply_decay:
+            denoms = torch._foreach_add(device_sums, eps)
+            if power == 2.0:
+                torch._foreach_sqrt_(denoms)
+            elif power != 1.0:
+                torch._foreach_pow_(denoms, 1.0 / power)
+            torch._foreach_addcdiv_(weights, masked_grads, denoms, value=step_size)
+        else:
+            torch._foreach_add_(weights, masked_grads, alpha=step_size)
+        if dtype != torch.float32:
+            torch._foreach_copy_(device_params, weights)
+    return updated
