@@ -35,7 +35,9 @@ def _check_number(name: str, value: Any, *, low: float, inclusive: bool) -> floa
     """Returns ``value`` as a float, or raises ``ValueError`` naming ``name``."""
     if isinstance(value, Tensor):
         if value.numel() != 1:
-            raise ValueError(f"Invalid {name} value: {name} must be a number, got a tensor of shape {tuple(value.shape)}")
+            raise ValueError(
+                f"Invalid {name} value: {name} must be a number, got a tensor of shape {tuple(value.shape)}"
+            )
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"Invalid {name} value: {name} must be a number, got {type(value).__name__} {value!r}")
@@ -249,9 +251,12 @@ class CLASSP(Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("CLASSP does not support sparse gradients; use a dense embedding")
+                state = self.state[p]
+                if state[STATE_KEY].device != p.device:  # the model moved after the optimizer was built
+                    state[STATE_KEY] = state[STATE_KEY].to(p.device)
                 params.append(p)
                 grads.append(p.grad)
-                grad_sums.append(self.state[p][STATE_KEY])
+                grad_sums.append(state[STATE_KEY])
             if not params:
                 self._last_update_counts.pop(index, None)
                 continue
@@ -277,7 +282,8 @@ class CLASSP(Optimizer):
         Reads the device once per call (not once per step): log it every ``logging_steps``.
 
         Returns:
-            A list with one dict per param group: ``update_fraction`` (elements updated at the
+            A list with one dict per param group: ``numel`` (elements in the group),
+            ``update_fraction`` (elements updated at the
             last step over all elements of the group; 0 if the group had no gradient),
             ``grad_sum_mean``, ``grad_sum_max`` and ``grad_sum_nonzero_fraction`` (share of
             elements ever updated since the state began).
@@ -287,7 +293,11 @@ class CLASSP(Optimizer):
             sums = [self.state[p][STATE_KEY] for p in group["params"]]
             numel = sum(s.numel() for s in sums)
             if numel == 0:
-                out.append(dict(update_fraction=0.0, grad_sum_mean=0.0, grad_sum_max=0.0, grad_sum_nonzero_fraction=0.0))
+                out.append(
+                    dict(
+                        numel=0, update_fraction=0.0, grad_sum_mean=0.0, grad_sum_max=0.0, grad_sum_nonzero_fraction=0.0
+                    )
+                )
                 continue
             total = sum(s.sum(dtype=torch.float64).cpu() for s in sums)
             largest = max(s.max().cpu() for s in sums)
@@ -296,6 +306,7 @@ class CLASSP(Optimizer):
             updated = 0.0 if count is None else float(count)
             out.append(
                 dict(
+                    numel=numel,
                     update_fraction=updated / numel,
                     grad_sum_mean=float(total) / numel,
                     grad_sum_max=float(largest),

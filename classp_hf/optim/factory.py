@@ -205,7 +205,9 @@ def parse_optim_args(name: str, optim_args: str | Mapping[str, Any] | None) -> d
             try:
                 parsed[key] = _PARSERS[kind](value)
             except ValueError as error:
-                raise ValueError(f"Invalid optim_args value for {key!r}: {value!r} ({kind.__name__} expected)") from error
+                raise ValueError(
+                    f"Invalid optim_args value for {key!r}: {value!r} ({kind.__name__} expected)"
+                ) from error
         elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             parsed[key] = float(value)
         elif isinstance(value, kind):

@@ -1,0 +1,144 @@
+"""``TrainingArguments`` that accept every optimizer of the classp_hf registry by name."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import transformers
+from transformers.training_args import OptimizerNames
+
+from classp_hf.optim.factory import get_optimizer_info, list_optimizers, parse_optim_args, unknown_name_message
+
+__all__ = ["TrainingArguments", "optimizer_name", "is_transformers_optimizer", "validate_optim_args"]
+
+#: transformers' own default learning rate; under CLASSP with power 1 it barely moves a model.
+TRANSFORMERS_DEFAULT_LR = 5e-5
+#: Learning rates that fine-tune a pretrained transformer with CLASSP, power 1 (docs/hyperparameters.md).
+CLASSP_LR_RANGE = (3e-4, 3e-3)
+
+_TRANSFORMERS_NAMES = frozenset(option.value for option in OptimizerNames)
+
+# Keys that transformers' own handlers read from optim_args for the names both libraries know.
+_TRANSFORMERS_OPTIM_ARG_KEYS = {
+    "sgd": ("momentum", "dampening", "weight_decay", "nesterov"),
+    "adagrad": ("lr_decay", "weight_decay", "eps"),
+}
+
+
+def optimizer_name(optim: str | Enum) -> str:
+    """Returns the plain string of an ``optim`` value (an ``OptimizerNames`` member or a string)."""
+    return optim.value if isinstance(optim, Enum) else str(optim)
+
+
+def is_transformers_optimizer(name: str) -> bool:
+    """Whether transformers itself knows ``name`` (then it keeps transformers' meaning)."""
+    return name in _TRANSFORMERS_NAMES
+
+
+def validate_optim_args(name: str, optim_args: str | None) -> dict[str, Any]:
+    """Parses ``optim_args`` for ``name`` and checks every key and value.
+
+    Names only transformers knows are checked for ``key=value`` syntax; names our registry knows
+    are checked for known keys and typed values; names both know (sgd, adagrad) are checked
+    against the keys transformers' handler reads.
+
+    Args:
+        name (`str`): the optimizer name.
+        optim_args (`str`, *optional*): ``"key=value,..."``.
+
+    Returns:
+        The typed keyword arguments (empty for transformers-only names).
+
+    Raises:
+        ValueError: naming the malformed entry, unknown key or bad value.
+    """
+    if not optim_args:
+        return {}
+    for entry in optim_args.split(","):
+        if entry.strip() and (entry.count("=") != 1 or not entry.split("=")[0].strip()):
+            raise ValueError(f"Malformed optim_args entry {entry.strip()!r}: expected key=value")
+    if name in _TRANSFORMERS_OPTIM_ARG_KEYS:
+        accepted = _TRANSFORMERS_OPTIM_ARG_KEYS[name]
+        for entry in optim_args.split(","):
+            key = entry.split("=")[0].strip()
+            if key and key not in accepted:
+                raise ValueError(
+                    f"Unknown optim_args key {key!r} for transformers' optimizer {name!r} "
+                    f"(accepted: {', '.join(accepted)})"
+                )
+        return parse_optim_args(name, optim_args)
+    if is_transformers_optimizer(name):
+        return {}
+    return parse_optim_args(name, optim_args)
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    """``transformers.TrainingArguments`` whose ``optim`` also takes classp_hf's optimizers.
+
+    ``optim`` accepts every name transformers knows (with transformers' meaning: ``adagrad`` is
+    torch's Adagrad through transformers) plus the names of :func:`classp_hf.optim.list_optimizers`
+    that transformers does not know (``classp``, ``adam``, ``adamw`` and user-registered ones).
+    ``optim_args`` (``"threshold=1e-9,power=1,eps=1e-8"``) is parsed and validated when the
+    arguments are built, so a typo fails before any model is loaded. Both work from the command
+    line through ``HfArgumentParser`` (``--optim classp --optim_args power=1``).
+
+    CLASSP's learning rate is ``learning_rate``. transformers' default (5e-5) barely moves a
+    pretrained model under CLASSP with ``power=1``: use 3e-4 to 3e-3 (1e-3 for MiniLM); a warning
+    says so once when ``optim="classp"`` runs with the untouched default.
+    """
+
+    optim: str = field(
+        default=transformers.TrainingArguments.default_optim,
+        metadata={
+            "help": "The optimizer: any transformers name (see `OptimizerNames`) or a classp_hf registry name "
+            f"({', '.join(list_optimizers())}, or one added with `classp_hf.optim.register_optimizer`)."
+        },
+    )
+    optim_args: str | None = field(
+        default=None,
+        metadata={
+            "help": "Optimizer options as 'key=value,...', e.g. 'threshold=1e-9,power=1,eps=1e-8' for classp; "
+            "validated against the optimizer's accepted keys."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        name = optimizer_name(self.optim)
+        if is_transformers_optimizer(name):
+            super().__post_init__()
+        else:
+            if name not in list_optimizers():
+                raise ValueError(unknown_name_message(name, _TRANSFORMERS_NAMES | set(list_optimizers())))
+            # transformers converts `optim` to its enum in __post_init__: let it see one of its
+            # names, then put ours back.
+            self.optim = "adamw_torch"
+            try:
+                super().__post_init__()
+            finally:
+                self.optim = name
+            get_optimizer_info(name)
+        validate_optim_args(name, self.optim_args)
+        if name == "classp" and self.learning_rate == TRANSFORMERS_DEFAULT_LR:
+            warnings.warn(
+                f"optim='classp' with transformers' default learning_rate={TRANSFORMERS_DEFAULT_LR:g} barely moves a "
+                f"pretrained model; CLASSP (power=1) fine-tunes with {CLASSP_LR_RANGE[0]:g} to "
+                f"{CLASSP_LR_RANGE[1]:g} (1e-3 for MiniLM).",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def set_optimizer(self, name: str | Enum = "adamw_torch", **kwargs: Any) -> TrainingArguments:
+        """Like ``transformers.TrainingArguments.set_optimizer``, also for classp_hf's names."""
+        plain = optimizer_name(name)
+        if is_transformers_optimizer(plain):
+            return super().set_optimizer(name=plain, **kwargs)
+        super().set_optimizer(name="adamw_torch", **kwargs)
+        if plain not in list_optimizers():
+            raise ValueError(unknown_name_message(plain, _TRANSFORMERS_NAMES | set(list_optimizers())))
+        validate_optim_args(plain, self.optim_args)
+        self.optim = plain
+        return self

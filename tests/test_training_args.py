@@ -1,0 +1,64 @@
+"""Optimizer names and optim_args in TrainingArguments, in code and on the command line."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from transformers import HfArgumentParser
+from transformers.training_args import OptimizerNames
+
+from classp_hf import TrainingArguments
+
+
+def parse(argv):
+    return HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(["--output_dir", "unused", *argv])[0]
+
+
+def test_classp_by_name_on_the_command_line():
+    args = parse(["--optim", "classp", "--optim_args", "threshold=1e-9,power=1,eps=1e-8", "--learning_rate", "1e-3"])
+    assert args.optim == "classp"
+    assert args.optim_args == "threshold=1e-9,power=1,eps=1e-8"
+    assert args.learning_rate == 1e-3
+
+
+def test_transformers_names_keep_their_meaning():
+    args = TrainingArguments("unused", optim="adagrad")
+    assert args.optim == OptimizerNames.ADAGRAD
+
+
+@pytest.mark.parametrize(
+    "optim,optim_args,message",
+    [
+        ("clasp", None, r"Unknown optimizer 'clasp'\. Did you mean 'classp'\?"),
+        ("classp", "thresold=1e-9", "Unknown optim_args key 'thresold' for optimizer 'classp'"),
+        ("classp", "power=one", "Invalid optim_args value for 'power': 'one'"),
+        ("classp", "power", "Malformed optim_args entry 'power'"),
+        ("adagrad", "threshold=1", "Unknown optim_args key 'threshold' for transformers' optimizer 'adagrad'"),
+        ("sgd", "momentum=fast", "Invalid optim_args value for 'momentum'"),
+    ],
+)
+def test_bad_optimizer_input_names_the_culprit(optim, optim_args, message):
+    with pytest.raises(ValueError, match=message):
+        TrainingArguments("unused", optim=optim, optim_args=optim_args, learning_rate=1e-3)
+
+
+def test_typo_on_the_command_line_lists_known_names():
+    with pytest.raises(ValueError, match="Known optimizers: .*adamw.*classp"):
+        parse(["--optim", "clasp"])
+
+
+def test_default_learning_rate_with_classp_warns():
+    with pytest.warns(UserWarning, match="learning_rate=5e-05 barely moves"):
+        TrainingArguments("unused", optim="classp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TrainingArguments("unused", optim="classp", learning_rate=1e-3)
+        TrainingArguments("unused", optim="adamw_torch")
+
+
+def test_set_optimizer_accepts_registry_names():
+    args = TrainingArguments("unused").set_optimizer(name="classp", learning_rate=2e-3, args="power=2")
+    assert args.optim == "classp" and args.learning_rate == 2e-3 and args.optim_args == "power=2"
+    with pytest.raises(ValueError, match="Unknown optimizer 'nope'"):
+        TrainingArguments("unused").set_optimizer(name="nope")
