@@ -1,0 +1,437 @@
+"""Human-readable reports of a continual run: a console table, ``report.md`` and two PNG plots.
+
+All functions take the results dict of a run (see ``classp_hf/schemas/results.schema.json`` and
+[`classp_hf.continual.results.validate_results`]). They work on a run in progress (fewer matrix rows than tasks: the
+rows still to come are left blank) and on a queue of a single task.
+
+The plots are drawn on a bare [`matplotlib.figure.Figure`] rendered by the Agg canvas: pyplot is never imported, so
+no GUI backend is touched, no global figure registry grows, and the caller's backend is left as it is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from classp_hf.continual.io import atomic_write, write_text_atomic
+from classp_hf.continual.results import validate_results
+
+__all__ = [
+    "METRIC_DEFINITIONS",
+    "REPORT_FILENAME",
+    "MATRIX_PLOT_FILENAME",
+    "CURVES_PLOT_FILENAME",
+    "format_matrix_table",
+    "render_markdown",
+    "plot_accuracy_matrix",
+    "plot_accuracy_curves",
+    "write_report",
+]
+
+REPORT_FILENAME = "report.md"
+MATRIX_PLOT_FILENAME = "accuracy_matrix.png"
+CURVES_PLOT_FILENAME = "accuracy_curves.png"
+
+_NA = "n/a"
+_PENDING = "-"
+_DPI = 120
+
+METRIC_DEFINITIONS: dict[str, tuple[str, str]] = {
+    "acc": ("ACC", "mean final accuracy: ACC = mean_j R[T-1][j]"),
+    "bwt": (
+        "BWT",
+        "backward transfer (Lopez-Paz & Ranzato 2017): BWT = mean_{j<T-1} (R[T-1][j] - R[j][j]); "
+        "negative means later tasks hurt earlier ones",
+    ),
+    "fwt": (
+        "FWT",
+        "forward transfer (Lopez-Paz & Ranzato 2017): FWT = mean_{j>=1} (R[j-1][j] - b[j]), "
+        "b[j] = untrained accuracy on task j",
+    ),
+    "forgetting": (
+        "Forgetting",
+        "average forgetting (Chaudhry et al. 2018): F = mean_{j<T-1} (max_{i<T-1} R[i][j] - R[T-1][j]); "
+        "higher means more forgetting",
+    ),
+}
+"""Metric key -> (display name, one-line definition); ``R[i][j]`` is the accuracy on task j after task i."""
+
+
+# --------------------------------------------------------------------------------------------------------- formatting
+
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    """``0.8123`` -> ``"81.2"``; ``None`` -> ``"n/a"``."""
+    return _NA if value is None else f"{100.0 * value:.{digits}f}"
+
+
+def _pts(value: float | None, signed: bool = True) -> str:
+    """A difference of fractions in percentage points: ``-0.034`` -> ``"-3.4 pts"``."""
+    if value is None:
+        return _NA
+    return f"{100.0 * value:{'+' if signed else ''}.1f} pts"
+
+
+def _metric_text(key: str, value: float | None) -> str:
+    if key == "acc":
+        return _NA if value is None else f"{_pct(value)}%"
+    return _pts(value, signed=key != "forgetting")
+
+
+def _metrics_line(results: dict[str, Any]) -> str:
+    metrics = results["metrics"]
+    return "  ".join(f"{name} {_metric_text(key, metrics.get(key))}" for key, (name, _) in METRIC_DEFINITIONS.items())
+
+
+def _num_rows(results: dict[str, Any]) -> int:
+    return len(results["accuracy_matrix"])
+
+
+def _progress(results: dict[str, Any]) -> str:
+    return f"{_num_rows(results)} of {len(results['tasks'])} tasks trained"
+
+
+def _matrix_rows(
+    results: dict[str, Any], matrix_key: str, initial_key: str, with_majority: bool
+) -> list[tuple[str, list[str]]]:
+    """Labelled rows of percentages: untrained, one per task (blank until trained), then majority class."""
+    tasks = results["tasks"]
+    matrix = results[matrix_key]
+    rows = [("untrained", [_pct(v) for v in results[initial_key]])]
+    for i, task in enumerate(tasks):
+        cells = [_pct(v) for v in matrix[i]] if i < len(matrix) else [_PENDING] * len(tasks)
+        rows.append((f"after {task}", cells))
+    if with_majority:
+        rows.append(("majority class", [_pct(v) for v in results["majority_accuracy"]]))
+    return rows
+
+
+def format_matrix_table(results: dict[str, Any]) -> str:
+    """Plain-text accuracy matrix for the console.
+
+    One column per task; rows ``untrained``, ``after <task>`` (``-`` for tasks not trained yet) and
+    ``majority class``; accuracies in percent with one decimal. The last line holds the metrics, e.g.
+    ``ACC 81.2%  BWT -3.4 pts  FWT +1.0 pts  Forgetting 4.0 pts`` (``n/a`` where undefined).
+
+    Args:
+        results: the results dict of a (possibly unfinished) run.
+
+    Returns:
+        The table, lines joined by ``\\n``, without a trailing newline.
+    """
+    tasks = results["tasks"]
+    rows = _matrix_rows(results, "accuracy_matrix", "initial_accuracy", with_majority=True)
+    label_width = max(len("accuracy (%)"), *(len(label) for label, _ in rows))
+    widths = [max(6, len(task)) for task in tasks]
+
+    def line(label: str, cells: Sequence[str]) -> str:
+        body = "  ".join(cell.rjust(width) for cell, width in zip(cells, widths))
+        return f"{label.ljust(label_width)}  {body}".rstrip()
+
+    lines = [line("accuracy (%)", tasks)]
+    lines.append("-" * len(line("", ["-" * w for w in widths])))
+    lines.extend(line(label, cells) for label, cells in rows)
+    lines.append(_metrics_line(results))
+    return "\n".join(lines)
+
+
+def _md_cell(value: Any) -> str:
+    """Text safe inside a markdown table cell."""
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None) -> str:
+    align = align or ["---"] + ["---:"] * (len(header) - 1)
+    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
+    lines.extend("| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows)
+    return "\n".join(lines)
+
+
+def _md_matrix(results: dict[str, Any], matrix_key: str, initial_key: str, with_majority: bool) -> str:
+    rows = _matrix_rows(results, matrix_key, initial_key, with_majority)
+    num_rows = _num_rows(results)
+    table_rows = []
+    for r, (label, cells) in enumerate(rows):
+        i = r - 1  # rows[0] is "untrained"
+        if 0 <= i < num_rows:
+            cells = [f"**{cell}**" if j == i else cell for j, cell in enumerate(cells)]
+        table_rows.append([label, *cells])
+    return _md_table(["after ↓ / on →", *results["tasks"]], table_rows)
+
+
+def _float(value: float | None, spec: str) -> str:
+    return _NA if value is None else format(value, spec)
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """Renders ``report.md``: run summary, accuracy and macro-F1 matrices, per-task table, metrics, plots, versions.
+
+    Args:
+        results: the results dict of a (possibly unfinished) run.
+
+    Returns:
+        The markdown text, ending with a newline. The plots are linked as ``accuracy_matrix.png`` and
+        ``accuracy_curves.png`` (relative to the report, see [`write_report`]).
+    """
+    tasks = results["tasks"]
+    num_tasks = len(tasks)
+    num_rows = _num_rows(results)
+    optimizer = results["optimizer"]
+    majority = results["majority_accuracy"]
+    out: list[str] = [f"# Continual fine-tuning report: {results['model']}", ""]
+
+    # Run summary.
+    optim_args = optimizer.get("optim_args")
+    summary = [
+        ["Status", f"{results['status']} ({_progress(results)})"],
+        ["Model", f"`{results['model']}`"],
+        ["Labels", ", ".join(results["labels"])],
+        ["Method", results["method"]],
+        ["Optimizer", optimizer["name"] + (f" (`{optim_args}`)" if optim_args else "")],
+        ["Learning rate", f"{optimizer['learning_rate']:g}"],
+        ["Seed", results["seed"]],
+        ["Tasks (training order)", " → ".join(tasks)],
+    ]
+    out += ["## Run", "", _md_table(["Setting", "Value"], summary, align=["---", "---"]), ""]
+
+    # Metrics.
+    out += ["## Metrics", ""]
+    out += [
+        "`R[i][j]` is the accuracy on task `j` after training on task `i` (0-indexed, `T` tasks); "
+        "`b[j]` is the untrained model's accuracy on task `j`. BWT, FWT and forgetting are in percentage points.",
+        "",
+    ]
+    if results["status"] != "complete":
+        out += [f"*Run in progress ({_progress(results)}): the metrics are those recorded so far.*", ""]
+    metric_rows = [
+        [name, _metric_text(key, results["metrics"].get(key)), definition]
+        for key, (name, definition) in METRIC_DEFINITIONS.items()
+    ]
+    out += [_md_table(["Metric", "Value", "Definition"], metric_rows, align=["---", "---:", "---"]), ""]
+
+    # Matrices.
+    out += ["## Accuracy matrix (%)", ""]
+    out += [
+        "Row *after t*: accuracy on each task (column) after training on task *t*; the diagonal (bold) is the "
+        "accuracy on the task just trained. `-`: not trained yet.",
+        "",
+        _md_matrix(results, "accuracy_matrix", "initial_accuracy", with_majority=True),
+        "",
+        f"![Accuracy matrix]({MATRIX_PLOT_FILENAME})",
+        "",
+    ]
+    out += ["## Macro-F1 matrix (%)", "", _md_matrix(results, "macro_f1_matrix", "initial_macro_f1", False), ""]
+    out += [
+        "## Accuracy curves",
+        "",
+        "Accuracy on each task after each training stage; dotted lines: majority-class accuracy of the task.",
+        "",
+        f"![Accuracy curves]({CURVES_PLOT_FILENAME})",
+        "",
+    ]
+
+    # Per-task training.
+    per_task_rows = []
+    for i, record in enumerate(results["per_task"]):
+        diagnostics = record.get("optimizer_diagnostics") or {}
+        update = diagnostics.get("update_fraction")
+        per_task_rows.append(
+            [
+                record["name"],
+                _float(record.get("train_loss"), ".4f"),
+                record["steps"],
+                f"{record['seconds']:.1f}",
+                record["train_examples"],
+                record["eval_examples"],
+                f"{record['learning_rate']:g}",
+                _NA if update is None else f"{_pct(update, 2)}%",
+                f"{_pct(majority[i])}%",
+            ]
+        )
+    header = [
+        "Task",
+        "Train loss",
+        "Steps",
+        "Seconds",
+        "Train examples",
+        "Eval examples",
+        "Learning rate",
+        "Update fraction",
+        "Majority acc.",
+    ]
+    out += ["## Per-task training", ""]
+    out += [
+        "Update fraction: share of the weights the optimizer changed at the last step (CLASSP diagnostics; "
+        f"`{_NA}` for other optimizers). Majority acc.: accuracy of always predicting the test split's most "
+        "frequent class.",
+        "",
+        _md_table(header, per_task_rows) if per_task_rows else "*No task trained yet.*",
+        "",
+    ]
+    if num_rows < num_tasks:
+        out += [f"Not trained yet: {', '.join(tasks[num_rows:])}.", ""]
+
+    # Versions.
+    version_rows = [[name, _NA if version is None else version] for name, version in results["versions"].items()]
+    out += ["## Versions", "", _md_table(["Package", "Version"], version_rows, align=["---", "---"]), ""]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------------- plotting
+
+
+def _new_figure(width: float, height: float) -> Any:
+    """A figure attached to the Agg canvas (no pyplot, no GUI backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_png(fig: Any, path: str | os.PathLike) -> Path:
+    """Saves ``fig`` as PNG to ``path`` atomically (through a temporary file beside it)."""
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight"))
+
+
+def _colors(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def plot_accuracy_matrix(results: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Draws the accuracy matrix as an annotated heatmap (PNG).
+
+    Rows are "after task i", columns "task j", cells the accuracy in percent (the colour scale runs from the
+    lowest multiple of 10 at or below every value and majority-class accuracy, up to 100); rows of tasks
+    not trained yet are blank; the diagonal (accuracy on the task just trained) is outlined.
+
+    Args:
+        results: the results dict of a (possibly unfinished) run.
+        path: where to write the PNG (written atomically).
+
+    Returns:
+        The path of the PNG.
+    """
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.patches import Rectangle
+
+    tasks = results["tasks"]
+    num_tasks = len(tasks)
+    matrix = results["accuracy_matrix"]
+    data = np.full((num_tasks, num_tasks), np.nan)
+    for i, row in enumerate(matrix):
+        data[i, :] = np.asarray(row, dtype=float) * 100.0
+
+    size = 2.0 + 1.1 * num_tasks
+    fig = _new_figure(size + 1.2, size)
+    ax = fig.add_subplot()
+    cmap = colormaps["viridis"].with_extremes(bad="white")
+    # Colour scale from the lowest multiple of 10 at or below every value and majority-class level, up to 100.
+    floor = np.nanmin(np.concatenate([data.ravel(), 100.0 * np.asarray(results["majority_accuracy"])]))
+    vmin = min(90.0, 10.0 * np.floor(floor / 10.0))
+    image = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=vmin, vmax=100.0, aspect="equal")
+    for i in range(num_tasks):
+        for j in range(num_tasks):
+            if np.isfinite(data[i, j]):
+                color = "black" if image.norm(data[i, j]) >= 0.45 else "white"
+                weight = "bold" if i == j else "normal"
+                ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", color=color, fontweight=weight)
+        if i < len(matrix):
+            ax.add_patch(Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    tilt = {"rotation": 30, "ha": "right"} if num_tasks > 1 else {}
+    ax.set_xticks(range(num_tasks), labels=tasks, **tilt)
+    ax.set_yticks(range(num_tasks), labels=[f"after {task}" for task in tasks])
+    ax.set_xlabel("evaluated on task j")
+    ax.set_ylabel("trained up to task i")
+    ax.set_xticks(np.arange(-0.5, num_tasks, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, num_tasks, 1), minor=True)
+    ax.grid(which="minor", color="lightgrey", linewidth=0.8)
+    ax.tick_params(which="minor", length=0)
+    status = "" if results["status"] == "complete" else f" ({_progress(results)})"
+    ax.set_title(f"Accuracy (%) R[i][j]{status}")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="accuracy (%)")
+    return _save_png(fig, path)
+
+
+def plot_accuracy_curves(results: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Draws the accuracy on each task across the training stages (PNG).
+
+    One line per task: its accuracy (y, percent) at each stage (x: ``untrained``, then after each task in training
+    order; a run in progress stops at the last trained task). The stage at which the task itself was trained is
+    marked with a star; the task's majority-class accuracy is a dotted line in the same colour.
+
+    Args:
+        results: the results dict of a (possibly unfinished) run.
+        path: where to write the PNG (written atomically).
+
+    Returns:
+        The path of the PNG.
+    """
+    tasks = results["tasks"]
+    num_tasks = len(tasks)
+    matrix = results["accuracy_matrix"]
+    num_rows = len(matrix)
+    stages = ["untrained", *[f"after {task}" for task in tasks]]
+
+    fig = _new_figure(max(6.0, 1.3 * (num_tasks + 1) + 2.5), 4.5)
+    ax = fig.add_subplot()
+    values: list[float] = []
+    for j, (task, color) in enumerate(zip(tasks, _colors(num_tasks))):
+        ys = [100.0 * results["initial_accuracy"][j]] + [100.0 * matrix[i][j] for i in range(num_rows)]
+        values += ys
+        ax.plot(range(len(ys)), ys, marker="o", color=color, label=task, linewidth=2)
+        if j < num_rows:
+            ax.plot([j + 1], [ys[j + 1]], marker="*", markersize=15, color=color, linestyle="none")
+        majority = 100.0 * results["majority_accuracy"][j]
+        values.append(majority)
+        ax.axhline(majority, color=color, linestyle=":", linewidth=1.5)
+    ax.plot([], [], color="grey", linestyle=":", label="majority class")
+    ax.plot([], [], color="grey", marker="*", markersize=12, linestyle="none", label="task just trained")
+
+    low, high = min(values), max(values)
+    pad = max(3.0, 0.08 * (high - low))
+    ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad))
+    ax.set_xlim(-0.3, num_tasks + 0.3)
+    tilt = {"rotation": 20, "ha": "right"} if num_tasks > 2 else {}
+    ax.set_xticks(range(num_tasks + 1), labels=stages, **tilt)
+    ax.set_xlabel("training stage")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(axis="y", alpha=0.3)
+    status = "" if results["status"] == "complete" else f" ({_progress(results)})"
+    ax.set_title(f"Accuracy on each task during training{status}")
+    ax.legend(title="task", loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return _save_png(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------------------ report
+
+
+def write_report(results: dict[str, Any], output_dir: str | os.PathLike) -> list[Path]:
+    """Validates ``results`` and writes ``report.md``, ``accuracy_matrix.png`` and ``accuracy_curves.png``.
+
+    Every file is written atomically (temporary file, then rename), the plots before the report that links them.
+
+    Args:
+        results: the results dict of a (possibly unfinished) run.
+        output_dir: the folder to write into (created if missing).
+
+    Returns:
+        The paths of ``report.md``, ``accuracy_matrix.png`` and ``accuracy_curves.png``, in that order.
+
+    Raises:
+        ValueError: if ``results`` fails [`validate_results`].
+    """
+    validate_results(results)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    matrix_png = plot_accuracy_matrix(results, output_dir / MATRIX_PLOT_FILENAME)
+    curves_png = plot_accuracy_curves(results, output_dir / CURVES_PLOT_FILENAME)
+    report = write_text_atomic(output_dir / REPORT_FILENAME, render_markdown(results))
+    return [report, matrix_png, curves_png]

@@ -1,0 +1,332 @@
+"""The continual runner: one model and one optimizer trained over a queue of tasks.
+
+Flow: config -> tasks (loaded and checked before anything is written) -> for each task a
+:class:`classp_hf.Trainer` with the persistent optimizer -> every task's test split evaluated ->
+results.json, report.md and plots rewritten atomically after each task -> final model.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from classp_hf.continual.config import ConfigError, RunConfig, resolve_model_path
+from classp_hf.continual.io import write_json_atomic, write_text_atomic
+from classp_hf.continual.tasks import TaskData, load_task
+
+__all__ = ["ContinualRunner", "run_continual", "OutputDirError", "prepare_output_dir"]
+
+RUN_STATE = "run_state.json"
+RESULTS = "results.json"
+
+
+class OutputDirError(ValueError):
+    """The output directory is not usable (non-empty without ``--overwrite``)."""
+
+
+def prepare_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """Checks that ``output_dir`` is absent, empty, or may be overwritten. Writes nothing.
+
+    Raises:
+        OutputDirError: a non-empty directory without ``overwrite``, or a file in the way.
+    """
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"--output-dir {path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise OutputDirError(f"--output-dir {path} is not empty; pass --overwrite to write into it")
+    return path
+
+
+def _versions() -> dict[str, str | None]:
+    import transformers
+
+    import classp_hf
+
+    try:
+        import peft
+
+        peft_version: str | None = peft.__version__
+    except ImportError:
+        peft_version = None
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft_version,
+        "classp_hf": classp_hf.__version__,
+    }
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _unwrap(optimizer: Any) -> Any:
+    while hasattr(optimizer, "optimizer") and isinstance(optimizer.optimizer, torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+@dataclass
+class ContinualRunner:
+    """Runs a :class:`RunConfig` into ``output_dir``.
+
+    Args:
+        config: the validated run config.
+        output_dir: where config.yaml, results.json, report.md, plots, checkpoints and the final
+            model go.
+        overwrite: write into a non-empty ``output_dir``.
+        log: prints progress lines (main process only).
+    """
+
+    config: RunConfig
+    output_dir: Path
+    overwrite: bool = False
+    log: bool = True
+    tasks: list[TaskData] = field(default_factory=list, init=False)
+    results: dict[str, Any] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.output_dir = prepare_output_dir(self.output_dir, self.overwrite)
+        self.is_main = _is_main_process()
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _print(self, message: str) -> None:
+        if self.log and self.is_main:
+            print(message, flush=True)
+
+    def setup(self) -> None:
+        """Loads the tokenizer, the model and every task; raises before writing anything."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+
+        config = self.config
+        set_seed(config.seed)
+        model_path = resolve_model_path(config.model)
+        self._print(f"[classp-hf] model {config.model} ({model_path})")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        except OSError as error:
+            raise ConfigError(f"config.model: cannot load {config.model!r}: {str(error).splitlines()[0]}") from None
+        self.tasks = []
+        for task in config.tasks:
+            data = load_task(task, config.labels, self.tokenizer, config.max_length, config.seed)
+            self._print(f"[classp-hf] task {task.name}: {len(data.train)} train, {len(data.test)} test examples")
+            self.tasks.append(data)
+        id2label = dict(enumerate(config.labels))
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            model_path,
+            num_labels=len(config.labels),
+            id2label=id2label,
+            label2id={label: i for i, label in id2label.items()},
+            ignore_mismatched_sizes=True,
+        )
+        from classp_hf.methods import create_method
+
+        self.method = create_method(config.method, **config.method_args)
+
+    # -- one task ---------------------------------------------------------------------------
+    def training_arguments(self, index: int) -> Any:
+        """The ``classp_hf.TrainingArguments`` of task ``index`` (top-level options + its overrides)."""
+        from classp_hf.training_args import TrainingArguments
+
+        task = self.config.tasks[index]
+        options: dict[str, Any] = {"report_to": "none", "logging_steps": 10}
+        options.update(self.config.training)
+        options.update(task.training)
+        options.update(
+            output_dir=str(self.output_dir / "trainer" / task.name),
+            seed=self.config.seed,
+            save_strategy="no",
+        )
+        return TrainingArguments(**options)
+
+    def _trainer(self, index: int) -> Any:
+        from transformers import DataCollatorWithPadding
+
+        from classp_hf.trainer import Trainer
+
+        args = self.training_arguments(index)
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.output_dir / "logs" / self.tasks[index].name)
+        trainer = Trainer(
+            model=self.model,
+            args=args,
+            train_dataset=self.tasks[index].train,
+            data_collator=DataCollatorWithPadding(self.tokenizer),
+            processing_class=self.tokenizer,
+            continual_method=self.method,
+        )
+        if self.optimizer is not None:
+            # The optimizer (and CLASSP's S) persists across tasks; the schedule restarts from this
+            # task's learning rate, which the scheduler reads from `initial_lr`.
+            for group in self.optimizer.param_groups:
+                group["lr"] = args.learning_rate
+                group["initial_lr"] = args.learning_rate
+            trainer.optimizer = self.optimizer
+        return trainer
+
+    def evaluate(self, trainer: Any) -> tuple[list[float], list[float]]:
+        """Accuracy and macro-F1 on every task's test split (argmax over all shared labels)."""
+        from classp_hf.metrics import load_metric
+
+        accuracy_metric, f1_metric = load_metric("accuracy"), load_metric("macro_f1")
+        accuracies, f1s = [], []
+        for data in self.tasks:
+            output = trainer.predict(data.test, metric_key_prefix=f"test_{data.name}")
+            predictions = np.argmax(output.predictions, axis=-1)
+            references = output.label_ids
+            accuracies.append(
+                float(accuracy_metric.compute(predictions=predictions, references=references)["accuracy"])
+            )
+            f1s.append(float(f1_metric.compute(predictions=predictions, references=references)["macro_f1"]))
+        return accuracies, f1s
+
+    # -- outputs ----------------------------------------------------------------------------
+    def _write_results(self) -> None:
+        from classp_hf.continual.report import write_report
+        from classp_hf.metrics.continual import continual_metrics
+
+        results = self.results
+        seen = len(results["accuracy_matrix"])
+        if seen:  # over the tasks trained so far: the top-left seen x seen block
+            block = [row[:seen] for row in results["accuracy_matrix"]]
+            results["metrics"] = continual_metrics(block, results["initial_accuracy"][:seen])
+        if self.is_main:
+            write_json_atomic(self.output_dir / RESULTS, results)
+            write_report(results, self.output_dir)
+
+    def _save_checkpoint(self, index: int) -> None:
+        """Model, optimizer state and run state after task ``index``; the previous one is removed."""
+        if not self.is_main:
+            return
+        name = f"task-{index:02d}-{self.tasks[index].name}"
+        folder = self.output_dir / "checkpoints" / name
+        self.model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+        previous = self._read_run_state().get("checkpoint")
+        write_json_atomic(
+            self.output_dir / RUN_STATE,
+            {"completed_tasks": index + 1, "tasks": self.results["tasks"], "checkpoint": f"checkpoints/{name}"},
+        )
+        if previous and previous != f"checkpoints/{name}":
+            shutil.rmtree(self.output_dir / previous, ignore_errors=True)
+
+    def _read_run_state(self) -> dict[str, Any]:
+        import json
+
+        path = self.output_dir / RUN_STATE
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    # -- the run ----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Trains on every task in order and returns the results dict (also in results.json)."""
+        from classp_hf.continual.report import format_matrix_table
+        from classp_hf.metrics.continual import majority_class_accuracy
+        from classp_hf.trainer import optimizer_diagnostics
+
+        if not self.tasks:
+            self.setup()
+        config = self.config
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.output_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        first_args = self.training_arguments(0)
+        self.results = {
+            "schema_version": 1,
+            "status": "running",
+            "model": config.model,
+            "labels": list(config.labels),
+            "seed": config.seed,
+            "method": config.method,
+            "optimizer": {
+                "name": str(getattr(first_args.optim, "value", first_args.optim)),
+                "optim_args": first_args.optim_args,
+                "learning_rate": first_args.learning_rate,
+            },
+            "tasks": [data.name for data in self.tasks],
+            "initial_accuracy": [],
+            "initial_macro_f1": [],
+            "majority_accuracy": [majority_class_accuracy(data.test_labels) for data in self.tasks],
+            "accuracy_matrix": [],
+            "macro_f1_matrix": [],
+            "metrics": {"acc": None, "bwt": None, "fwt": None, "forgetting": None},
+            "per_task": [],
+            "versions": _versions(),
+        }
+        total = len(self.tasks)
+        for index, data in enumerate(self.tasks):
+            trainer = self._trainer(index)
+            if index == 0:
+                self._print("[classp-hf] evaluating the untrained model on every task")
+                accuracies, f1s = self.evaluate(trainer)
+                self.results["initial_accuracy"], self.results["initial_macro_f1"] = accuracies, f1s
+            args = trainer.args
+            self._print(
+                f"[classp-hf] task {index + 1}/{total} {data.name}: start "
+                f"({len(data.train)} examples, optim {self.results['optimizer']['name']}, lr {args.learning_rate:g})"
+            )
+            self.method.before_task(self.model, index, data.name)
+            started = time.perf_counter()
+            output = trainer.train()
+            seconds = time.perf_counter() - started
+            self.optimizer = _unwrap(trainer.optimizer)
+            self.method.after_task(self.model, index, data.name, data.train)
+            accuracies, f1s = self.evaluate(trainer)
+            self.results["accuracy_matrix"].append(accuracies)
+            self.results["macro_f1_matrix"].append(f1s)
+            self.results["per_task"].append(
+                {
+                    "name": data.name,
+                    "train_loss": float(output.training_loss) if np.isfinite(output.training_loss) else None,
+                    "steps": int(output.global_step),
+                    "seconds": round(seconds, 3),
+                    "train_examples": len(data.train),
+                    "eval_examples": sum(len(t.test) for t in self.tasks),
+                    "learning_rate": float(args.learning_rate),
+                    "optimizer_diagnostics": optimizer_diagnostics(self.optimizer),
+                }
+            )
+            if index == total - 1:
+                self.results["status"] = "complete"
+            self._write_results()
+            self._save_checkpoint(index)
+            self._print(
+                f"[classp-hf] task {index + 1}/{total} {data.name}: done in {seconds:.1f}s, "
+                f"loss {output.training_loss:.4f}, accuracy on it {accuracies[index]:.1%}"
+            )
+        if self.is_main:
+            final = self.output_dir / "model"
+            self.model.save_pretrained(final)
+            self.tokenizer.save_pretrained(final)
+        self._print("\n" + format_matrix_table(self.results))
+        return self.results
+
+
+def run_continual(
+    config: RunConfig, output_dir: str | os.PathLike, *, overwrite: bool = False, log: bool = True
+) -> dict[str, Any]:
+    """Runs a continual fine-tuning config (see :class:`ContinualRunner`).
+
+    Args:
+        config: the validated config.
+        output_dir: the output folder.
+        overwrite: write into a non-empty folder.
+        log: print progress lines.
+
+    Returns:
+        The results dict written to ``output_dir/results.json``.
+    """
+    return ContinualRunner(config, Path(output_dir), overwrite=overwrite, log=log).run()

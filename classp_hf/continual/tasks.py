@@ -1,0 +1,165 @@
+"""Loading a task's data: files or a Hub dataset, labels harmonised by name, sampled, tokenized."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from classp_hf.continual.config import ConfigError, TaskConfig
+
+__all__ = ["TaskData", "load_task", "label_mapping"]
+
+_FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+@dataclass
+class TaskData:
+    """A task's tokenized splits.
+
+    Args:
+        name: the task name.
+        train: tokenized training examples (``input_ids``, ``attention_mask``, ..., ``labels``).
+        test: tokenized test examples.
+    """
+
+    name: str
+    train: datasets.Dataset
+    test: datasets.Dataset
+
+    @property
+    def test_labels(self) -> list[int]:
+        return list(self.test["labels"])
+
+
+def label_mapping(task: TaskConfig, dataset_labels: list[str], labels: list[str]) -> dict[str, int]:
+    """Maps every dataset label to a shared label index, by name.
+
+    A dataset label ``positive`` lands on the shared ``positive`` whatever position it has in
+    the dataset (the reference code mapped IMDB's positive onto index 1, the financial task's
+    neutral).
+
+    Args:
+        task: the task (its ``label_map``, dataset label -> shared label name, if any).
+        dataset_labels: the label values found in the data, as strings.
+        labels: the shared labels, in head order.
+
+    Returns:
+        ``{dataset_label: shared_index}``.
+
+    Raises:
+        ConfigError: a dataset label without a mapping, naming it.
+    """
+    index = {name: i for i, name in enumerate(labels)}
+    mapping = {}
+    for value in sorted(set(dataset_labels)):
+        if task.label_map is not None:
+            if value not in task.label_map:
+                raise ConfigError(
+                    f"tasks ({task.name}).label_map: dataset label {value!r} has no mapping "
+                    f"(mapped: {', '.join(sorted(task.label_map))})"
+                )
+            mapping[value] = index[task.label_map[value]]
+        elif value in index:
+            mapping[value] = index[value]
+        else:
+            raise ConfigError(
+                f"tasks ({task.name}): dataset label {value!r} is not a shared label {labels}; add a label_map"
+            )
+    return mapping
+
+
+def _root_cause(error: BaseException) -> str:
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def _load_raw(task: TaskConfig) -> datasets.DatasetDict:
+    if task.data_files is not None:
+        for split, path in task.data_files.items():
+            if not Path(path).is_file():
+                raise ConfigError(f"tasks ({task.name}).data_files.{split}: file not found: {path}")
+        for split, path in task.data_files.items():
+            if Path(path).suffix.lower() in (".csv", ".tsv"):
+                with open(path, encoding="utf-8", errors="replace") as handle:
+                    lines = sum(1 for line, _ in zip(handle, range(2)) if line.strip())
+                if lines < 2:
+                    raise ConfigError(f"tasks ({task.name}): the {split} split is empty ({path})")
+        suffix = Path(task.data_files["train"]).suffix.lower()
+        builder = _FILE_BUILDERS.get(suffix)
+        if builder is None:
+            raise ConfigError(f"tasks ({task.name}).data_files: unsupported file type {suffix!r} (csv, json, parquet)")
+        options: dict[str, Any] = {"delimiter": "\t"} if suffix == ".tsv" else {}
+        try:
+            return datasets.load_dataset(builder, data_files=dict(task.data_files), **options)
+        except Exception as error:  # a malformed file: name it
+            raise ConfigError(f"tasks ({task.name}).data_files: cannot read the files: {_root_cause(error)}") from None
+    try:
+        return datasets.DatasetDict(
+            {
+                split: datasets.load_dataset(task.dataset, task.dataset_config, split=source)
+                for split, source in task.splits.items()
+            }
+        )
+    except Exception as error:
+        raise ConfigError(f"tasks ({task.name}).dataset: cannot load {task.dataset!r}: {_root_cause(error)}") from None
+
+
+def _label_names(split: datasets.Dataset, column: str) -> list[str]:
+    feature = split.features[column]
+    values = split[column]
+    if isinstance(feature, datasets.ClassLabel):
+        return [feature.int2str(int(v)) for v in values]
+    return [str(v) for v in values]
+
+
+def load_task(
+    task: TaskConfig,
+    labels: list[str],
+    tokenizer: Any,
+    max_length: int,
+    seed: int,
+) -> TaskData:
+    """Loads, checks, samples and tokenizes one task.
+
+    Args:
+        task: the task's config.
+        labels: the shared labels.
+        tokenizer: a Hugging Face tokenizer.
+        max_length: truncation length (longer texts keep their first ``max_length`` tokens).
+        seed: seed of the random subsample (``max_train_samples`` / ``max_eval_samples``).
+
+    Returns:
+        The tokenized task.
+
+    Raises:
+        ConfigError: missing file, missing column, unmapped label or empty split, naming it.
+    """
+    raw = _load_raw(task)
+    prepared = {}
+    for split in ("train", "test"):
+        data = raw[split]
+        for column in (task.text_column, task.label_column):
+            if column not in data.column_names:
+                key = "text_column" if column == task.text_column else "label_column"
+                raise ConfigError(
+                    f"tasks ({task.name}).{key}: column {column!r} not in the {split} split "
+                    f"(columns: {', '.join(data.column_names)})"
+                )
+        limit = task.max_train_samples if split == "train" else task.max_eval_samples
+        if limit is not None and limit < len(data):
+            data = data.shuffle(seed=seed).select(range(limit))
+        if len(data) == 0:
+            raise ConfigError(f"tasks ({task.name}): the {split} split is empty")
+        names = _label_names(data, task.label_column)
+        mapping = label_mapping(task, names, labels)
+        texts = [str(t) if t is not None else "" for t in data[task.text_column]]
+        encoded = tokenizer(texts, truncation=True, max_length=max_length)
+        columns = {key: list(values) for key, values in encoded.items()}
+        columns["labels"] = [mapping[name] for name in names]
+        prepared[split] = datasets.Dataset.from_dict(columns)
+    return TaskData(name=task.name, train=prepared["train"], test=prepared["test"])
