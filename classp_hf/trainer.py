@@ -48,6 +48,14 @@ def optimizer_diagnostics(optimizer: Any) -> dict[str, float]:
     return summary
 
 
+def _mean_loss_classifier(model: nn.Module | None) -> bool:
+    """Whether ``model`` (possibly a PeftModel) is a ``*ForSequenceClassification`` model."""
+    if model is None:
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return type(base).__name__.endswith("ForSequenceClassification")
+
+
 class Trainer(transformers.Trainer):
     """``transformers.Trainer`` whose ``optim`` may be any classp_hf registry name.
 
@@ -71,6 +79,11 @@ class Trainer(transformers.Trainer):
     def __init__(self, *args: Any, continual_method: ContinualMethod | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.continual_method = continual_method
+        if _mean_loss_classifier(self.model):
+            # Sequence classifiers accept **kwargs but return a mean loss that ignores
+            # num_items_in_batch; transformers would then multiply it by the number of processes
+            # (huggingface/transformers#37474), doubling gradients and logged loss under DDP.
+            self.model_accepts_loss_kwargs = False
 
     @staticmethod
     def get_optimizer_cls_and_kwargs(

@@ -67,10 +67,15 @@ def _versions() -> dict[str, str | None]:
     }
 
 
-def _is_main_process() -> bool:
+def _cpu_processes() -> bool:
+    """Several processes launched (accelerate/torchrun) on a machine without CUDA: run them on CPU (gloo)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def _is_main_process(use_cpu: bool) -> bool:
     from accelerate import PartialState
 
-    return PartialState().is_main_process
+    return PartialState(cpu=use_cpu).is_main_process
 
 
 def _unwrap(optimizer: Any) -> Any:
@@ -100,7 +105,8 @@ class ContinualRunner:
 
     def __post_init__(self) -> None:
         self.output_dir = prepare_output_dir(self.output_dir, self.overwrite)
-        self.is_main = _is_main_process()
+        self.use_cpu = bool(self.config.training.get("use_cpu", False)) or _cpu_processes()
+        self.is_main = _is_main_process(self.use_cpu)
         self.optimizer: torch.optim.Optimizer | None = None
 
     # -- set-up -----------------------------------------------------------------------------
@@ -151,6 +157,8 @@ class ContinualRunner:
             seed=self.config.seed,
             save_strategy="no",
         )
+        if self.use_cpu:
+            options["use_cpu"] = True
         return TrainingArguments(**options)
 
     def _trainer(self, index: int) -> Any:

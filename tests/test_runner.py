@@ -1,0 +1,220 @@
+"""The continual runner end to end on a tiny random BERT and real (embedded) data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from classp_hf.cli import main as cli_main
+from classp_hf.continual.config import config_from_dict
+from classp_hf.continual.results import validate_results
+from classp_hf.continual.runner import ContinualRunner
+
+from .conftest import tiny_bert_config
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "recipes" / "data" / "quickstart"
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, minilm_path):
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    BertForSequenceClassification(tiny_bert_config()).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    return str(folder)
+
+
+def raw_config(model_dir, **overrides):
+    def task(name, **extra):
+        files = {split: str(SAMPLE / name / f"{split}.csv") for split in ("train", "test")}
+        return {"name": name, "data_files": files, "max_train_samples": 32, "max_eval_samples": 24, **extra}
+
+    config = {
+        "model": model_dir,
+        "labels": ["negative", "neutral", "positive"],
+        "max_length": 32,
+        "seed": 0,
+        "training": {
+            "optim": "classp",
+            "optim_args": "power=1,eps=1e-8",
+            "learning_rate": 1e-3,
+            "num_train_epochs": 1,
+            "per_device_train_batch_size": 8,
+            "disable_tqdm": True,
+            "logging_steps": 2,
+        },
+        "tasks": [
+            task("financial_phrasebank"),
+            task(
+                "amazon_reviews",
+                label_map={"negative": "negative", "positive": "positive"},
+                training={"learning_rate": 5e-4},
+            ),
+        ],
+    }
+    config.update(overrides)
+    return config
+
+
+class Recorder(ContinualRunner):
+    """Records CLASSP's S and the param groups' learning rates at the start of each task."""
+
+    def _trainer(self, index):
+        trainer = super()._trainer(index)
+        if self.optimizer is not None:
+            self.seen_lrs = getattr(self, "seen_lrs", []) + [[g["lr"] for g in self.optimizer.param_groups]]
+            self.sums_before = [self.optimizer.state[p]["grad_sum"].clone() for p in self.model.parameters()]
+        return trainer
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir):
+    output = tmp_path_factory.mktemp("run") / "out"
+    runner = Recorder(config_from_dict(raw_config(tiny_model_dir)), output, log=False)
+    results = runner.run()
+    return runner, results, output
+
+
+def test_results_are_complete_and_valid(finished_run):
+    runner, results, output = finished_run
+    on_disk = json.loads((output / "results.json").read_text())
+    assert on_disk == results
+    validate_results(on_disk)
+    assert results["status"] == "complete"
+    assert results["tasks"] == ["financial_phrasebank", "amazon_reviews"]
+    assert len(results["accuracy_matrix"]) == 2 and all(len(row) == 2 for row in results["accuracy_matrix"])
+    assert len(results["initial_accuracy"]) == 2
+    assert set(results["metrics"]) == {"acc", "bwt", "fwt", "forgetting"}
+    matrix = results["accuracy_matrix"]
+    assert results["metrics"]["acc"] == pytest.approx((matrix[1][0] + matrix[1][1]) / 2)
+    assert results["metrics"]["bwt"] == pytest.approx(matrix[1][0] - matrix[0][0])
+    task = results["per_task"][0]
+    assert task["steps"] == 4 and task["train_examples"] == 32 and task["seconds"] > 0
+    assert 0 < task["optimizer_diagnostics"]["update_fraction"] <= 1
+    assert results["versions"]["torch"] == torch.__version__
+
+
+def test_outputs_written(finished_run):
+    _, _, output = finished_run
+    for name in ("config.yaml", "results.json", "report.md", "accuracy_matrix.png", "accuracy_curves.png"):
+        assert (output / name).stat().st_size > 0, name
+    assert yaml.safe_load((output / "config.yaml").read_text())["tasks"][1]["training"] == {"learning_rate": 5e-4}
+    assert "financial_phrasebank" in (output / "report.md").read_text()
+    assert not list(output.glob(".*.tmp"))
+    state = json.loads((output / "run_state.json").read_text())
+    assert state["completed_tasks"] == 2 and (output / state["checkpoint"] / "optimizer.pt").is_file()
+    assert len(list((output / "checkpoints").iterdir())) == 1  # only the latest task's checkpoint is kept
+
+
+def test_final_model_loads_on_its_own_with_label_names(finished_run):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    runner, _, output = finished_run
+    model = AutoModelForSequenceClassification.from_pretrained(output / "model")
+    tokenizer = AutoTokenizer.from_pretrained(output / "model")
+    assert model.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+    inputs = tokenizer(["profits rose"], return_tensors="pt")
+    model.eval()
+    runner.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, runner.model(**inputs).logits)
+
+
+def test_optimizer_state_carries_over_and_task_learning_rate_applies(finished_run):
+    runner, _, _ = finished_run
+    # S at the start of task 2 is S at the end of task 1: non-zero, and it only grows after.
+    assert sum(float(s.sum()) for s in runner.sums_before) > 0
+    after = [runner.optimizer.state[p]["grad_sum"] for p in runner.model.parameters()]
+    assert all(torch.all(a >= b) for a, b in zip(after, runner.sums_before))
+    assert all(lr == 5e-4 for lr in runner.seen_lrs[0])  # task 2's learning rate, not task 1's
+    assert runner.results["per_task"][1]["learning_rate"] == 5e-4
+    assert runner.optimizer.param_groups[0]["initial_lr"] == 5e-4
+
+
+def test_non_empty_output_dir_is_refused_and_kept(tmp_path, tiny_model_dir, capsys):
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(raw_config(tiny_model_dir)))
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "results.json").write_text("precious")
+    assert cli_main(["run", str(config_path), "--output-dir", str(output)]) == 2
+    assert "is not empty; pass --overwrite" in capsys.readouterr().err
+    assert (output / "results.json").read_text() == "precious"
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda c: c["tasks"][0].update(text_column="body"), "column 'body' not in the train split"),
+        (lambda c: c["tasks"][1].pop("label_map"), "dataset label 'negative'"),
+        (lambda c: c["training"].update(optim="adamw_tourch"), "Unknown optimizer 'adamw_tourch'"),
+        (lambda c: c["tasks"][0]["data_files"].update(train="/nope/train.csv"), "file not found: /nope/train.csv"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny_model_dir, capsys, mutate, message):
+    config = raw_config(tiny_model_dir)
+    if message.startswith("dataset label"):
+        config["tasks"][1]["label_map"] = {"positive": "positive"}
+        message = "dataset label 'negative' has no mapping"
+    else:
+        mutate(config)
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "keep.txt").write_text("keep")
+    code = cli_main(["run", str(config_path), "--output-dir", str(output), "--overwrite"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and message in err[0] and err[0].startswith("classp-hf: error:")
+    assert sorted(p.name for p in output.iterdir()) == ["keep.txt"]
+
+
+def test_malformed_yaml_from_the_command_line(tmp_path):
+    config_path = tmp_path / "bad.yaml"
+    config_path.write_text("tasks: [\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "classp_hf.cli", "run", str(config_path), "--output-dir", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("classp-hf: error:") and "malformed YAML" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_two_cpu_processes_with_torchrun(tmp_path, tiny_model_dir):
+    """DDP on CPU (gloo): one writer, and the loss is not multiplied by the number of processes."""
+    config = raw_config(tiny_model_dir)
+    config["training"]["num_train_epochs"] = 2
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    output = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        str(REPO / "recipes" / "continual_sentiment.py"),
+        "--config",
+        str(config_path),
+        "--output-dir",
+        str(output),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("task 1/2 financial_phrasebank: start") == 1  # only the main process prints
+    results = json.loads((output / "results.json").read_text())
+    validate_results(results)
+    assert results["per_task"][0]["steps"] == 4  # 32 examples / (8 per device x 2 processes) x 2 epochs
+    assert all(task["train_loss"] < 1.6 for task in results["per_task"])  # ~ln(3), not 2x
