@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach
 
-__all__ = ["CLASSP", "classp", "DEFAULT_LR", "DEFAULT_EPS"]
+__all__ = ["CLASSP", "classp", "DEFAULT_LR", "DEFAULT_EPS", "THRESHOLD_MODES"]
 
 #: Default learning rate: with ``power=1`` the first step on a weight is about ``lr * sign(g)``,
 #: so ``lr`` behaves like Adam's step size. 1e-3 fine-tunes MiniLM; see ``docs/hyperparameters.md``.
@@ -29,6 +29,8 @@ DEFAULT_EPS = 1e-8
 
 #: Name of CLASSP's one state tensor per parameter.
 STATE_KEY = "grad_sum"
+#: What ``threshold`` means: see :class:`CLASSP`.
+THRESHOLD_MODES = ("absolute", "relative", "quantile")
 
 
 def _check_number(name: str, value: Any, *, low: float, inclusive: bool) -> float:
@@ -61,14 +63,22 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
     """Checks CLASSP's hyperparameters in a param group (or the defaults) in place.
 
     Args:
-        group (`dict`): holds ``lr``, ``threshold``, ``power``, ``eps``, ``weight_decay``,
+        group (`dict`): holds ``lr``, ``threshold``, ``threshold_mode``, ``power``, ``eps``, ``weight_decay``,
             ``apply_decay``, ``foreach`` and ``maximize``.
 
     Raises:
         ValueError: naming the first invalid hyperparameter.
     """
     _check_number("lr", group["lr"], low=0.0, inclusive=True)
-    _check_number("threshold", group["threshold"], low=0.0, inclusive=True)
+    threshold = _check_number("threshold", group["threshold"], low=0.0, inclusive=True)
+    mode = group.get("threshold_mode", "absolute")
+    if mode not in THRESHOLD_MODES:
+        raise ValueError(f"Invalid threshold_mode value: {mode!r} (one of {', '.join(THRESHOLD_MODES)})")
+    if mode == "quantile" and not 0.0 < threshold <= 1.0:
+        raise ValueError(
+            f"Invalid threshold value: {threshold} (threshold_mode='quantile' takes the fraction of each "
+            "tensor's elements to update, in (0, 1])"
+        )
     _check_number("power", group["power"], low=0.0, inclusive=False)
     _check_number("eps", group["eps"], low=0.0, inclusive=False)
     _check_number("weight_decay", group["weight_decay"], low=0.0, inclusive=True)
@@ -84,7 +94,7 @@ class CLASSP(Optimizer):
 
     .. math::
         \begin{aligned}
-            &\textbf{if } g_i^2 > \tau \text{ and } g_i \text{ is finite:} \\
+            &\textbf{if } g_i^2 > \tau_t \text{ and } g_i \text{ is finite:} \\
             &\quad w_i \leftarrow w_i - \gamma \lambda w_i
                 \hspace{6mm}\text{(decoupled weight decay, passing elements only)} \\
             &\quad S_i \leftarrow S_i + |g_i|^p \\
@@ -92,6 +102,22 @@ class CLASSP(Optimizer):
                 \hspace{6mm}\text{(} w_i - \gamma g_i \text{ if not apply\_decay)} \\
             &\textbf{else: } w_i, S_i \text{ unchanged}
         \end{aligned}
+
+    The threshold :math:`\tau_t` depends on ``threshold_mode`` (per tensor, at each step):
+
+    - ``"absolute"`` (the paper's): :math:`\tau_t = \tau`. A useful value depends on the loss
+      scale, the batch size and the layer (MiniLM at batch 16: per-element :math:`g^2` has median
+      ~4e-10 in the encoder, ~4e-5 in a fresh head). Gradient clipping (``max_grad_norm``) rescales
+      :math:`g` before the test, so it moves elements across an absolute threshold; gradient
+      accumulation sums (or averages) micro-batch gradients first, so the test sees the
+      accumulated gradient; AMP loss scaling is undone before ``step()`` by ``GradScaler``/accelerate,
+      but a loss you scale yourself scales :math:`g^2` by its square.
+    - ``"relative"``: :math:`\tau_t = \tau \cdot \mathrm{mean}(g^2)` over the same tensor:
+      scale-free (the same value works for any loss scale or batch size); an all-zero gradient
+      tensor updates nothing.
+    - ``"quantile"``: ``threshold`` in (0, 1] is the fraction of each tensor's elements to update,
+      those with the largest :math:`|g|` (exact, with ``torch.kthvalue``). Ties at the cut-off do not
+      pass, so at most that fraction is updated; zero gradients never pass.
 
     :math:`S` includes the current step's gradient, as in AdaGrad and the paper's pseudo-code
     (the paper's printed sum over :math:`k < t` would divide the first step by
@@ -116,7 +142,10 @@ class CLASSP(Optimizer):
         params (iterable): parameters to optimize, or dicts defining param groups.
         lr (`float`, defaults to 1e-3): learning rate :math:`\gamma` (>= 0).
         threshold (`float`, defaults to 0.0): per-element threshold :math:`\tau` on :math:`g^2`
-            (>= 0); 0 updates every element with a non-zero gradient.
+            (>= 0; a fraction in (0, 1] in ``quantile`` mode); 0 updates every element with a
+            non-zero gradient.
+        threshold_mode (`str`, defaults to ``"absolute"``): ``"absolute"``, ``"relative"`` or
+            ``"quantile"`` (see above).
         power (`float`, defaults to 1.0): the power :math:`p` (> 0).
         eps (`float`, defaults to 1e-8): :math:`\epsilon` inside the root (> 0).
         apply_decay (`bool`, defaults to `True`): divide by :math:`(\epsilon + S)^{1/p}`; if
@@ -147,6 +176,7 @@ class CLASSP(Optimizer):
         eps: float = DEFAULT_EPS,
         apply_decay: bool = True,
         weight_decay: float = 0.0,
+        threshold_mode: str = "absolute",
         *,
         foreach: bool | None = None,
         maximize: bool = False,
@@ -154,6 +184,7 @@ class CLASSP(Optimizer):
         defaults = dict(
             lr=lr,
             threshold=threshold,
+            threshold_mode=threshold_mode,
             power=power,
             eps=eps,
             apply_decay=apply_decay,
@@ -163,6 +194,7 @@ class CLASSP(Optimizer):
         )
         validate_hyperparameters(defaults)
         self._last_update_counts: dict[int, Tensor] = {}
+        self._reset_tracking_attributes()
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
@@ -180,7 +212,9 @@ class CLASSP(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._last_update_counts = {}
+        self._reset_tracking_attributes()
         for group in self.param_groups:
+            group.setdefault("threshold_mode", "absolute")
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
             group.setdefault("apply_decay", True)
@@ -245,7 +279,7 @@ class CLASSP(Optimizer):
                 loss = closure()
 
         for index, group in enumerate(self.param_groups):
-            params, grads, grad_sums = [], [], []
+            params, grads, grad_sums, masks = [], [], [], []
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -257,15 +291,19 @@ class CLASSP(Optimizer):
                 params.append(p)
                 grads.append(p.grad)
                 grad_sums.append(state[STATE_KEY])
+                if self._tracking:
+                    masks.append(self._update_mask(p))
             if not params:
                 self._last_update_counts.pop(index, None)
                 continue
-            self._last_update_counts[index] = classp(
+            updated = classp(
                 params,
                 grads,
                 grad_sums,
+                update_masks=masks if self._tracking else None,
                 lr=group["lr"],
                 threshold=group["threshold"],
+                threshold_mode=group["threshold_mode"],
                 power=group["power"],
                 eps=group["eps"],
                 apply_decay=group["apply_decay"],
@@ -273,7 +311,65 @@ class CLASSP(Optimizer):
                 maximize=group["maximize"],
                 foreach=group["foreach"],
             )
+            self._last_update_counts[index] = updated
+            if self._tracking:
+                self._tracked_updates[index] = self._tracked_updates.get(index, 0) + updated
+        if self._tracking:
+            self._tracked_steps += 1
         return loss
+
+    # -- optional diagnostic state: which elements were updated (not part of the update state) --
+    def _reset_tracking_attributes(self) -> None:
+        self._tracking = False
+        self._update_masks: dict[Tensor, Tensor] = {}
+        self._tracked_updates: dict[int, Tensor | int] = {}
+        self._tracked_steps = 0
+
+    def _update_mask(self, p: Tensor) -> Tensor:
+        mask = self._update_masks.get(p)
+        if mask is None or mask.device != p.device:
+            mask = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
+            self._update_masks[p] = mask
+        return mask
+
+    def track_updates(self, enabled: bool = True) -> None:
+        """Turns on (or off) the optional per-element "ever updated" mask, and resets it.
+
+        The mask (one bool per element, kept outside :meth:`state_dict`) and the running count
+        of updated elements are diagnostics only: CLASSP's update does not read them. Off by
+        default; the continual runner turns it on per task when diagnostics are asked for.
+
+        Args:
+            enabled (`bool`): track from the next step on.
+        """
+        self._reset_tracking_attributes()
+        self._tracking = enabled
+
+    def update_tracking(self) -> dict[str, Any]:
+        """What was updated since :meth:`track_updates` (reads the device once).
+
+        Returns:
+            ``steps``; ``mean_update_fraction`` (elements updated per step over all elements,
+            averaged over the steps); ``ever_updated_fraction`` (elements updated at least once
+            over all elements); ``masks``: ``{param: bool tensor}`` of the elements updated at
+            least once.
+
+        Raises:
+            RuntimeError: if tracking is off.
+        """
+        if not self._tracking:
+            raise RuntimeError("update tracking is off: call track_updates() first")
+        params = [p for group in self.param_groups for p in group["params"]]
+        numel = sum(p.numel() for p in params)
+        updated = sum(float(count) for count in self._tracked_updates.values())
+        ever = sum(int(mask.sum()) for mask in self._update_masks.values())
+        steps = self._tracked_steps
+        return {
+            "steps": steps,
+            "mean_update_fraction": updated / (numel * steps) if steps and numel else 0.0,
+            "ever_updated_fraction": ever / numel if numel else 0.0,
+            "masks": {p: self._update_masks[p] for p in params if p in self._update_masks},
+        }
 
     @torch.no_grad()
     def diagnostics(self) -> list[dict[str, float]]:
@@ -328,6 +424,8 @@ def classp(
     apply_decay: bool,
     weight_decay: float,
     maximize: bool,
+    threshold_mode: str = "absolute",
+    update_masks: list[Tensor] | None = None,
     foreach: bool | None = None,
 ) -> Tensor:
     """Functional CLASSP: updates ``params`` and ``grad_sums`` in place.
@@ -335,7 +433,9 @@ def classp(
     Args:
         params, grads, grad_sums (`list[Tensor]`): parameters, their gradients and their
             float32 accumulators :math:`S`.
-        lr, threshold, power, eps, apply_decay, weight_decay, maximize: see :class:`CLASSP`.
+        lr, threshold, threshold_mode, power, eps, apply_decay, weight_decay, maximize: see
+            :class:`CLASSP`.
+        update_masks (`list[Tensor]`, *optional*): bool tensors, or-ed with the elements updated.
         foreach (`bool`, *optional*): use the multi-tensor path; `None` chooses as torch.optim.
 
     Returns:
@@ -348,8 +448,10 @@ def classp(
         params,
         grads,
         grad_sums,
+        update_masks,
         lr=lr,
         threshold=threshold,
+        threshold_mode=threshold_mode,
         power=power,
         eps=eps,
         apply_decay=apply_decay,
@@ -358,18 +460,37 @@ def classp(
     )
 
 
-def _masked_grad(grad: Tensor, sqrt_threshold: float, power: float) -> tuple[Tensor, Tensor]:
+def _cutoff(magnitude: Tensor, threshold: float, mode: str) -> float | Tensor:
+    """The value ``|g|`` must exceed: a float (absolute mode) or a 0-dim tensor (no device sync)."""
+    if mode == "absolute":
+        return math.sqrt(threshold)
+    if mode == "relative":  # g^2 > t * mean(g^2)  <=>  |g| > sqrt(t / n) * ||g||
+        return torch.linalg.vector_norm(magnitude) * math.sqrt(threshold / max(magnitude.numel(), 1))
+    numel = magnitude.numel()
+    keep = math.ceil(threshold * numel)
+    if keep >= numel:
+        return 0.0
+    return torch.kthvalue(magnitude.reshape(-1), numel - keep).values
+
+
+def _masked_grad(grad: Tensor, threshold: float, mode: str, power: float) -> tuple[Tensor, Tensor]:
     """Returns the masked float32 gradient and its S increment ``|g|**power``.
 
-    An element passes when it is finite and ``|g| > sqrt(threshold)`` (the same set as
-    ``g**2 > threshold``, without float32 overflow or underflow of ``g**2``); every other element
-    is 0 in both returned tensors, so it changes neither ``S`` nor the weight.
+    An element passes when it is finite and ``|g|`` exceeds the mode's cut-off (for absolute
+    mode ``sqrt(threshold)``: the same set as ``g**2 > threshold``, without float32 overflow or
+    underflow of ``g**2``); every other element is 0 in both returned tensors, so it changes
+    neither ``S`` nor the weight.
     """
     g = torch.nan_to_num(grad.to(torch.float32), nan=0.0, posinf=0.0, neginf=0.0)
     magnitude = g.abs()
-    if sqrt_threshold > 0.0:
-        torch.threshold_(magnitude, sqrt_threshold, 0.0)
-        g = torch.copysign(magnitude, g)
+    if threshold > 0.0:
+        cutoff = _cutoff(magnitude, threshold, mode)
+        if isinstance(cutoff, Tensor):
+            magnitude.mul_(magnitude > cutoff)
+            g = torch.copysign(magnitude, g)
+        elif cutoff > 0.0:
+            torch.threshold_(magnitude, cutoff, 0.0)
+            g = torch.copysign(magnitude, g)
     if power == 1.0:
         increment = magnitude
     elif power == 2.0:
@@ -392,21 +513,24 @@ def _single_tensor_classp(
     params: list[Tensor],
     grads: list[Tensor],
     grad_sums: list[Tensor],
+    update_masks: list[Tensor] | None,
     *,
     lr: float,
     threshold: float,
+    threshold_mode: str,
     power: float,
     eps: float,
     apply_decay: bool,
     weight_decay: float,
     maximize: bool,
 ) -> Tensor:
-    sqrt_threshold = math.sqrt(threshold)
     step_size = lr if maximize else -lr
     updated = torch.zeros((), dtype=torch.int64, device=params[0].device)
-    for param, grad, grad_sum in zip(params, grads, grad_sums, strict=True):
-        g, increment = _masked_grad(grad, sqrt_threshold, power)
+    for index, (param, grad, grad_sum) in enumerate(zip(params, grads, grad_sums, strict=True)):
+        g, increment = _masked_grad(grad, threshold, threshold_mode, power)
         updated += torch.count_nonzero(g)
+        if update_masks is not None:
+            update_masks[index].logical_or_(g != 0)
         weight = param if param.dtype == torch.float32 else param.to(torch.float32)
         if weight_decay != 0.0:
             weight.addcmul_(weight, increment.sign(), value=-lr * weight_decay)
@@ -424,29 +548,35 @@ def _multi_tensor_classp(
     params: list[Tensor],
     grads: list[Tensor],
     grad_sums: list[Tensor],
+    update_masks: list[Tensor] | None,
     *,
     lr: float,
     threshold: float,
+    threshold_mode: str,
     power: float,
     eps: float,
     apply_decay: bool,
     weight_decay: float,
     maximize: bool,
 ) -> Tensor:
-    sqrt_threshold = math.sqrt(threshold)
     step_size = lr if maximize else -lr
     updated = torch.zeros((), dtype=torch.int64, device=params[0].device)
-    grouped: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
-    for param, grad, grad_sum in zip(params, grads, grad_sums, strict=True):
-        lists = grouped.setdefault((param.device, param.dtype), ([], [], []))
+    masks = update_masks if update_masks is not None else [None] * len(params)
+    grouped: dict[tuple[torch.device, torch.dtype], tuple[list, list, list, list]] = {}
+    for param, grad, grad_sum, mask in zip(params, grads, grad_sums, masks, strict=True):
+        lists = grouped.setdefault((param.device, param.dtype), ([], [], [], []))
         lists[0].append(param)
         lists[1].append(grad)
         lists[2].append(grad_sum)
-    for (_, dtype), (device_params, device_grads, device_sums) in grouped.items():
+        lists[3].append(mask)
+    for (_, dtype), (device_params, device_grads, device_sums, device_masks) in grouped.items():
         # No _foreach_where: the mask is one fused pass per tensor, the arithmetic is foreach.
-        masked = [_masked_grad(grad, sqrt_threshold, power) for grad in device_grads]
+        masked = [_masked_grad(grad, threshold, threshold_mode, power) for grad in device_grads]
         masked_grads = [g for g, _ in masked]
         increments = [inc for _, inc in masked]
+        if update_masks is not None:
+            for mask, g in zip(device_masks, masked_grads):
+                mask.logical_or_(g != 0)
         counts = torch.stack([torch.count_nonzero(g) for g in masked_grads]).sum()
         updated += counts.to(updated.device)
         if dtype == torch.float32:

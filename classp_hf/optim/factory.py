@@ -298,7 +298,15 @@ register_optimizer(
     "classp",
     CLASSP,
     description="CLASSP: AdaGrad-like decay from accumulated |g|^p plus a per-element gradient threshold",
-    arg_types={"lr": float, "threshold": float, "power": float, "eps": float, "apply_decay": bool, **_COMMON},
+    arg_types={
+        "lr": float,
+        "threshold": float,
+        "threshold_mode": str,
+        "power": float,
+        "eps": float,
+        "apply_decay": bool,
+        **_COMMON,
+    },
 )
 register_optimizer(
     "sgd",
