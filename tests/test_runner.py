@@ -70,7 +70,7 @@ class Recorder(ContinualRunner):
 
     def _trainer(self, index):
         trainer = super()._trainer(index)
-        if self.optimizer is not None:
+        if index > 0:
             self.seen_lrs = getattr(self, "seen_lrs", []) + [[g["lr"] for g in self.optimizer.param_groups]]
             self.sums_before = [self.optimizer.state[p]["grad_sum"].clone() for p in self.model.parameters()]
         return trainer

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import transformers
 import yaml
 
 __all__ = [
@@ -29,10 +30,16 @@ __all__ = [
     "RUNNER_OWNED_TRAINING_KEYS",
 ]
 
-#: Keys a task's ``training`` section may override.
-TASK_TRAINING_KEYS = frozenset(
-    {"learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "warmup_steps", "warmup_ratio"}
-)
+_TRAINING_FIELDS = frozenset(f.name for f in dataclasses.fields(transformers.TrainingArguments) if f.init)
+#: Keys a task's ``training`` section may override (``warmup_ratio`` exists in transformers < 5 only).
+TASK_TRAINING_KEYS = _TRAINING_FIELDS & {
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "warmup_steps",
+    "warmup_ratio",
+}
 #: TrainingArguments fields the runner sets itself.
 RUNNER_OWNED_TRAINING_KEYS = frozenset(
     {
@@ -95,6 +102,11 @@ class RunConfig:
         tasks: the queue.
         method: continual method name (``none``; later: ``ewc``, ``replay``).
         method_args: options of the method.
+        diagnostics: track which weights the optimizer updates in each task (CLASSP): per-step
+            and ever-updated fractions and the overlap with earlier tasks, in results and report.
+        validation_fraction: share of each task's training examples held out as a validation
+            split (seeded); the runner then also reports a validation accuracy matrix, the one
+            to choose hyperparameters on (never the test split).
     """
 
     model: str
@@ -105,6 +117,8 @@ class RunConfig:
     training: dict[str, Any] = field(default_factory=dict)
     method: str = "none"
     method_args: dict[str, Any] = field(default_factory=dict)
+    diagnostics: bool = False
+    validation_fraction: float = 0.0
     source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,12 +203,6 @@ def _positive_int(value: Any, where: str, *, allow_none: bool = True) -> int | N
     return value
 
 
-def _training_field_names() -> set[str]:
-    import transformers
-
-    return {f.name for f in dataclasses.fields(transformers.TrainingArguments) if f.init}
-
-
 def _check_training(training: Any, where: str, *, per_task: bool) -> dict[str, Any]:
     if training is None:
         return {}
@@ -213,7 +221,7 @@ def _check_training(training: Any, where: str, *, per_task: bool) -> dict[str, A
             _expect(
                 key not in RUNNER_OWNED_TRAINING_KEYS, f"{where}.{key}: set by the runner, remove it from the config"
             )
-            _expect(key in _training_field_names(), f"{where}.{key}: not a transformers.TrainingArguments field")
+            _expect(key in _TRAINING_FIELDS, f"{where}.{key}: not a transformers.TrainingArguments field")
         if key == "learning_rate":
             _expect(
                 isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
@@ -319,6 +327,15 @@ def config_from_dict(raw: Any, base_dir: str | os.PathLike | None = None, source
     _expect(method in list_methods(), f"config.method: unknown method {method!r} (known: {', '.join(list_methods())})")
     method_args = raw.get("method_args") or {}
     _expect(isinstance(method_args, dict), "config.method_args: expected a mapping")
+    diagnostics = raw.get("diagnostics", False)
+    _expect(isinstance(diagnostics, bool), "config.diagnostics: expected true or false")
+    validation_fraction = raw.get("validation_fraction", 0.0)
+    _expect(
+        isinstance(validation_fraction, (int, float))
+        and not isinstance(validation_fraction, bool)
+        and 0 <= validation_fraction < 1,
+        "config.validation_fraction: expected a number in [0, 1)",
+    )
     training = _check_training(raw.get("training"), "config.training", per_task=False)
     _check_optimizer(training)
     tasks_raw = raw["tasks"]
@@ -337,6 +354,8 @@ def config_from_dict(raw: Any, base_dir: str | os.PathLike | None = None, source
         training=training,
         method=method,
         method_args=dict(method_args),
+        diagnostics=diagnostics,
+        validation_fraction=float(validation_fraction),
         source=source,
     )
 

@@ -33,6 +33,7 @@ __all__ = [
 REPORT_FILENAME = "report.md"
 MATRIX_PLOT_FILENAME = "accuracy_matrix.png"
 CURVES_PLOT_FILENAME = "accuracy_curves.png"
+SPARSITY_PLOT_FILENAME = "sparsity.png"
 
 _NA = "n/a"
 _PENDING = "-"
@@ -273,10 +274,107 @@ def render_markdown(results: dict[str, Any]) -> str:
     if num_rows < num_tasks:
         out += [f"Not trained yet: {', '.join(tasks[num_rows:])}.", ""]
 
+    out += _sparsity_section(results)
+    out += _validation_section(results)
+
     # Versions.
     version_rows = [[name, _NA if version is None else version] for name, version in results["versions"].items()]
     out += ["## Versions", "", _md_table(["Package", "Version"], version_rows, align=["---", "---"]), ""]
     return "\n".join(out)
+
+
+def _sparsity_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(record["name"], record["sparsity"]) for record in results["per_task"] if record.get("sparsity")]
+
+
+def _sparsity_section(results: dict[str, Any]) -> list[str]:
+    """Which weights each task updated (runs with ``diagnostics: true``)."""
+    rows = _sparsity_rows(results)
+    if not rows:
+        return []
+    table = [
+        [
+            name,
+            f"{_pct(record['mean_update_fraction'], 2)}%",
+            f"{_pct(record['ever_updated_fraction'], 2)}%",
+            _NA if record.get("overlap_with_earlier") is None else f"{_pct(record['overlap_with_earlier'], 1)}%",
+        ]
+        for name, record in rows
+    ]
+    return [
+        "## Sparsity of the updates",
+        "",
+        "Per step: elements updated per step over all trainable elements, averaged over the task's steps. "
+        "Ever: elements updated at least once in the task. Overlap: of the elements this task updated, the share "
+        "that earlier tasks had already updated (CLASSP's premise is that sparse updates leave weights free for "
+        "later tasks: a low overlap shows that happening).",
+        "",
+        _md_table(["Task", "Per step", "Ever", "Overlap with earlier tasks"], table),
+        "",
+        f"![Sparsity]({SPARSITY_PLOT_FILENAME})",
+        "",
+    ]
+
+
+def _validation_section(results: dict[str, Any]) -> list[str]:
+    """The validation accuracy matrix (held out of the training data; the one to tune on)."""
+    validation = results.get("validation")
+    if not validation or not validation.get("accuracy_matrix"):
+        return []
+    tasks = results["tasks"]
+    rows = [["untrained", *[f"{_pct(v)}" for v in validation["initial_accuracy"]]]]
+    rows += [[f"after {tasks[i]}", *[f"{_pct(v)}" for v in row]] for i, row in enumerate(validation["accuracy_matrix"])]
+    metrics = ", ".join(
+        f"{name} {_metric_text(key, validation['metrics'].get(key))}" for key, (name, _) in METRIC_DEFINITIONS.items()
+    )
+    return [
+        "## Validation accuracy matrix (%)",
+        "",
+        f"Held out: {_pct(validation['fraction'], 0)}% of each task's training examples. Choose hyperparameters on "
+        f"these numbers, not on the test split. {metrics}.",
+        "",
+        _md_table(["", *tasks], rows),
+        "",
+    ]
+
+
+def plot_sparsity(results: dict[str, Any], path: str | os.PathLike) -> Path | None:
+    """Bar chart of each task's update sparsity and overlap with earlier tasks (PNG), if recorded.
+
+    Args:
+        results: the results dict.
+        path: where to write the PNG (written atomically).
+
+    Returns:
+        The path of the PNG, or `None` when the run recorded no sparsity diagnostics.
+    """
+    import numpy as np
+
+    rows = _sparsity_rows(results)
+    if not rows:
+        return None
+    names = [name for name, _ in rows]
+    series = [
+        ("updated per step", [r["mean_update_fraction"] for _, r in rows]),
+        ("updated at least once", [r["ever_updated_fraction"] for _, r in rows]),
+        ("overlap with earlier tasks", [r.get("overlap_with_earlier") for _, r in rows]),
+    ]
+    fig = _new_figure(max(6.0, 1.6 * len(names) + 2.5), 4.2)
+    ax = fig.add_subplot()
+    width = 0.27
+    positions = np.arange(len(names))
+    for k, ((label, values), color) in enumerate(zip(series, _colors(3))):
+        heights = [np.nan if v is None else 100.0 * v for v in values]
+        bars = ax.bar(positions + (k - 1) * width, heights, width, label=label, color=color)
+        ax.bar_label(bars, labels=["" if np.isnan(h) else f"{h:.1f}" for h in heights], fontsize=7, padding=1)
+    ax.set_xticks(
+        positions, labels=names, rotation=20 if len(names) > 2 else 0, ha="right" if len(names) > 2 else "center"
+    )
+    ax.set_ylabel("% of trainable elements (overlap: % of the task's updated elements)")
+    ax.set_ylim(0, 105)
+    ax.set_title("Which weights each task updated")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return _save_png(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------------- plotting
@@ -433,5 +531,6 @@ def write_report(results: dict[str, Any], output_dir: str | os.PathLike) -> list
     output_dir.mkdir(parents=True, exist_ok=True)
     matrix_png = plot_accuracy_matrix(results, output_dir / MATRIX_PLOT_FILENAME)
     curves_png = plot_accuracy_curves(results, output_dir / CURVES_PLOT_FILENAME)
+    sparsity_png = plot_sparsity(results, output_dir / SPARSITY_PLOT_FILENAME)
     report = write_text_atomic(output_dir / REPORT_FILENAME, render_markdown(results))
-    return [report, matrix_png, curves_png]
+    return [report, matrix_png, curves_png] + ([sparsity_png] if sparsity_png else [])

@@ -128,7 +128,9 @@ class ContinualRunner:
             raise ConfigError(f"config.model: cannot load {config.model!r}: {str(error).splitlines()[0]}") from None
         self.tasks = []
         for task in config.tasks:
-            data = load_task(task, config.labels, self.tokenizer, config.max_length, config.seed)
+            data = load_task(
+                task, config.labels, self.tokenizer, config.max_length, config.seed, config.validation_fraction
+            )
             self._print(f"[classp-hf] task {task.name}: {len(data.train)} train, {len(data.test)} test examples")
             self.tasks.append(data)
         id2label = dict(enumerate(config.labels))
@@ -176,7 +178,10 @@ class ContinualRunner:
             processing_class=self.tokenizer,
             continual_method=self.method,
         )
-        if self.optimizer is not None:
+        if self.optimizer is None:
+            trainer.create_optimizer()
+            self.optimizer = _unwrap(trainer.optimizer)
+        else:
             # The optimizer (and CLASSP's S) persists across tasks; the schedule restarts from this
             # task's learning rate, which the scheduler reads from `initial_lr`.
             for group in self.optimizer.param_groups:
@@ -185,14 +190,14 @@ class ContinualRunner:
             trainer.optimizer = self.optimizer
         return trainer
 
-    def evaluate(self, trainer: Any) -> tuple[list[float], list[float]]:
-        """Accuracy and macro-F1 on every task's test split (argmax over all shared labels)."""
+    def evaluate(self, trainer: Any, split: str = "test") -> tuple[list[float], list[float]]:
+        """Accuracy and macro-F1 on every task's ``split`` (argmax over all shared labels)."""
         from classp_hf.metrics import load_metric
 
         accuracy_metric, f1_metric = load_metric("accuracy"), load_metric("macro_f1")
         accuracies, f1s = [], []
         for data in self.tasks:
-            output = trainer.predict(data.test, metric_key_prefix=f"test_{data.name}")
+            output = trainer.predict(getattr(data, split), metric_key_prefix=f"{split}_{data.name}")
             predictions = np.argmax(output.predictions, axis=-1)
             references = output.label_ids
             accuracies.append(
@@ -201,16 +206,46 @@ class ContinualRunner:
             f1s.append(float(f1_metric.compute(predictions=predictions, references=references)["macro_f1"]))
         return accuracies, f1s
 
+    def optimizer_for_tracking(self) -> Any:
+        """The optimizer class the run uses (to know whether it can track updates)."""
+        from classp_hf.trainer import Trainer
+
+        cls, _ = Trainer.get_optimizer_cls_and_kwargs(self.training_arguments(0))
+        return cls
+
+    def _sparsity(self, ever_updated: dict[str, torch.Tensor]) -> dict[str, float | None]:
+        """Sparsity of the task just trained; updates ``ever_updated`` (union over earlier tasks)."""
+        stats = self.optimizer.update_tracking()
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        updated = overlap = 0
+        for param, mask in stats["masks"].items():
+            name = names.get(id(param), str(id(param)))
+            mask = mask.detach().to("cpu")
+            earlier = ever_updated.get(name)
+            updated += int(mask.sum())
+            if earlier is not None:
+                overlap += int((mask & earlier).sum())
+                ever_updated[name] = earlier | mask
+            else:
+                ever_updated[name] = mask.clone()
+        first = len(self.results["per_task"]) == 1
+        return {
+            "mean_update_fraction": stats["mean_update_fraction"],
+            "ever_updated_fraction": stats["ever_updated_fraction"],
+            "overlap_with_earlier": None if first or updated == 0 else overlap / updated,
+        }
+
     # -- outputs ----------------------------------------------------------------------------
     def _write_results(self) -> None:
         from classp_hf.continual.report import write_report
         from classp_hf.metrics.continual import continual_metrics
 
         results = self.results
-        seen = len(results["accuracy_matrix"])
-        if seen:  # over the tasks trained so far: the top-left seen x seen block
-            block = [row[:seen] for row in results["accuracy_matrix"]]
-            results["metrics"] = continual_metrics(block, results["initial_accuracy"][:seen])
+        for part in (results, results.get("validation")):
+            seen = len(part["accuracy_matrix"]) if part else 0
+            if seen:  # over the tasks trained so far: the top-left seen x seen block
+                block = [row[:seen] for row in part["accuracy_matrix"]]
+                part["metrics"] = continual_metrics(block, part["initial_accuracy"][:seen])
         if self.is_main:
             write_json_atomic(self.output_dir / RESULTS, results)
             write_report(results, self.output_dir)
@@ -274,6 +309,15 @@ class ContinualRunner:
             "per_task": [],
             "versions": _versions(),
         }
+        if config.validation_fraction > 0:
+            self.results["validation"] = {
+                "fraction": config.validation_fraction,
+                "initial_accuracy": [],
+                "accuracy_matrix": [],
+                "metrics": {"acc": None, "bwt": None, "fwt": None, "forgetting": None},
+            }
+        tracking = config.diagnostics and hasattr(self.optimizer_for_tracking(), "track_updates")
+        ever_updated: dict[str, torch.Tensor] = {}
         total = len(self.tasks)
         for index, data in enumerate(self.tasks):
             trainer = self._trainer(index)
@@ -281,18 +325,24 @@ class ContinualRunner:
                 self._print("[classp-hf] evaluating the untrained model on every task")
                 accuracies, f1s = self.evaluate(trainer)
                 self.results["initial_accuracy"], self.results["initial_macro_f1"] = accuracies, f1s
+                if "validation" in self.results:
+                    self.results["validation"]["initial_accuracy"] = self.evaluate(trainer, "validation")[0]
             args = trainer.args
             self._print(
                 f"[classp-hf] task {index + 1}/{total} {data.name}: start "
                 f"({len(data.train)} examples, optim {self.results['optimizer']['name']}, lr {args.learning_rate:g})"
             )
             self.method.before_task(self.model, index, data.name)
+            if tracking:
+                self.optimizer.track_updates()
             started = time.perf_counter()
             output = trainer.train()
             seconds = time.perf_counter() - started
             self.optimizer = _unwrap(trainer.optimizer)
             self.method.after_task(self.model, index, data.name, data.train)
             accuracies, f1s = self.evaluate(trainer)
+            if "validation" in self.results:
+                self.results["validation"]["accuracy_matrix"].append(self.evaluate(trainer, "validation")[0])
             self.results["accuracy_matrix"].append(accuracies)
             self.results["macro_f1_matrix"].append(f1s)
             self.results["per_task"].append(
@@ -307,6 +357,8 @@ class ContinualRunner:
                     "optimizer_diagnostics": optimizer_diagnostics(self.optimizer),
                 }
             )
+            if tracking:
+                self.results["per_task"][-1]["sparsity"] = self._sparsity(ever_updated)
             if index == total - 1:
                 self.results["status"] = "complete"
             self._write_results()

@@ -23,11 +23,13 @@ class TaskData:
         name: the task name.
         train: tokenized training examples (``input_ids``, ``attention_mask``, ..., ``labels``).
         test: tokenized test examples.
+        validation: tokenized examples held out of the training split, if asked for.
     """
 
     name: str
     train: datasets.Dataset
     test: datasets.Dataset
+    validation: datasets.Dataset | None = None
 
     @property
     def test_labels(self) -> list[int]:
@@ -123,6 +125,7 @@ def load_task(
     tokenizer: Any,
     max_length: int,
     seed: int,
+    validation_fraction: float = 0.0,
 ) -> TaskData:
     """Loads, checks, samples and tokenizes one task.
 
@@ -131,7 +134,9 @@ def load_task(
         labels: the shared labels.
         tokenizer: a Hugging Face tokenizer.
         max_length: truncation length (longer texts keep their first ``max_length`` tokens).
-        seed: seed of the random subsample (``max_train_samples`` / ``max_eval_samples``).
+        seed: seed of the random subsample (``max_train_samples`` / ``max_eval_samples``) and of
+            the validation split.
+        validation_fraction: share of the (subsampled) training examples held out as validation.
 
     Returns:
         The tokenized task.
@@ -162,4 +167,11 @@ def load_task(
         columns = {key: list(values) for key, values in encoded.items()}
         columns["labels"] = [mapping[name] for name in names]
         prepared[split] = datasets.Dataset.from_dict(columns)
-    return TaskData(name=task.name, train=prepared["train"], test=prepared["test"])
+    train, validation = prepared["train"], None
+    if validation_fraction > 0:
+        held_out = max(1, round(validation_fraction * len(train)))
+        if held_out >= len(train):
+            raise ConfigError(f"tasks ({task.name}): validation_fraction leaves no training examples")
+        split = train.train_test_split(test_size=held_out, seed=seed)
+        train, validation = split["train"], split["test"]
+    return TaskData(name=task.name, train=train, test=prepared["test"], validation=validation)
