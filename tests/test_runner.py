@@ -218,3 +218,23 @@ def test_two_cpu_processes_with_torchrun(tmp_path, tiny_model_dir):
     validate_results(results)
     assert results["per_task"][0]["steps"] == 4  # 32 examples / (8 per device x 2 processes) x 2 epochs
     assert all(task["train_loss"] < 1.6 for task in results["per_task"])  # ~ln(3), not 2x
+
+
+def test_sparsity_diagnostics_and_validation_split(tmp_path, tiny_model_dir):
+    raw = raw_config(tiny_model_dir, diagnostics=True, validation_fraction=0.25)
+    raw["training"]["optim_args"] = "threshold=0.5,threshold_mode=quantile"
+    runner = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False)
+    results = runner.run()
+    validate_results(results)
+    first, second = (task["sparsity"] for task in results["per_task"])
+    # quantile 0.5: at most half of each tensor's elements per step
+    assert 0 < first["mean_update_fraction"] <= 0.5
+    assert first["mean_update_fraction"] <= first["ever_updated_fraction"] <= 1
+    assert first["overlap_with_earlier"] is None and 0 <= second["overlap_with_earlier"] <= 1
+    assert results["per_task"][0]["train_examples"] == 24  # 8 of the 32 held out for validation
+    validation = results["validation"]
+    assert len(validation["initial_accuracy"]) == 2 and len(validation["accuracy_matrix"]) == 2
+    assert set(validation["metrics"]) == {"acc", "bwt", "fwt", "forgetting"}
+    assert (tmp_path / "out" / "sparsity.png").stat().st_size > 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Sparsity of the updates" in report and "Validation accuracy matrix" in report

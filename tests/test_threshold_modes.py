@@ -164,3 +164,13 @@ def test_update_tracking(foreach):
     assert "masks" not in str(optimizer.state_dict())  # diagnostics only, never in the checkpoint
     optimizer.track_updates()  # reset for the next task
     assert optimizer.update_tracking()["steps"] == 0 and optimizer.update_tracking()["masks"] == {}
+
+
+def test_tracking_survives_load_state_dict_as_accelerate_calls_it():
+    weight = torch.nn.Parameter(torch.zeros(3))
+    optimizer = CLASSP([weight])
+    optimizer.track_updates()
+    optimizer.load_state_dict(optimizer.state_dict())  # accelerate.AcceleratedOptimizer does this on wrap
+    weight.grad = torch.tensor([1.0, 0.0, 0.0])
+    optimizer.step()
+    assert optimizer.update_tracking()["ever_updated_fraction"] == pytest.approx(1 / 3)

@@ -211,8 +211,9 @@ class CLASSP(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._last_update_counts = {}
-        self._reset_tracking_attributes()
+        if not hasattr(self, "_tracking"):  # unpickled; load_state_dict also comes here and keeps tracking
+            self._last_update_counts = {}
+            self._reset_tracking_attributes()
         for group in self.param_groups:
             group.setdefault("threshold_mode", "absolute")
             group.setdefault("foreach", None)
