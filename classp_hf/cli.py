@@ -1,4 +1,4 @@
-"""The ``classp-hf`` command line: ``classp-hf run CONFIG --output-dir DIR``."""
+"""The ``classp-hf`` command line: ``classp-hf run CONFIG --output-dir DIR`` and ``classp-hf probe CONFIG``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,16 @@ def make_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="fine-tune over a queue of tasks described by a YAML config")
     add_run_arguments(run)
+    probe = commands.add_parser(
+        "probe", help="measure per-element g^2 on a few batches of the first task and suggest a CLASSP threshold"
+    )
+    probe.add_argument("config", help="the run's YAML config")
+    probe.add_argument("--batches", type=int, default=8, help="batches of the first task to probe (default 8)")
+    probe.add_argument("--mode", default="absolute", help="threshold mode: absolute, relative or quantile")
+    probe.add_argument(
+        "--target-fraction", type=float, default=0.1, help="share of elements a step should update (default 0.1)"
+    )
+    probe.add_argument("--json", default=None, help="also write the numbers to this JSON file (atomically)")
     return parser
 
 
@@ -42,11 +52,31 @@ def run_command(config_path: str, output_dir: str, overwrite: bool = False, quie
     return 0
 
 
+def probe_command(config_path: str, batches: int, mode: str, target_fraction: float, json_path: str | None) -> int:
+    """Runs the gradient probe and prints its table. Bad input exits 2 with one line naming the culprit."""
+    from classp_hf.continual.config import load_config
+    from classp_hf.continual.io import write_json_atomic
+    from classp_hf.continual.probe import format_probe, probe_gradients
+
+    try:
+        config = load_config(config_path)
+        result = probe_gradients(config, batches=batches, mode=mode, target_fraction=target_fraction)
+    except ValueError as error:
+        print(f"classp-hf: error: {error}", file=sys.stderr)
+        return 2
+    print(format_probe(result))
+    if json_path:
+        write_json_atomic(json_path, result)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``classp-hf`` command."""
     args = make_parser().parse_args(argv)
     if args.command == "run":
         return run_command(args.config, args.output_dir, args.overwrite, args.quiet)
+    if args.command == "probe":
+        return probe_command(args.config, args.batches, args.mode, args.target_fraction, args.json)
     return 2
 
 
