@@ -107,6 +107,9 @@ class RunConfig:
         validation_fraction: share of each task's training examples held out as a validation
             split (seeded); the runner then also reports a validation accuracy matrix, the one
             to choose hyperparameters on (never the test split).
+        peft: LoRA adapters instead of full fine-tuning: any ``peft.LoraConfig`` field plus
+            ``adapters`` (shared | per_task), ``init`` (previous | fresh), ``merge`` (bool); see
+            :mod:`classp_hf.continual.adapters`.
     """
 
     model: str
@@ -119,6 +122,7 @@ class RunConfig:
     method_args: dict[str, Any] = field(default_factory=dict)
     diagnostics: bool = False
     validation_fraction: float = 0.0
+    peft: dict[str, Any] | None = None
     source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -336,6 +340,9 @@ def config_from_dict(raw: Any, base_dir: str | os.PathLike | None = None, source
         and 0 <= validation_fraction < 1,
         "config.validation_fraction: expected a number in [0, 1)",
     )
+    from classp_hf.continual.adapters import parse_peft_section
+
+    peft_section = parse_peft_section(raw.get("peft"))
     training = _check_training(raw.get("training"), "config.training", per_task=False)
     _check_optimizer(training)
     tasks_raw = raw["tasks"]
@@ -356,6 +363,7 @@ def config_from_dict(raw: Any, base_dir: str | os.PathLike | None = None, source
         method_args=dict(method_args),
         diagnostics=diagnostics,
         validation_fraction=float(validation_fraction),
+        peft=peft_section,
         source=source,
     )
 

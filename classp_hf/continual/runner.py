@@ -141,6 +141,12 @@ class ContinualRunner:
             label2id={label: i for i, label in id2label.items()},
             ignore_mismatched_sizes=True,
         )
+        self.adapters = None
+        if config.peft is not None:
+            from classp_hf.continual.adapters import AdapterSetup
+
+            self.adapters = AdapterSetup(config.peft)
+            self.model = self.adapters.wrap(self.model, config.tasks[0].name)
         from classp_hf.methods import create_method
 
         self.method = create_method(config.method, **config.method_args)
@@ -168,6 +174,8 @@ class ContinualRunner:
 
         from classp_hf.trainer import Trainer
 
+        if self.adapters is not None and self.adapters.start_task(self.model, self.tasks[index].name):
+            self.optimizer = None  # a new adapter's parameters start with fresh optimizer state
         args = self.training_arguments(index)
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.output_dir / "logs" / self.tasks[index].name)
         trainer = Trainer(
@@ -205,6 +213,20 @@ class ContinualRunner:
             )
             f1s.append(float(f1_metric.compute(predictions=predictions, references=references)["macro_f1"]))
         return accuracies, f1s
+
+    def _evaluate_own_adapters(self, trainer: Any, index: int, latest: list[float]) -> None:
+        """Row ``index`` of ``accuracy_matrix_own_adapter``: each seen task with its own adapter."""
+        from classp_hf.metrics import load_metric
+
+        accuracy_metric = load_metric("accuracy")
+        row = list(latest)
+        for j in range(index):
+            self.model.set_adapter(self.adapters.adapter_name(self.tasks[j].name))
+            output = trainer.predict(self.tasks[j].test, metric_key_prefix=f"own_{self.tasks[j].name}")
+            predictions = np.argmax(output.predictions, axis=-1)
+            row[j] = float(accuracy_metric.compute(predictions=predictions, references=output.label_ids)["accuracy"])
+        self.model.set_adapter(self.adapters.adapter_name(self.tasks[index].name))
+        self.results.setdefault("accuracy_matrix_own_adapter", []).append(row)
 
     def optimizer_for_tracking(self) -> Any:
         """The optimizer class the run uses (to know whether it can track updates)."""
@@ -249,6 +271,17 @@ class ContinualRunner:
         if self.is_main:
             write_json_atomic(self.output_dir / RESULTS, results)
             write_report(results, self.output_dir)
+
+    def _save_task_outputs(self, index: int) -> None:
+        """LoRA runs: the task's adapter (and with ``merge: true`` a merged full model)."""
+        if self.adapters is None or not self.is_main:
+            return
+        name = self.tasks[index].name
+        self.adapters.save(self.model, self.output_dir / "adapters" / name, name)
+        if self.adapters.section["merge"]:
+            merged = self.adapters.merged_copy(self.model, name)
+            merged.save_pretrained(self.output_dir / "merged" / name)
+            self.tokenizer.save_pretrained(self.output_dir / "merged" / name)
 
     def _save_checkpoint(self, index: int) -> None:
         """Model, optimizer state and run state after task ``index``; the previous one is removed."""
@@ -308,6 +341,8 @@ class ContinualRunner:
             "metrics": {"acc": None, "bwt": None, "fwt": None, "forgetting": None},
             "per_task": [],
             "versions": _versions(),
+            "total_parameters": sum(p.numel() for p in self.model.parameters()),
+            "peft": dict(config.peft) if config.peft else None,
         }
         if config.validation_fraction > 0:
             self.results["validation"] = {
@@ -355,13 +390,18 @@ class ContinualRunner:
                     "eval_examples": sum(len(t.test) for t in self.tasks),
                     "learning_rate": float(args.learning_rate),
                     "optimizer_diagnostics": optimizer_diagnostics(self.optimizer),
+                    "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                    "optimizer_state_bytes": optimizer_state_bytes(self.optimizer),
                 }
             )
+            if self.adapters is not None and self.adapters.per_task:
+                self._evaluate_own_adapters(trainer, index, accuracies)
             if tracking:
                 self.results["per_task"][-1]["sparsity"] = self._sparsity(ever_updated)
             if index == total - 1:
                 self.results["status"] = "complete"
             self._write_results()
+            self._save_task_outputs(index)
             self._save_checkpoint(index)
             self._print(
                 f"[classp-hf] task {index + 1}/{total} {data.name}: done in {seconds:.1f}s, "
@@ -369,10 +409,24 @@ class ContinualRunner:
             )
         if self.is_main:
             final = self.output_dir / "model"
-            self.model.save_pretrained(final)
+            model = self.model
+            if self.adapters is not None:  # loadable on its own: the last task's adapter merged into a copy
+                model = self.adapters.merged_copy(self.model, self.tasks[-1].name)
+            model.save_pretrained(final)
             self.tokenizer.save_pretrained(final)
         self._print("\n" + format_matrix_table(self.results))
         return self.results
+
+
+def optimizer_state_bytes(optimizer: Any) -> int:
+    """Bytes of every tensor in an optimizer's state (CLASSP: 4 per trainable element)."""
+    optimizer = _unwrap(optimizer)
+    return sum(
+        value.numel() * value.element_size()
+        for state in optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, torch.Tensor)
+    )
 
 
 def run_continual(

@@ -1,0 +1,141 @@
+"""LoRA adapters over the queue: shared and per-task, saved adapters, merged models, base weights untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from classp_hf.continual.config import ConfigError, config_from_dict
+from classp_hf.continual.results import validate_results
+from classp_hf.continual.runner import ContinualRunner
+from classp_hf.optim import list_optimizers
+
+from .test_runner import raw_config, tiny_model_dir  # noqa: F401  (fixture)
+
+LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["query", "value"]}
+
+
+def lora_run(tmp_path, model_dir, **peft):
+    raw = raw_config(model_dir, peft={**LORA, **peft})
+    raw["training"]["learning_rate"] = 5e-3
+    runner = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False)
+    return runner, runner.run()
+
+
+def base_weights(model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    return {
+        n: p.detach().clone()
+        for n, p in AutoModelForSequenceClassification.from_pretrained(model_dir).named_parameters()
+    }
+
+
+def logits(model, tokenizer, texts=("profits rose sharply", "the flight was late again")):
+    model.eval()
+    with torch.no_grad():
+        return model(**tokenizer(list(texts), return_tensors="pt", padding=True)).logits
+
+
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory, tiny_model_dir):  # noqa: F811
+    return lora_run(tmp_path_factory.mktemp("shared"), tiny_model_dir, merge=True)
+
+
+@pytest.fixture(scope="module")
+def per_task_run(tmp_path_factory, tiny_model_dir):  # noqa: F811
+    return lora_run(tmp_path_factory.mktemp("per_task"), tiny_model_dir, adapters="per_task", init="previous")
+
+
+def test_shared_adapter_results_and_state(shared_run):
+    runner, results = shared_run
+    validate_results(results)
+    assert results["peft"]["adapters"] == "shared"
+    trainable = [p for p in runner.model.parameters() if p.requires_grad]
+    optimizer_params = {id(p) for p in runner.optimizer.state}
+    assert optimizer_params == {id(p) for p in trainable}  # state for trainable parameters only
+    last = results["per_task"][-1]
+    assert last["trainable_parameters"] == sum(p.numel() for p in trainable) < results["total_parameters"] / 10
+    assert last["optimizer_state_bytes"] == 4 * last["trainable_parameters"]  # CLASSP: one float32 per element
+    assert sum(float(s["grad_sum"].sum()) for s in runner.optimizer.state.values()) > 0
+
+
+def test_saved_adapter_reloads_with_identical_predictions(shared_run, tiny_model_dir):  # noqa: F811
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    runner, _ = shared_run
+    folder = runner.output_dir / "adapters" / "amazon_reviews"
+    assert (folder / "adapter_config.json").is_file()
+    reloaded = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir), folder)
+    torch.testing.assert_close(logits(reloaded, runner.tokenizer), logits(runner.model, runner.tokenizer))
+
+
+def test_base_weights_untouched_and_merged_model(shared_run, tiny_model_dir):  # noqa: F811
+    from transformers import AutoModelForSequenceClassification
+
+    runner, _ = shared_run
+    original = base_weights(tiny_model_dir)
+    base = runner.model.get_base_model()
+    for name, param in base.named_parameters():
+        if "lora_" in name or "modules_to_save" in name:
+            continue
+        key = name.replace(".base_layer", "").replace(".original_module", "")
+        torch.testing.assert_close(param, original[key], rtol=0, atol=0, msg=name)
+    merged = AutoModelForSequenceClassification.from_pretrained(runner.output_dir / "merged" / "amazon_reviews")
+    torch.testing.assert_close(logits(merged, runner.tokenizer), logits(runner.model, runner.tokenizer))
+    final = AutoModelForSequenceClassification.from_pretrained(runner.output_dir / "model")
+    assert final.config.id2label[2] == "positive"
+    torch.testing.assert_close(logits(final, runner.tokenizer), logits(runner.model, runner.tokenizer))
+
+
+def test_per_task_adapters(per_task_run, tiny_model_dir):  # noqa: F811
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    runner, results = per_task_run
+    validate_results(results)
+    names = ["financial_phrasebank", "amazon_reviews"]
+    assert list(runner.model.peft_config) == names
+    latest, own = results["accuracy_matrix"], results["accuracy_matrix_own_adapter"]
+    assert len(own) == 2 and own[0] == latest[0]
+    assert own[1][1] == latest[1][1]
+    # The first adapter is frozen after its task: with its own adapter, task 1 scores what it scored then.
+    assert own[1][0] == latest[0][0]
+    for name in names:
+        folder = runner.output_dir / "adapters" / name
+        reloaded = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir), folder)
+        runner.model.set_adapter(name)
+        torch.testing.assert_close(logits(reloaded, runner.tokenizer), logits(runner.model, runner.tokenizer))
+    runner.model.set_adapter(names[-1])
+    # Only the latest adapter is trainable; the optimizer holds state for it alone.
+    trainable = {n for n, p in runner.model.named_parameters() if p.requires_grad}
+    assert trainable and all(".amazon_reviews." in n for n in trainable)
+    assert {id(p) for p in runner.optimizer.state} == {id(p) for p in runner.model.parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("optim", sorted(set(list_optimizers()) & {"classp", "sgd", "adam", "adamw", "adagrad"}))
+def test_every_optimizer_works_with_lora(tmp_path, tiny_model_dir, optim):  # noqa: F811
+    raw = raw_config(tiny_model_dir, peft=LORA)
+    raw["tasks"] = raw["tasks"][:1]
+    raw["training"].update(optim=optim, optim_args=None, max_steps=2)
+    runner = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False)
+    results = runner.run()
+    trainable = {id(p) for p in runner.model.parameters() if p.requires_grad}
+    assert set(map(id, runner.optimizer.state)) <= trainable
+    if optim != "sgd":
+        assert results["per_task"][0]["optimizer_state_bytes"] > 0
+
+
+@pytest.mark.parametrize(
+    "peft,message",
+    [
+        ({"rank": 4}, r"config\.peft\.rank: not a peft\.LoraConfig field"),
+        ({"adapters": "each"}, r"config\.peft\.adapters: expected shared or per_task"),
+        ({"init": "random"}, r"config\.peft\.init: expected previous or fresh"),
+        ({"merge": "yes"}, r"config\.peft\.merge: expected true or false"),
+    ],
+)
+def test_invalid_peft_section(tiny_model_dir, peft, message):  # noqa: F811
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw_config(tiny_model_dir, peft=peft))
