@@ -1,0 +1,178 @@
+"""CLASSP on a CUDA device: correctness against the CPU, both code paths, dtypes, and a Trainer run.
+
+    python benchmarks/gpu_check.py --json gpu_check.json
+
+Checks (each prints PASS/FAIL; the exit code is the number of failures):
+- foreach (the default on CUDA) equals the single-tensor path bit for bit on CUDA, for every
+  threshold mode and several powers;
+- CUDA agrees with the CPU to float32 rounding;
+- bfloat16 parameters keep float32 state; a CUDA state_dict loads on the CPU and back;
+- non-finite gradients are skipped on CUDA;
+- a few steps of ``classp_hf.Trainer`` with ``optim="classp"`` on a small random BERT on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from classp_hf.optim import CLASSP
+from classp_hf.optim.classp import _default_to_fused_or_foreach
+
+CASES = [
+    dict(threshold=0.0, threshold_mode="absolute", power=1.0),
+    dict(threshold=1e-3, threshold_mode="absolute", power=1.0),
+    dict(threshold=1.0, threshold_mode="relative", power=1.0),
+    dict(threshold=0.2, threshold_mode="quantile", power=1.0),
+    dict(threshold=0.0, threshold_mode="absolute", power=2.0),
+    dict(threshold=0.5, threshold_mode="relative", power=1.5, weight_decay=0.01),
+]
+SHAPES = [(384, 384), (1536, 384), (384,), (30522, 384), (3, 384)]
+
+
+def _run(device: str, foreach: bool, case: dict[str, Any], dtype: torch.dtype = torch.float32, steps: int = 5):
+    generator = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=generator).to(device=device, dtype=dtype)) for s in SHAPES]
+    optimizer = CLASSP(params, lr=1e-3, eps=1e-8, foreach=foreach, **case)
+    for _ in range(steps):
+        for p in params:
+            p.grad = (torch.randn(p.shape, generator=generator) * 1e-2).to(device=device, dtype=dtype)
+        optimizer.step()
+    return params, optimizer
+
+
+def check_paths(report: dict[str, Any]) -> None:
+    failures = []
+    for case in CASES:
+        single, opt_single = _run("cuda", False, case)
+        multi, opt_multi = _run("cuda", True, case)
+        cpu, opt_cpu = _run("cpu", False, case)
+        same = all(torch.equal(a, b) for a, b in zip(single, multi)) and all(
+            torch.equal(opt_single.state[a]["grad_sum"], opt_multi.state[b]["grad_sum"]) for a, b in zip(single, multi)
+        )
+        close = all(torch.allclose(a.cpu(), b, rtol=1e-5, atol=1e-6) for a, b in zip(multi, cpu))
+        fractions = (opt_multi.diagnostics()[0]["update_fraction"], opt_cpu.diagnostics()[0]["update_fraction"])
+        if not (same and close):
+            failures.append({"case": case, "foreach_equals_single": same, "cuda_close_to_cpu": close})
+        report.setdefault("paths", []).append(
+            {**case, "foreach_equals_single": same, "cuda_close_to_cpu": close, "update_fraction_cuda_cpu": fractions}
+        )
+    _verdict(report, "foreach == single-tensor on CUDA, CUDA ~ CPU", not failures)
+
+
+def check_dtypes_and_state(report: dict[str, Any]) -> None:
+    params, optimizer = _run("cuda", True, CASES[1], dtype=torch.bfloat16)
+    fp32 = all(optimizer.state[p]["grad_sum"].dtype == torch.float32 for p in params)
+    cpu_params = [torch.nn.Parameter(p.detach().float().cpu()) for p in params]
+    cpu_opt = CLASSP(cpu_params)
+    cpu_opt.load_state_dict(optimizer.state_dict())
+    moved = all(cpu_opt.state[p]["grad_sum"].device.type == "cpu" for p in cpu_params)
+    exact = all(
+        torch.equal(cpu_opt.state[q]["grad_sum"], optimizer.state[p]["grad_sum"].cpu())
+        for p, q in zip(params, cpu_params)
+    )
+    _verdict(report, "bf16 params: float32 state; CUDA state_dict loads on CPU exactly", fp32 and moved and exact)
+    default_foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)[1]
+    _verdict(report, "foreach is the default for CUDA tensors", bool(default_foreach))
+
+
+def check_non_finite(report: dict[str, Any]) -> None:
+    for foreach in (False, True):
+        weight = torch.nn.Parameter(torch.ones(5, device="cuda"))
+        optimizer = CLASSP([weight], lr=0.1, foreach=foreach)
+        weight.grad = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.5, 0.0], device="cuda")
+        optimizer.step()
+        ok = torch.isfinite(weight).all().item() and weight.tolist()[:3] == [1.0, 1.0, 1.0]
+        ok = ok and optimizer.state[weight]["grad_sum"].tolist()[:3] == [0.0, 0.0, 0.0]
+        _verdict(report, f"non-finite gradients skipped on CUDA (foreach={foreach})", ok)
+
+
+def check_trainer(report: dict[str, Any]) -> None:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from classp_hf import Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=1000,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            num_labels=3,
+        )
+    )
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 256
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            g = torch.Generator().manual_seed(i)
+            ids = torch.randint(5, 1000, (24,), generator=g)
+            return {"input_ids": ids, "attention_mask": torch.ones(24, dtype=torch.long), "labels": int(ids[0]) % 3}
+
+    args = TrainingArguments(
+        "/tmp/gpu_check_trainer",
+        optim="classp",
+        learning_rate=1e-3,
+        max_steps=30,
+        per_device_train_batch_size=32,
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=Data())
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    optimizer = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
+    on_cuda = all(s["grad_sum"].is_cuda for s in optimizer.state.values())
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    report["trainer"] = {
+        "seconds": seconds,
+        "losses": [h["loss"] for h in logs],
+        "update_fraction": [h.get("optim/update_fraction") for h in logs],
+    }
+    _verdict(
+        report,
+        "classp_hf.Trainer(optim='classp') on CUDA: state on CUDA, diagnostics logged",
+        on_cuda and all(h.get("optim/update_fraction") for h in logs),
+    )
+
+
+def _verdict(report: dict[str, Any], name: str, ok: bool) -> None:
+    report.setdefault("checks", []).append({"check": name, "ok": bool(ok)})
+    print(f"{'PASS' if ok else 'FAIL'}  {name}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default=None, help="write the report here")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device", file=sys.stderr)
+        return 1
+    report: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    print(f"device: {report['device']}, torch {report['torch']}", flush=True)
+    for check in (check_paths, check_dtypes_and_state, check_non_finite, check_trainer):
+        try:
+            check(report)
+        except Exception as error:  # report and go on: one broken check must not hide the others
+            _verdict(report, f"{check.__name__} raised {type(error).__name__}: {error}", False)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2, default=str)
+    return sum(not c["ok"] for c in report["checks"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
