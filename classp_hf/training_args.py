@@ -17,7 +17,7 @@ __all__ = ["TrainingArguments", "optimizer_name", "is_transformers_optimizer", "
 #: transformers' own default learning rate; under CLASSP with power 1 it barely moves a model.
 TRANSFORMERS_DEFAULT_LR = 5e-5
 #: Learning rates that fine-tune a pretrained transformer with CLASSP, power 1 (docs/hyperparameters.md).
-CLASSP_LR_RANGE = (3e-4, 3e-3)
+CLASSP_LR_RANGE = (3e-4, 1e-3)
 
 _TRANSFORMERS_NAMES = frozenset(option.value for option in OptimizerNames)
 
@@ -87,7 +87,7 @@ class TrainingArguments(transformers.TrainingArguments):
     line through ``HfArgumentParser`` (``--optim classp --optim_args power=1``).
 
     CLASSP's learning rate is ``learning_rate``. transformers' default (5e-5) barely moves a
-    pretrained model under CLASSP with ``power=1``: use 3e-4 to 3e-3 (1e-3 for MiniLM); a warning
+    pretrained model under CLASSP with ``power=1``: use 3e-4 to 1e-3 (1e-3 for MiniLM); a warning
     says so once when ``optim="classp"`` runs with the untouched default.
     """
 

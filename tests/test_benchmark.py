@@ -169,5 +169,7 @@ def test_bad_arguments(bench: ModuleType) -> None:
         bench.main(["--repeats", "0"])
     with pytest.raises(SystemExit):
         bench.main(["--threshold", "0"])
+    with pytest.raises(SystemExit):
+        bench.main(["--threads", "0"])
     if not torch.cuda.is_available():
         assert bench.main(["--device", "cuda"]) == 2

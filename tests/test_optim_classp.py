@@ -193,7 +193,7 @@ def test_groups_do_not_leak_hyperparameters():
     a.grad = b.grad = torch.ones(3)
     optimizer.step()
     assert torch.equal(a.detach(), torch.zeros(3))  # 1 < threshold 10: frozen
-    assert b.tolist() == pytest.approx([-0.1] * 3, rel=1e-6)  # default threshold 0, lr 0.1
+    assert b.tolist() == pytest.approx([-0.1 / (1e-4 + 1.0)] * 3, rel=1e-6)  # default threshold 0 and eps 1e-4
     assert optimizer.param_groups[1]["threshold"] == 0.0
 
 
@@ -218,7 +218,7 @@ def test_params_without_grad_are_skipped_and_closure_is_called():
     loss = optimizer.step(closure)
     assert loss.item() == 4.0
     assert unused.tolist() == [1.0, 1.0] and optimizer.state[unused]["grad_sum"].tolist() == [0.0, 0.0]
-    assert used.tolist() == pytest.approx([0.9, 0.9])
+    assert used.tolist() == pytest.approx([1 - 0.1 * 2 / (1e-4 + 2)] * 2)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
