@@ -102,6 +102,7 @@ def test_matches_literal_reference(name, configs, foreach):
 @pytest.mark.parametrize("name,configs", OPTIM_INPUTS, ids=[n for n, _ in OPTIM_INPUTS])
 def test_foreach_matches_single_tensor(name, configs):
     runs = []
+    configs = [{"power": 1.0, **c} for c in configs]
     for foreach in (False, True):
         groups = make_groups(configs)
         optimizer = CLASSP(groups, foreach=foreach)
@@ -112,11 +113,17 @@ def test_foreach_matches_single_tensor(name, configs):
                     p.grad = g
             optimizer.step()
         runs.append(optimizer)
+    # Bit-identical for power 1 and 2 (exact elementwise ops); a general power goes through pow(),
+    # whose vectorised and scalar kernels may differ in the last bit.
+    exact = all(group["power"] in (1.0, 2.0) for group in configs)
+    tolerance = dict(rtol=0, atol=0) if exact else dict(rtol=1e-6, atol=1e-7)
     for g0, g1 in zip(runs[0].param_groups, runs[1].param_groups):
         for p0, p1 in zip(g0["params"], g1["params"]):
-            torch.testing.assert_close(p0, p1, rtol=0, atol=0)
-            torch.testing.assert_close(runs[0].state[p0]["grad_sum"], runs[1].state[p1]["grad_sum"], rtol=0, atol=0)
-    assert runs[0].diagnostics() == runs[1].diagnostics()
+            torch.testing.assert_close(p0, p1, **tolerance)
+            torch.testing.assert_close(runs[0].state[p0]["grad_sum"], runs[1].state[p1]["grad_sum"], **tolerance)
+    for d0, d1 in zip(runs[0].diagnostics(), runs[1].diagnostics()):
+        assert d0["update_fraction"] == d1["update_fraction"]
+        assert d0 == (d1 if exact else pytest.approx(d1, rel=1e-6))
 
 
 def test_threshold_is_per_element_and_leaves_failing_weights_alone():

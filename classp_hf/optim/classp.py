@@ -468,7 +468,9 @@ def _cutoff(magnitude: Tensor, threshold: float, mode: str) -> float | Tensor:
     if mode == "absolute":
         return math.sqrt(threshold)
     if mode == "relative":  # g^2 > t * mean(g^2)  <=>  |g| > sqrt(t / n) * ||g||
-        return torch.linalg.vector_norm(magnitude) * math.sqrt(threshold / max(magnitude.numel(), 1))
+        # Accumulated in float64, so that CPU and CUDA (different summation orders) agree on the cut-off.
+        norm = torch.linalg.vector_norm(magnitude, dtype=torch.float64)
+        return (norm * math.sqrt(threshold / max(magnitude.numel(), 1))).to(torch.float32)
     numel = magnitude.numel()
     keep = math.ceil(threshold * numel)
     if keep >= numel:
@@ -501,6 +503,40 @@ def _masked_grad(grad: Tensor, threshold: float, mode: str, power: float) -> tup
     else:
         increment = magnitude.pow_(power)
     return g, increment
+
+
+def _masked_grads_flat(
+    grads: list[Tensor], threshold: float, mode: str, power: float
+) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """:func:`_masked_grad` for many tensors at once, on one flat float32 buffer.
+
+    Returns:
+        Views shaped like ``grads`` of the masked gradients and of their S increments, and the
+        flat masked gradient. Elementwise it computes exactly what :func:`_masked_grad` does.
+    """
+    flat = torch.cat([grad.reshape(-1) for grad in grads])
+    flat = flat.to(torch.float32) if flat.dtype != torch.float32 else flat
+    flat.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    magnitude = flat.abs()
+    sizes = [grad.numel() for grad in grads]
+    if threshold > 0.0:
+        if mode == "absolute":
+            torch.threshold_(magnitude, math.sqrt(threshold), 0.0)
+        else:  # per-tensor cut-offs
+            for view in magnitude.split(sizes):
+                cutoff = _cutoff(view, threshold, mode)
+                if isinstance(cutoff, Tensor):
+                    view.mul_(view > cutoff)
+        flat = torch.copysign(magnitude, flat)
+    if power == 1.0:
+        increment = magnitude
+    elif power == 2.0:
+        increment = magnitude.square_()
+    else:
+        increment = magnitude.pow_(power)
+    views = [v.view_as(g) for v, g in zip(flat.split(sizes), grads)]
+    increments = [v.view_as(g) for v, g in zip(increment.split(sizes), grads)]
+    return views, increments, flat
 
 
 def _denominator(grad_sum: Tensor, eps: float, power: float) -> Tensor:
@@ -573,15 +609,13 @@ def _multi_tensor_classp(
         lists[2].append(grad_sum)
         lists[3].append(mask)
     for (_, dtype), (device_params, device_grads, device_sums, device_masks) in grouped.items():
-        # No _foreach_where: the mask is one fused pass per tensor, the arithmetic is foreach.
-        masked = [_masked_grad(grad, threshold, threshold_mode, power) for grad in device_grads]
-        masked_grads = [g for g, _ in masked]
-        increments = [inc for _, inc in masked]
+        # There is no _foreach_where: the mask works on one flat copy of all the gradients (a
+        # handful of kernels whatever the number of tensors); the arithmetic is foreach on views.
+        masked_grads, increments, flat = _masked_grads_flat(device_grads, threshold, threshold_mode, power)
         if update_masks is not None:
             for mask, g in zip(device_masks, masked_grads):
                 mask.logical_or_(g != 0)
-        counts = torch.stack([torch.count_nonzero(g) for g in masked_grads]).sum()
-        updated += counts.to(updated.device)
+        updated += torch.count_nonzero(flat).to(updated.device)
         if dtype == torch.float32:
             weights = device_params
         else:
