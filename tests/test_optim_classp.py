@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import io
 import math
 
@@ -318,3 +319,36 @@ def test_diagnostics_report_grad_sum_statistics():
     assert diagnostics["grad_sum_max"] == pytest.approx(3.0)
     assert diagnostics["grad_sum_nonzero_fraction"] == 0.5
     assert not math.isnan(diagnostics["grad_sum_mean"])
+
+
+@pytest.mark.parametrize("name,configs", OPTIM_INPUTS, ids=[n for n, _ in OPTIM_INPUTS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flat_mask_of_accelerators_matches_single_tensor(name, configs, dtype, monkeypatch):
+    """The multi-tensor path masks one flat buffer on accelerators; forced on the CPU it gives the same result."""
+    classp_module = importlib.import_module("classp_hf.optim.classp")  # the package exports a function of that name
+
+    runs = []
+    for foreach, flat in ((False, False), (True, True)):
+        monkeypatch.setattr(classp_module, "_FLAT_MASK_ON_CPU", flat)
+        groups = make_groups(configs)
+        for group in groups:
+            group["params"] = [torch.nn.Parameter(p.detach().to(dtype)) for p in group["params"]]
+        optimizer = CLASSP(groups, foreach=foreach)
+        generator = torch.Generator().manual_seed(5)
+        for _ in range(6):
+            for group in optimizer.param_groups:
+                for p, g in zip(group["params"], random_grads(group["params"], generator)):
+                    g.view(-1)[0] = float("nan")
+                    p.grad = g.to(dtype)
+            optimizer.step()
+        runs.append(optimizer)
+    exact = all(c.get("power", 1.0) in (1.0, 2.0) for c in configs)
+    tolerance = dict(rtol=0, atol=0) if exact else dict(rtol=1e-6, atol=1e-7)
+    for g0, g1 in zip(runs[0].param_groups, runs[1].param_groups):
+        for p0, p1 in zip(g0["params"], g1["params"]):
+            assert torch.isfinite(p0).all()
+            torch.testing.assert_close(p0, p1, **tolerance)
+            torch.testing.assert_close(runs[0].state[p0]["grad_sum"], runs[1].state[p1]["grad_sum"], **tolerance)
+    assert [d["update_fraction"] for d in runs[0].diagnostics()] == [
+        d["update_fraction"] for d in runs[1].diagnostics()
+    ]

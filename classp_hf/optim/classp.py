@@ -31,6 +31,8 @@ DEFAULT_EPS = 1e-4
 
 #: Name of CLASSP's one state tensor per parameter.
 STATE_KEY = "grad_sum"
+#: Use the accelerator's flat-buffer mask on the CPU too (tests check both give the same result).
+_FLAT_MASK_ON_CPU = False
 #: What ``threshold`` means: see :class:`CLASSP`.
 THRESHOLD_MODES = ("absolute", "relative", "quantile")
 
@@ -478,74 +480,66 @@ def _cutoff(magnitude: Tensor, threshold: float, mode: str) -> float | Tensor:
     return torch.kthvalue(magnitude.reshape(-1), numel - keep).values
 
 
-def _masked_grad(grad: Tensor, threshold: float, mode: str, power: float) -> tuple[Tensor, Tensor]:
-    """Returns the masked float32 gradient and its S increment ``|g|**power``.
+def _apply_cutoff_(magnitude: Tensor, threshold: float, mode: str) -> None:
+    """Zeroes, in place, the elements of one tensor's ``|g|`` that do not pass."""
+    if threshold <= 0.0:
+        return
+    cutoff = _cutoff(magnitude, threshold, mode)
+    if isinstance(cutoff, Tensor):
+        magnitude.mul_(magnitude > cutoff)
+    elif cutoff > 0.0:
+        torch.threshold_(magnitude, cutoff, 0.0)
 
-    An element passes when it is finite and ``|g|`` exceeds the mode's cut-off (for absolute
-    mode ``sqrt(threshold)``: the same set as ``g**2 > threshold``, without float32 overflow or
-    underflow of ``g**2``); every other element is 0 in both returned tensors, so it changes
-    neither ``S`` nor the weight.
+
+def _masked_magnitude(grad: Tensor, threshold: float, mode: str) -> Tensor:
+    """Float32 ``|g|`` of one tensor, 0 wherever ``g`` is non-finite or does not pass the threshold.
+
+    An element passes when ``|g|`` exceeds the mode's cut-off (absolute mode: ``sqrt(threshold)``,
+    the same set as ``g**2 > threshold`` without float32 overflow or underflow of ``g**2``).
+    A masked element changes neither ``S`` nor the weight.
     """
-    g = torch.nan_to_num(grad.to(torch.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    magnitude = g.abs()
-    if threshold > 0.0:
-        cutoff = _cutoff(magnitude, threshold, mode)
-        if isinstance(cutoff, Tensor):
-            magnitude.mul_(magnitude > cutoff)
-            g = torch.copysign(magnitude, g)
-        elif cutoff > 0.0:
-            torch.threshold_(magnitude, cutoff, 0.0)
-            g = torch.copysign(magnitude, g)
-    if power == 1.0:
-        increment = magnitude
-    elif power == 2.0:
-        increment = magnitude.square_()
-    else:
-        increment = magnitude.pow_(power)
-    return g, increment
+    magnitude = grad.abs() if grad.dtype == torch.float32 else grad.to(torch.float32).abs_()
+    magnitude.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    _apply_cutoff_(magnitude, threshold, mode)
+    return magnitude
 
 
-def _masked_grads_flat(
-    grads: list[Tensor], threshold: float, mode: str, power: float
-) -> tuple[list[Tensor], list[Tensor], Tensor]:
-    """:func:`_masked_grad` for many tensors at once, on one flat float32 buffer.
+def _masked_magnitudes(
+    grads: list[Tensor], threshold: float, mode: str
+) -> tuple[list[Tensor], Tensor | None, list[Tensor] | None]:
+    """:func:`_masked_magnitude` for many tensors, elementwise identical.
+
+    On an accelerator it works on one flat buffer (a handful of kernels whatever the number of
+    tensors: there is no ``_foreach_where``); on the CPU, where launches are free and large fresh
+    buffers cost page faults, tensor by tensor.
 
     Returns:
-        Views shaped like ``grads`` of the masked gradients and of their S increments, and the
-        flat masked gradient. Elementwise it computes exactly what :func:`_masked_grad` does.
+        The magnitudes shaped like ``grads``; on the flat path also the flat magnitude buffer and
+        the masked signed gradients (``copysign(|g|, g)``), else `None` twice.
     """
-    flat = torch.cat([grad.reshape(-1) for grad in grads])
-    flat = flat.to(torch.float32) if flat.dtype != torch.float32 else flat
+    if (grads[0].device.type == "cpu" and not _FLAT_MASK_ON_CPU) or len(grads) == 1:
+        return [_masked_magnitude(grad, threshold, mode) for grad in grads], None, None
+    raw = torch.cat([grad.reshape(-1) for grad in grads])
+    flat = raw.abs() if raw.dtype == torch.float32 else raw.to(torch.float32).abs_()
     flat.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    magnitude = flat.abs()
     sizes = [grad.numel() for grad in grads]
     if threshold > 0.0:
         if mode == "absolute":
-            torch.threshold_(magnitude, math.sqrt(threshold), 0.0)
-        else:  # per-tensor cut-offs
-            for view in magnitude.split(sizes):
-                cutoff = _cutoff(view, threshold, mode)
-                if isinstance(cutoff, Tensor):
-                    view.mul_(view > cutoff)
-        flat = torch.copysign(magnitude, flat)
-    if power == 1.0:
-        increment = magnitude
-    elif power == 2.0:
-        increment = magnitude.square_()
-    else:
-        increment = magnitude.pow_(power)
-    views = [v.view_as(g) for v, g in zip(flat.split(sizes), grads)]
-    increments = [v.view_as(g) for v, g in zip(increment.split(sizes), grads)]
-    return views, increments, flat
+            torch.threshold_(flat, math.sqrt(threshold), 0.0)
+        else:
+            for view in flat.split(sizes):
+                _apply_cutoff_(view, threshold, mode)
+    signed = torch.copysign(flat, raw)
+    shaped = [[view.view_as(grad) for view, grad in zip(buffer.split(sizes), grads)] for buffer in (flat, signed)]
+    return shaped[0], flat, shaped[1]
 
 
-def _denominator(grad_sum: Tensor, eps: float, power: float) -> Tensor:
-    denom = grad_sum.add(eps)
-    if power == 2.0:
-        return denom.sqrt_()
-    if power != 1.0:
-        return denom.pow_(1.0 / power)
-    return denom
+def _signed_denominator_(denom: Tensor, grad: Tensor) -> Tensor:
+    """Gives ``denom`` the sign of ``grad`` in place: ``|g| / copysign(d, g) == g / d`` exactly.
+
+    Where ``grad`` is not finite the magnitude is 0, so the step is +-0 whatever sign this takes.
+    """
+    return torch.copysign(denom, grad, out=denom)
 
 
 def _single_tensor_classp(
@@ -566,18 +560,26 @@ def _single_tensor_classp(
     step_size = lr if maximize else -lr
     updated = torch.zeros((), dtype=torch.int64, device=params[0].device)
     for index, (param, grad, grad_sum) in enumerate(zip(params, grads, grad_sums, strict=True)):
-        g, increment = _masked_grad(grad, threshold, threshold_mode, power)
-        updated += torch.count_nonzero(g)
+        magnitude = _masked_magnitude(grad, threshold, threshold_mode)
+        updated += torch.count_nonzero(magnitude)
         if update_masks is not None:
-            update_masks[index].logical_or_(g != 0)
+            update_masks[index].logical_or_(magnitude != 0)
         weight = param if param.dtype == torch.float32 else param.to(torch.float32)
         if weight_decay != 0.0:
-            weight.addcmul_(weight, increment.sign(), value=-lr * weight_decay)
-        grad_sum.add_(increment)
-        if apply_decay:
-            weight.addcdiv_(g, _denominator(grad_sum, eps, power), value=step_size)
+            weight.addcmul_(weight, magnitude.sign(), value=-lr * weight_decay)
+        if power == 2.0:
+            grad_sum.addcmul_(magnitude, magnitude)
         else:
-            weight.add_(g, alpha=step_size)
+            grad_sum.add_(magnitude if power == 1.0 else magnitude.pow(power))
+        if apply_decay:
+            denom = grad_sum.add(eps)
+            if power == 2.0:
+                denom.sqrt_()
+            elif power != 1.0:
+                denom.pow_(1.0 / power)
+        else:
+            denom = torch.ones_like(magnitude)
+        weight.addcdiv_(magnitude, _signed_denominator_(denom, grad), value=step_size)
         if weight is not param:
             param.copy_(weight)
     return updated
@@ -609,29 +611,40 @@ def _multi_tensor_classp(
         lists[2].append(grad_sum)
         lists[3].append(mask)
     for (_, dtype), (device_params, device_grads, device_sums, device_masks) in grouped.items():
-        # There is no _foreach_where: the mask works on one flat copy of all the gradients (a
-        # handful of kernels whatever the number of tensors); the arithmetic is foreach on views.
-        masked_grads, increments, flat = _masked_grads_flat(device_grads, threshold, threshold_mode, power)
+        magnitudes, flat, signed = _masked_magnitudes(device_grads, threshold, threshold_mode)
+        if flat is not None:
+            updated += torch.count_nonzero(flat).to(updated.device)
+        else:
+            updated += torch.stack([torch.count_nonzero(m) for m in magnitudes]).sum().to(updated.device)
         if update_masks is not None:
-            for mask, g in zip(device_masks, masked_grads):
-                mask.logical_or_(g != 0)
-        updated += torch.count_nonzero(flat).to(updated.device)
+            for mask, magnitude in zip(device_masks, magnitudes):
+                mask.logical_or_(magnitude != 0)
         if dtype == torch.float32:
             weights = device_params
         else:
             weights = [p.to(torch.float32) for p in device_params]
         if weight_decay != 0.0:
-            torch._foreach_addcmul_(weights, weights, torch._foreach_sign(increments), value=-lr * weight_decay)
-        torch._foreach_add_(device_sums, increments)
+            torch._foreach_addcmul_(weights, weights, torch._foreach_sign(magnitudes), value=-lr * weight_decay)
+        if power == 2.0:
+            torch._foreach_addcmul_(device_sums, magnitudes, magnitudes)
+        elif power == 1.0:
+            torch._foreach_add_(device_sums, magnitudes)
+        else:
+            torch._foreach_add_(device_sums, torch._foreach_pow(magnitudes, power))
         if apply_decay:
             denoms = torch._foreach_add(device_sums, eps)
             if power == 2.0:
                 torch._foreach_sqrt_(denoms)
             elif power != 1.0:
                 torch._foreach_pow_(denoms, 1.0 / power)
-            torch._foreach_addcdiv_(weights, masked_grads, denoms, value=step_size)
         else:
-            torch._foreach_add_(weights, masked_grads, alpha=step_size)
+            denoms = [torch.ones_like(m) for m in magnitudes]
+        if signed is not None:  # the sign is on the numerator: the same quotient, bit for bit
+            torch._foreach_addcdiv_(weights, signed, denoms, value=step_size)
+        else:
+            for denom, grad in zip(denoms, device_grads):
+                _signed_denominator_(denom, grad)
+            torch._foreach_addcdiv_(weights, magnitudes, denoms, value=step_size)
         if dtype != torch.float32:
             torch._foreach_copy_(device_params, weights)
     return updated
