@@ -119,3 +119,12 @@ def test_pkg_model_form(minilm_path):
     assert resolve_model_path("bert-base-uncased") == "bert-base-uncased"
     with pytest.raises(ConfigError, match="package 'no_such_model_pkg' is not installed"):
         resolve_model_path("pkg:no_such_model_pkg")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_launch_configs_parse(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(str(path))
+    assert config.num_machines == 1 and config.num_processes >= 1
+    assert str(config.distributed_type).split(".")[-1] in {"NO", "MULTI_GPU"}
