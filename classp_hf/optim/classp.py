@@ -519,19 +519,27 @@ def _masked_magnitudes(
     """
     if (grads[0].device.type == "cpu" and not _FLAT_MASK_ON_CPU) or len(grads) == 1:
         return [_masked_magnitude(grad, threshold, mode) for grad in grads], None, None
-    raw = torch.cat([grad.reshape(-1) for grad in grads])
-    flat = raw.abs() if raw.dtype == torch.float32 else raw.to(torch.float32).abs_()
-    flat.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
     sizes = [grad.numel() for grad in grads]
+    raw = torch.empty(sum(sizes), dtype=torch.float32, device=grads[0].device)
+    # One multi-tensor copy (it also converts low-precision gradients); torch.cat is slower here.
+    torch._foreach_copy_([view.view_as(grad) for view, grad in zip(raw.split(sizes), grads)], grads)
+    flat = raw.abs()
+    flat.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
     if threshold > 0.0:
         if mode == "absolute":
             torch.threshold_(flat, math.sqrt(threshold), 0.0)
         else:
             for view in flat.split(sizes):
                 _apply_cutoff_(view, threshold, mode)
-    signed = torch.copysign(flat, raw)
+    signed = torch.copysign(flat, raw, out=raw)
     shaped = [[view.view_as(grad) for view, grad in zip(buffer.split(sizes), grads)] for buffer in (flat, signed)]
     return shaped[0], flat, shaped[1]
+
+
+def _count_updated(magnitude: Tensor) -> Tensor:
+    """Non-zero elements of a masked ``|g|`` (every element is +0.0 or positive, so its int32 view
+    is non-zero exactly where the float is; counting integers is much faster on the CPU)."""
+    return torch.count_nonzero(magnitude.view(torch.int32))
 
 
 def _signed_denominator_(denom: Tensor, grad: Tensor) -> Tensor:
@@ -561,7 +569,7 @@ def _single_tensor_classp(
     updated = torch.zeros((), dtype=torch.int64, device=params[0].device)
     for index, (param, grad, grad_sum) in enumerate(zip(params, grads, grad_sums, strict=True)):
         magnitude = _masked_magnitude(grad, threshold, threshold_mode)
-        updated += torch.count_nonzero(magnitude)
+        updated += _count_updated(magnitude)
         if update_masks is not None:
             update_masks[index].logical_or_(magnitude != 0)
         weight = param if param.dtype == torch.float32 else param.to(torch.float32)
@@ -613,9 +621,9 @@ def _multi_tensor_classp(
     for (_, dtype), (device_params, device_grads, device_sums, device_masks) in grouped.items():
         magnitudes, flat, signed = _masked_magnitudes(device_grads, threshold, threshold_mode)
         if flat is not None:
-            updated += torch.count_nonzero(flat).to(updated.device)
+            updated += _count_updated(flat).to(updated.device)
         else:
-            updated += torch.stack([torch.count_nonzero(m) for m in magnitudes]).sum().to(updated.device)
+            updated += torch.stack([_count_updated(m) for m in magnitudes]).sum().to(updated.device)
         if update_masks is not None:
             for mask, magnitude in zip(device_masks, magnitudes):
                 mask.logical_or_(magnitude != 0)
