@@ -138,8 +138,8 @@ def optimizer_specs(threshold: float = DEFAULT_THRESHOLD) -> list[OptimizerSpec]
         threshold (`float`): the threshold of the masked CLASSP rows.
     """
 
-    def classp(foreach: bool, tau: float) -> Callable[[list[Tensor]], torch.optim.Optimizer]:
-        return lambda params: CLASSP(params, lr=LR, threshold=tau, foreach=foreach)
+    def classp(foreach: bool, tau: float, mode: str = "absolute") -> Callable[[list[Tensor]], torch.optim.Optimizer]:
+        return lambda params: CLASSP(params, lr=LR, threshold=tau, threshold_mode=mode, foreach=foreach)
 
     return [
         OptimizerSpec("classp_single", "CLASSP single-tensor, threshold 0", classp(False, 0.0), 0.0),
@@ -153,6 +153,8 @@ def optimizer_specs(threshold: float = DEFAULT_THRESHOLD) -> list[OptimizerSpec]
         OptimizerSpec(
             "classp_foreach_threshold", f"CLASSP foreach, threshold {threshold:g}", classp(True, threshold), threshold
         ),
+        OptimizerSpec("classp_foreach_relative", "CLASSP foreach, relative 1.0", classp(True, 1.0, "relative"), 1.0),
+        OptimizerSpec("classp_foreach_quantile", "CLASSP foreach, quantile 0.1", classp(True, 0.1, "quantile"), 0.1),
         OptimizerSpec(BASELINE, "Adagrad foreach", lambda params: torch.optim.Adagrad(params, lr=LR, foreach=True)),
         OptimizerSpec("sgd_foreach", "SGD foreach", lambda params: torch.optim.SGD(params, lr=LR, foreach=True)),
         OptimizerSpec("adamw_foreach", "AdamW foreach", lambda params: torch.optim.AdamW(params, lr=LR, foreach=True)),

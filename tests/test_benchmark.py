@@ -20,6 +20,8 @@ EXPECTED_OPTIMIZERS = {
     "classp_single_threshold",
     "classp_foreach",
     "classp_foreach_threshold",
+    "classp_foreach_relative",
+    "classp_foreach_quantile",
     "adagrad_foreach",
     "sgd_foreach",
     "adamw_foreach",
@@ -108,6 +110,10 @@ def test_quick_update_fractions(quick_result: dict[str, Any]) -> None:
         assert rows[name]["update_fraction"] == pytest.approx(expected, abs=0.01)
     for name in EXPECTED_OPTIMIZERS - CLASSP_ROWS:
         assert rows[name]["update_fraction"] is None
+    # relative 1.0: g^2 > mean(g^2) per tensor, P(|z| > 1) ~ 0.317 for Gaussian gradients;
+    # quantile 0.1: at most 10% of each tensor's elements.
+    assert rows["classp_foreach_relative"]["update_fraction"] == pytest.approx(math.erfc(1 / math.sqrt(2.0)), abs=0.01)
+    assert 0.099 < rows["classp_foreach_quantile"]["update_fraction"] <= 0.1 + 1e-4  # ceil() per tensor
 
 
 def test_quick_targets(quick_result: dict[str, Any]) -> None:
