@@ -593,6 +593,28 @@ def _single_tensor_classp(
     return updated
 
 
+#: On the CPU the multi-tensor path works through chunks of about this many elements, so that its
+#: temporaries stay small enough for the allocator to reuse instead of faulting in fresh pages.
+_CPU_CHUNK_NUMEL = 1 << 22
+
+
+def _chunks(grouped: dict) -> list[tuple[tuple[torch.device, torch.dtype], tuple[list, list, list, list]]]:
+    """Splits CPU groups into chunks of at most ``_CPU_CHUNK_NUMEL`` elements (a larger tensor alone)."""
+    out = []
+    for key, lists in grouped.items():
+        if key[0].type != "cpu":
+            out.append((key, lists))
+            continue
+        start, size = 0, 0
+        for index, param in enumerate(lists[0]):
+            if size and size + param.numel() > _CPU_CHUNK_NUMEL:
+                out.append((key, tuple(items[start:index] for items in lists)))
+                start, size = index, 0
+            size += param.numel()
+        out.append((key, tuple(items[start:] for items in lists)))
+    return out
+
+
 def _multi_tensor_classp(
     params: list[Tensor],
     grads: list[Tensor],
@@ -618,7 +640,7 @@ def _multi_tensor_classp(
         lists[1].append(grad)
         lists[2].append(grad_sum)
         lists[3].append(mask)
-    for (_, dtype), (device_params, device_grads, device_sums, device_masks) in grouped.items():
+    for (_, dtype), (device_params, device_grads, device_sums, device_masks) in _chunks(grouped):
         magnitudes, flat, signed = _masked_magnitudes(device_grads, threshold, threshold_mode)
         if flat is not None:
             updated += _count_updated(flat).to(updated.device)
