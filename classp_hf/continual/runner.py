@@ -22,6 +22,7 @@ import yaml
 from classp_hf.continual.config import ConfigError, RunConfig, resolve_model_path
 from classp_hf.continual.io import write_json_atomic, write_text_atomic
 from classp_hf.continual.tasks import TaskData, load_task
+from classp_hf.trainer import _unwrap_optimizer
 
 __all__ = ["ContinualRunner", "run_continual", "OutputDirError", "prepare_output_dir"]
 
@@ -76,12 +77,6 @@ def _is_main_process(use_cpu: bool) -> bool:
     from accelerate import PartialState
 
     return PartialState(cpu=use_cpu).is_main_process
-
-
-def _unwrap(optimizer: Any) -> Any:
-    while hasattr(optimizer, "optimizer") and isinstance(optimizer.optimizer, torch.optim.Optimizer):
-        optimizer = optimizer.optimizer
-    return optimizer
 
 
 @dataclass
@@ -188,7 +183,7 @@ class ContinualRunner:
         )
         if self.optimizer is None:
             trainer.create_optimizer()
-            self.optimizer = _unwrap(trainer.optimizer)
+            self.optimizer = _unwrap_optimizer(trainer.optimizer)
         else:
             # The optimizer (and CLASSP's S) persists across tasks; the schedule restarts from this
             # task's learning rate, which the scheduler reads from `initial_lr`.
@@ -373,7 +368,7 @@ class ContinualRunner:
             started = time.perf_counter()
             output = trainer.train()
             seconds = time.perf_counter() - started
-            self.optimizer = _unwrap(trainer.optimizer)
+            self.optimizer = _unwrap_optimizer(trainer.optimizer)
             self.method.after_task(self.model, index, data.name, data.train)
             accuracies, f1s = self.evaluate(trainer)
             if "validation" in self.results:
@@ -420,7 +415,7 @@ class ContinualRunner:
 
 def optimizer_state_bytes(optimizer: Any) -> int:
     """Bytes of every tensor in an optimizer's state (CLASSP: 4 per trainable element)."""
-    optimizer = _unwrap(optimizer)
+    optimizer = _unwrap_optimizer(optimizer)
     return sum(
         value.numel() * value.element_size()
         for state in optimizer.state.values()
