@@ -302,7 +302,8 @@ def select(settings: dict[str, dict[str, Any]]) -> dict[str, Any]:
     Returns:
         ``best_per_mode`` (mode -> setting name), ``best_overall`` and, when threshold 0 ran,
         ``vs_threshold_0``: per setting, the difference in mean validation ACC from threshold 0 and whether
-        it exceeds the sum of the two half-ranges (a crude seed-noise band).
+        it exceeds the sum of the two half-ranges (a crude seed-noise band), and the same-seed differences
+        (a seed fixes the sub-sample and the head's initialisation, so these are paired).
     """
 
     def val(name: str) -> float:
@@ -325,10 +326,16 @@ def select(settings: dict[str, dict[str, Any]]) -> dict[str, Any]:
             if name == "zero" or stat["mean"] is None or base["mean"] is None:
                 continue
             delta, band = stat["mean"] - base["mean"], stat["half_range"] + base["half_range"]
+            paired = {
+                seed: value - settings["zero"]["val_acc_per_seed"][seed]
+                for seed, value in entry.get("val_acc_per_seed", {}).items()
+                if value is not None and settings["zero"].get("val_acc_per_seed", {}).get(seed) is not None
+            }
             selection["vs_threshold_0"][name] = {
                 "val_acc_delta": delta,
                 "noise_band": band,
                 "beyond_noise": abs(delta) > band,
+                "val_acc_delta_per_seed": paired,
             }
     return selection
 
@@ -389,6 +396,7 @@ def summarize(
                 "label": setting.label,
                 "optim_args": setting.optim_args,
                 "seeds": [r["seed"] for r in records],
+                "val_acc_per_seed": {str(r["seed"]): r["val_acc"] for r in records},
                 "aggregate": aggregate(records),
             }
     selection = select(per_setting)
@@ -536,7 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, vs in selection.get("vs_threshold_0", {}).items():
         print(
             f"  {name}: {vs['val_acc_delta'] * 100:+.1f} pts val ACC vs threshold 0 "
-            f"({'beyond' if vs['beyond_noise'] else 'within'} the seed band ±{vs['noise_band'] * 100:.1f})"
+            f"({'beyond' if vs['beyond_noise'] else 'within'} the seed band ±{vs['noise_band'] * 100:.1f}; "
+            f"per seed {', '.join(f'{d * 100:+.1f}' for d in vs['val_acc_delta_per_seed'].values())})"
         )
     print(
         f"sum of run wall times {summary['total_run_wall_seconds']:.0f}s; "
