@@ -1,23 +1,26 @@
 """LoRA vs full fine-tuning on the 4-task sentiment queue (MiniLM), with CLASSP and AdamW.
 
-Builds five run configs from ``recipes/configs/sentiment_queue_lora.yaml`` and
+Builds five run configs per seed from ``recipes/configs/sentiment_queue_lora.yaml`` and
 ``recipes/configs/sentiment_queue.yaml``, sub-sampled to fit a CPU budget, runs them one after
-another with ``classp-hf run --quiet`` and writes a summary JSON and a markdown table.
+another with ``classp-hf run --quiet`` and writes a summary JSON and a markdown table (mean over
+the seeds, and each seed).
 
 Settings (same queue, seed, samples, max_length, batch size and epochs; only the lines below differ):
 
-- ``lora_classp_shared``: LoRA (r 8) + CLASSP, one shared adapter, lr 3e-3;
-- ``lora_classp_per_task``: LoRA + CLASSP, one adapter per task initialised from the previous one, lr 3e-3;
-- ``lora_adamw_shared``: LoRA + AdamW (no ``optim_args``), one shared adapter, lr 1e-3;
-- ``lora_adamw_per_task``: LoRA + AdamW, one adapter per task (init previous), lr 1e-3;
-- ``full_classp``: full fine-tuning + CLASSP (``sentiment_queue.yaml``), lr 1e-3.
+- ``lora_classp_shared``: LoRA (r 8) + CLASSP, one shared adapter;
+- ``lora_classp_per_task``: LoRA + CLASSP, one adapter per task initialised from the previous one;
+- ``lora_adamw_shared``: LoRA + AdamW, one shared adapter;
+- ``lora_adamw_per_task``: LoRA + AdamW, one adapter per task (init previous);
+- ``full_classp``: full fine-tuning + CLASSP (``sentiment_queue.yaml``'s model and queue).
 
-Extras, run only when named in ``--settings``: ``lora_classp_shared_lr1e-3`` and
-``lora_classp_per_task_lr1e-3`` (LoRA + CLASSP at lr 1e-3 instead of 3e-3).
+Every CLASSP run uses the optimizer's defaults (threshold 0, power 1, eps 1e-4) and AdamW torch's
+defaults, so only the parametrisation and the learning rate differ. The learning rates are the
+best by validation accuracy in ``benchmarks/lora_lr_sweep.py`` (docs/results_lora.md); override one
+with ``--lr SETTING=LR``.
 
-The run is resumable: a setting whose ``results.json`` says ``complete`` and whose ``config.yaml``
+The run is resumable: a run whose ``results.json`` says ``complete`` and whose ``config.yaml``
 matches the config generated now is skipped; anything else is (re)run with ``--overwrite``. After
-the first setting that actually runs, the total wall time of the set is extrapolated and compared
+the first run that actually runs, the total wall time of the set is extrapolated and compared
 with ``--budget-minutes``; ``--stop-over-budget`` stops there (exit 3) instead of carrying on, with
 the ``--train-samples`` that would fit.
 
@@ -29,18 +32,19 @@ Usage::
 
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 CLASSP_HF_DATA=/work/shared/data/sentiment \\
         python benchmarks/lora_queue.py --output-dir runs/lora_queue
-    python benchmarks/lora_queue.py --settings lora_classp_shared --train-samples 80 --eval-samples 40  # smoke test
+    python benchmarks/lora_queue.py --settings lora_classp_shared --seeds 0 --train-samples 80 --eval-samples 40
     python benchmarks/lora_queue.py --dry-run   # write the configs only
 
-Outputs under ``--output-dir``: ``configs/<setting>.yaml``, ``<setting>/`` (the run's folder),
-``logs/<setting>.log`` (the run's stdout/stderr), ``<setting>.wall.json`` (wall time of the run),
-``summary.json`` and ``summary.md``.
+Outputs under ``--output-dir``: ``configs/seed<S>/<setting>.yaml``, ``seed<S>/<setting>/`` (the run's
+folder), ``logs/seed<S>/<setting>.log`` (the run's stdout/stderr), ``seed<S>/<setting>.wall.json``
+(wall time and code version of the run), ``summary.json`` and ``summary.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -97,54 +101,28 @@ class Setting:
     init: str = "previous"
 
 
+#: Learning rates chosen by validation accuracy in benchmarks/lora_lr_sweep.py (docs/results_lora.md).
+LORA_CLASSP_LR = 1e-2
+LORA_ADAMW_LR = 3e-3
+FULL_CLASSP_LR = 1e-3
+
 SETTINGS: tuple[Setting, ...] = (
-    Setting("lora_classp_shared", "LoRA + CLASSP, shared", LORA_RECIPE, "classp", 3e-3, "power=1,eps=1e-8", "shared"),
-    Setting(
-        "lora_classp_per_task",
-        "LoRA + CLASSP, per-task (init previous)",
-        LORA_RECIPE,
-        "classp",
-        3e-3,
-        "power=1,eps=1e-8",
-        "per_task",
-    ),
-    Setting("lora_adamw_shared", "LoRA + AdamW, shared", LORA_RECIPE, "adamw", 1e-3, None, "shared"),
-    Setting(
-        "lora_adamw_per_task", "LoRA + AdamW, per-task (init previous)", LORA_RECIPE, "adamw", 1e-3, None, "per_task"
-    ),
-    Setting("full_classp", "Full fine-tuning + CLASSP", FULL_RECIPE, "classp", 1e-3, "power=1,eps=1e-8", None),
-)
-#: Follow-ups, run only when named in ``--settings``: LoRA + CLASSP at the full fine-tuning lr
-#: (lr 3e-3 collapses CLASSP fine-tuning of MiniLM to a constant prediction, docs/hyperparameters.md).
-EXTRA_SETTINGS: tuple[Setting, ...] = (
-    Setting(
-        "lora_classp_shared_lr1e-3",
-        "LoRA + CLASSP, shared, lr 1e-3 (extra)",
-        LORA_RECIPE,
-        "classp",
-        1e-3,
-        "power=1,eps=1e-8",
-        "shared",
-    ),
-    Setting(
-        "lora_classp_per_task_lr1e-3",
-        "LoRA + CLASSP, per-task, lr 1e-3 (extra)",
-        LORA_RECIPE,
-        "classp",
-        1e-3,
-        "power=1,eps=1e-8",
-        "per_task",
-    ),
+    Setting("lora_classp_shared", "LoRA + CLASSP, shared", LORA_RECIPE, "classp", LORA_CLASSP_LR, None, "shared"),
+    Setting("lora_classp_per_task", "LoRA + CLASSP, per-task", LORA_RECIPE, "classp", LORA_CLASSP_LR, None, "per_task"),
+    Setting("lora_adamw_shared", "LoRA + AdamW, shared", LORA_RECIPE, "adamw", LORA_ADAMW_LR, None, "shared"),
+    Setting("lora_adamw_per_task", "LoRA + AdamW, per-task", LORA_RECIPE, "adamw", LORA_ADAMW_LR, None, "per_task"),
+    Setting("full_classp", "Full fine-tuning + CLASSP", FULL_RECIPE, "classp", FULL_CLASSP_LR, None, None),
 )
 
 
 @dataclass
 class RunRecord:
-    """What the benchmark knows about one setting after (or without) running it."""
+    """What the benchmark knows about one run (a setting and a seed) after (or without) running it."""
 
     setting: Setting
     output_dir: Path
     config_path: Path
+    seed: int = 0
     ran: bool = False
     skipped: bool = False
     return_code: int | None = None
@@ -153,10 +131,26 @@ class RunRecord:
     results: dict[str, Any] | None = field(default=None, repr=False)
 
 
-def build_config(setting: Setting, train_samples: int, eval_samples: int, max_length: int, seed: int) -> dict[str, Any]:
+def build_config(
+    setting: Setting,
+    train_samples: int,
+    eval_samples: int,
+    max_length: int,
+    seed: int,
+    epochs: float | None = None,
+) -> dict[str, Any]:
     """The run config of ``setting``: its recipe with the setting's optimizer/adapters and the sub-sampling.
 
-    Data paths keep their ``${CLASSP_HF_DATA}`` so the config is portable.
+    Args:
+        setting: the setting.
+        train_samples: ``max_train_samples`` of every task.
+        eval_samples: ``max_eval_samples`` of every task.
+        max_length: tokenizer truncation.
+        seed: the run's seed (also seeds the sub-sampling).
+        epochs: ``num_train_epochs`` per task, or `None` for the recipe's.
+
+    Returns:
+        The config as a dict; data paths keep their ``${CLASSP_HF_DATA}`` so it is portable.
     """
     raw = yaml.safe_load(setting.recipe.read_text(encoding="utf-8"))
     config = copy.deepcopy(raw)
@@ -165,6 +159,8 @@ def build_config(setting: Setting, train_samples: int, eval_samples: int, max_le
     training = config.setdefault("training", {})
     training["optim"] = setting.optim
     training["learning_rate"] = setting.learning_rate
+    if epochs is not None:
+        training["num_train_epochs"] = epochs
     if setting.optim_args is None:
         training.pop("optim_args", None)
     else:
@@ -267,10 +263,6 @@ def run_setting(record: RunRecord, log_path: Path, env: dict[str, str]) -> None:
     record.ran = True
 
 
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
-
-
 def matrix_metrics(matrix: Sequence[Sequence[float]]) -> dict[str, float | None]:
     """ACC, BWT and forgetting of a (square, complete) accuracy matrix."""
     from classp_hf.metrics.continual import continual_metrics
@@ -280,11 +272,12 @@ def matrix_metrics(matrix: Sequence[Sequence[float]]) -> dict[str, float | None]
 
 
 def summarise(record: RunRecord) -> dict[str, Any]:
-    """The summary entry of one setting (results, costs, wall time)."""
+    """The summary entry of one run (results, costs, wall time)."""
     setting = record.setting
     entry: dict[str, Any] = {
         "name": setting.name,
         "label": setting.label,
+        "seed": record.seed,
         "recipe": str(setting.recipe.relative_to(REPO)),
         "optim": setting.optim,
         "optim_args": setting.optim_args,
@@ -315,6 +308,7 @@ def summarise(record: RunRecord) -> dict[str, Any]:
             "total_parameters": results.get("total_parameters"),
             "trainable_parameters": [task.get("trainable_parameters") for task in per_task],
             "optimizer_state_bytes": [task.get("optimizer_state_bytes") for task in per_task],
+            "train_loss": [task.get("train_loss") for task in per_task],
             "train_seconds": [task.get("seconds") for task in per_task],
             "train_examples": [task.get("train_examples") for task in per_task],
             "steps": [task.get("steps") for task in per_task],
@@ -327,6 +321,64 @@ def summarise(record: RunRecord) -> dict[str, Any]:
         complete = len(own) == len(own[-1])
         entry["metrics_own_adapter"] = matrix_metrics(own) if complete else None
     return entry
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present and len(present) == len(values) else None
+
+
+def _mean_matrix(matrices: Sequence[Sequence[Sequence[float]] | None]) -> list[list[float]] | None:
+    if not matrices or any(not m for m in matrices) or len({(len(m), len(m[-1])) for m in matrices}) != 1:
+        return None
+    rows = zip(*matrices)
+    return [[sum(cells) / len(cells) for cells in zip(*row)] for row in rows]
+
+
+def aggregate(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Groups the per-run entries by setting: the mean over seeds and each seed's value.
+
+    Args:
+        entries: :func:`summarise` entries, in run order.
+
+    Returns:
+        One dict per setting (first-seen order) with ``seeds``, ``acc``/``bwt``/``forgetting`` (and
+        ``*_own`` for per-task adapters) as ``{"mean": ..., "per_seed": [...]}``, the mean accuracy
+        matrices, the last task's trainable parameters and optimizer state, and the summed wall time.
+        A mean is `None` unless every seed has the value.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        groups.setdefault(entry["name"], []).append(entry)
+    out = []
+    for name, runs in groups.items():
+        done = [r for r in runs if r.get("status") == "complete"]
+        item: dict[str, Any] = {
+            "name": name,
+            "label": runs[0]["label"],
+            "learning_rate": runs[0]["learning_rate"],
+            "seeds": [r["seed"] for r in runs],
+            "complete_seeds": [r["seed"] for r in done],
+        }
+        for key in ("acc", "bwt", "forgetting"):
+            values = [(r.get("metrics") or {}).get(key) for r in runs]
+            item[key] = {"mean": _mean_or_none(values), "per_seed": values}
+            if any(r.get("accuracy_matrix_own_adapter") for r in runs):
+                own = [(r.get("metrics_own_adapter") or {}).get(key) for r in runs]
+                item[f"{key}_own"] = {"mean": _mean_or_none(own), "per_seed": own}
+        item["accuracy_matrix"] = _mean_matrix([r.get("accuracy_matrix") for r in done]) if done else None
+        own_matrices = [r.get("accuracy_matrix_own_adapter") for r in done]
+        item["accuracy_matrix_own_adapter"] = _mean_matrix(own_matrices) if any(own_matrices) else None
+        last = done[-1] if done else {}
+        item["trainable_parameters"] = (last.get("trainable_parameters") or [None])[-1]
+        item["total_parameters"] = last.get("total_parameters")
+        item["optimizer_state_bytes"] = (last.get("optimizer_state_bytes") or [None])[-1]
+        walls = [r.get("wall_seconds") for r in runs]
+        item["wall_seconds"] = sum(walls) if all(w is not None for w in walls) else None
+        losses = [r.get("train_loss") for r in done]
+        item["mean_train_loss"] = [_mean_or_none(task) for task in zip(*losses)] if losses and all(losses) else None
+        out.append(item)
+    return out
 
 
 def _pct(value: float | None) -> str:
@@ -362,64 +414,61 @@ def format_matrix(title: str, tasks: Sequence[str], matrix: Sequence[Sequence[fl
     return lines + [""]
 
 
+def _with_seeds(stat: dict[str, Any] | None, formatter: Any) -> str:
+    if not stat:
+        return "-"
+    seeds = ", ".join(formatter(v) for v in stat["per_seed"])
+    return f"{formatter(stat['mean'])} ({seeds})" if len(stat["per_seed"]) > 1 else formatter(stat["mean"])
+
+
 def format_markdown(summary: dict[str, Any]) -> str:
-    """The summary as markdown: the main table, the final rows and every accuracy matrix."""
-    entries = summary["settings"]
+    """The summary as markdown: the main table (mean and per seed), reference rows and mean matrices."""
     meta = summary["meta"]
+    settings = summary["by_setting"]
     lines = [
         "# LoRA vs full fine-tuning on the 4-task queue (MiniLM)",
         "",
         f"At most {meta['train_samples']} train / {meta['eval_samples']} test examples per task (seeded subsample), "
-        f"max_length {meta['max_length']}, seed {meta['seed']}, 1 epoch, batch 16. "
+        f"max_length {meta['max_length']}, {meta['epochs']} epochs per task, batch 16, seeds "
+        f"{', '.join(str(s) for s in meta['seeds'])}. "
         f"Total wall time {_minutes(meta['total_wall_seconds'])} min on {meta['machine']}.",
         "",
-        "Accuracies in %, BWT and forgetting in points. Params: trainable parameters per task (per-task adapters: the "
-        "current adapter and its head copy). State: optimizer state after the last task (MiB).",
+        "Accuracies in %, BWT and forgetting in points: mean over seeds (each seed in brackets). Own: per-task "
+        "adapters, each task evaluated with its own adapter. Params: trainable parameters on the last task. "
+        "State: optimizer state after the last task (MiB). Wall: all seeds.",
         "",
-        "| setting | lr | ACC | BWT | forgetting | ACC own | BWT own | trainable params | state MiB | wall min |",
+        "| setting | lr | ACC | BWT | forgetting | ACC own | forgetting own | trainable params | state MiB "
+        "| wall min |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for entry in entries:
-        metrics = entry.get("metrics") or {}
-        own = entry.get("metrics_own_adapter") or {}
-        params = entry.get("trainable_parameters") or [None]
-        state = entry.get("optimizer_state_bytes") or [None]
+    for item in settings:
         lines.append(
-            f"| {entry['label']} | {entry['learning_rate']:g} | {_pct(metrics.get('acc'))} | "
-            f"{_pts(metrics.get('bwt'))} | {_pts(metrics.get('forgetting'))} | "
-            f"{_pct(own.get('acc')) if own else '-'} | {_pts(own.get('bwt')) if own else '-'} | "
-            f"{_count(params[-1])} | {_mib(state[-1])} | {_minutes(entry.get('wall_seconds'))} |"
+            f"| {item['label']} | {item['learning_rate']:g} | {_with_seeds(item['acc'], _pct)} | "
+            f"{_with_seeds(item['bwt'], _pts)} | {_with_seeds(item['forgetting'], _pts)} | "
+            f"{_with_seeds(item.get('acc_own'), _pct)} | {_with_seeds(item.get('forgetting_own'), _pts)} | "
+            f"{_count(item['trainable_parameters'])} | {_mib(item['optimizer_state_bytes'])} | "
+            f"{_minutes(item['wall_seconds'])} |"
         )
-    tasks = next((e["tasks"] for e in entries if e.get("tasks")), None)
-    if tasks:
-        lines += [
-            "",
-            "Final row (after the last task; own = each task with its own adapter):",
-            "",
-            "| setting | " + " | ".join(_short(t) for t in tasks) + " |",
-            "|" + "---|" * (len(tasks) + 1),
-        ]
-        for entry in entries:
-            if entry.get("final_row"):
-                lines.append(f"| {entry['label']} | " + " | ".join(_pct(v) for v in entry["final_row"]) + " |")
-            if entry.get("final_row_own_adapter"):
-                lines.append(
-                    f"| {entry['label']}, own | " + " | ".join(_pct(v) for v in entry["final_row_own_adapter"]) + " |"
-                )
-        first = next(e for e in entries if e.get("tasks"))
-        lines += [
-            "",
-            "| | " + " | ".join(_short(t) for t in tasks) + " |",
-            "|" + "---|" * (len(tasks) + 1),
-            "| untrained | " + " | ".join(_pct(v) for v in first["initial_accuracy"]) + " |",
-            "| majority class | " + " | ".join(_pct(v) for v in first["majority_accuracy"]) + " |",
-            "",
-        ]
-        for entry in entries:
-            if entry.get("accuracy_matrix"):
-                lines += format_matrix(entry["label"], tasks, entry["accuracy_matrix"])
-            if entry.get("accuracy_matrix_own_adapter"):
-                lines += format_matrix(f"{entry['label']}, own adapter", tasks, entry["accuracy_matrix_own_adapter"])
+    runs = [e for e in summary["runs"] if e.get("tasks")]
+    if runs:
+        tasks = runs[0]["tasks"]
+        lines += ["", "Reference rows (constant predictions on each seed's test subsample):", ""]
+        lines.append("| reference | seed | " + " | ".join(_short(t) for t in tasks) + " |")
+        lines.append("|" + "---|" * (len(tasks) + 2))
+        seen = set()
+        for entry in runs:
+            if entry["seed"] in seen:
+                continue
+            seen.add(entry["seed"])
+            for label, key in (("untrained", "initial_accuracy"), ("majority class", "majority_accuracy")):
+                cells = " | ".join(_pct(v) for v in entry[key])
+                lines.append(f"| {label} | {entry['seed']} | {cells} |")
+        lines += ["", "Mean accuracy matrices over the seeds (row: after task i; column: test task j):", ""]
+        for item in settings:
+            if item.get("accuracy_matrix"):
+                lines += format_matrix(item["label"], tasks, item["accuracy_matrix"])
+            if item.get("accuracy_matrix_own_adapter"):
+                lines += format_matrix(f"{item['label']}, own adapter", tasks, item["accuracy_matrix_own_adapter"])
     return "\n".join(lines) + "\n"
 
 
@@ -429,18 +478,20 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output-dir", type=Path, default=REPO / "runs" / "lora_queue", help="(default runs/lora_queue)"
     )
-    parser.add_argument("--train-samples", type=int, default=400, help="max_train_samples per task (default 400)")
+    parser.add_argument("--train-samples", type=int, default=512, help="max_train_samples per task (default 512)")
     parser.add_argument("--eval-samples", type=int, default=200, help="max_eval_samples per task (default 200)")
+    parser.add_argument("--epochs", type=float, default=2.0, help="num_train_epochs per task (default 2)")
     parser.add_argument("--max-length", type=int, default=64, help="tokenizer truncation (default 64)")
-    parser.add_argument("--seed", type=int, default=0, help="the runs' seed (default 0)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="the runs' seeds (default 0 1)")
     parser.add_argument(
         "--settings",
         nargs="+",
-        choices=[s.name for s in SETTINGS + EXTRA_SETTINGS],
+        choices=[s.name for s in SETTINGS],
         default=[s.name for s in SETTINGS],
-        help="which settings to run, in this order (default: the five main ones, not the extras)",
+        help="which settings to run, in this order (default: all five)",
     )
-    parser.add_argument("--budget-minutes", type=float, default=45.0, help="wall budget of the whole set (default 45)")
+    parser.add_argument("--lr", nargs="+", default=[], metavar="SETTING=LR", help="override a setting's learning rate")
+    parser.add_argument("--budget-minutes", type=float, default=50.0, help="wall budget of the whole set (default 50)")
     parser.add_argument(
         "--stop-over-budget",
         action="store_true",
@@ -453,13 +504,40 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_lr_overrides(pairs: Sequence[str]) -> dict[str, float]:
+    """``SETTING=LR`` pairs as a dict.
+
+    Raises:
+        ValueError: a malformed pair, an unknown setting or a non-positive rate, naming the pair.
+    """
+    names = {s.name for s in SETTINGS}
+    overrides = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or name not in names:
+            raise ValueError(f"--lr {pair!r}: expected SETTING=LR with SETTING one of {', '.join(sorted(names))}")
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"--lr {pair!r}: {text!r} is not a number") from None
+        if not value > 0:
+            raise ValueError(f"--lr {pair!r}: the learning rate must be positive")
+        overrides[name] = value
+    return overrides
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the selected settings (resumably) and writes the summary; returns the exit code."""
+    """Runs the selected settings for every seed (resumably) and writes the summary; returns the exit code."""
     args = make_parser().parse_args(argv)
-    for name in ("train_samples", "eval_samples", "max_length"):
+    for name in ("train_samples", "eval_samples", "max_length", "epochs"):
         if getattr(args, name) <= 0:
             print(f"lora_queue: --{name.replace('_', '-')} must be positive", file=sys.stderr)
             return 2
+    try:
+        overrides = parse_lr_overrides(args.lr)
+    except ValueError as error:
+        print(f"lora_queue: {error}", file=sys.stderr)
+        return 2
     env = dict(os.environ)
     for key, value in DEFAULT_ENV.items():
         env.setdefault(key, value)
@@ -468,14 +546,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lora_queue: CLASSP_HF_DATA={env['CLASSP_HF_DATA']} is not a folder", file=sys.stderr)
         return 2
     out: Path = args.output_dir.resolve()
-    by_name = {s.name: s for s in SETTINGS + EXTRA_SETTINGS}
+    by_name = {s.name: s for s in SETTINGS}
     records: list[RunRecord] = []
-    for name in args.settings:
-        setting = by_name[name]
-        config_path = out / "configs" / f"{name}.yaml"
-        config = build_config(setting, args.train_samples, args.eval_samples, args.max_length, args.seed)
-        write_config(config, config_path, setting)
-        records.append(RunRecord(setting, out / name, config_path))
+    for seed in args.seeds:
+        for name in args.settings:
+            setting = by_name[name]
+            if name in overrides:
+                setting = dataclasses.replace(setting, learning_rate=overrides[name])
+            config_path = out / "configs" / f"seed{seed}" / f"{name}.yaml"
+            config = build_config(setting, args.train_samples, args.eval_samples, args.max_length, seed, args.epochs)
+            write_config(config, config_path, setting)
+            records.append(RunRecord(setting, out / f"seed{seed}" / name, config_path, seed))
     if args.dry_run:
         for record in records:
             print(
@@ -485,21 +566,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     set_started = time.perf_counter()
-    first_run_seconds: float | None = None
     projection: dict[str, Any] | None = None
     failures = 0
     for index, record in enumerate(records):
-        wall_file = out / f"{record.setting.name}.wall.json"
+        tag = f"seed {record.seed} {record.setting.name}"
+        wall_file = record.output_dir.with_name(f"{record.setting.name}.wall.json")
+        log_path = out / "logs" / f"seed{record.seed}" / f"{record.setting.name}.log"
         if not args.rerun and is_complete(record.output_dir, record.config_path):
             record.skipped = True
             stored = _read_json(wall_file) or {}
             record.wall_seconds, record.code = stored.get("wall_seconds"), stored.get("code")
-            print(f"[lora_queue] {record.setting.name}: complete, skipped", flush=True)
+            print(f"[lora_queue] {tag}: complete, skipped", flush=True)
         else:
-            print(f"[lora_queue] {record.setting.name}: running ({record.setting.label})", flush=True)
-            run_setting(record, out / "logs" / f"{record.setting.name}.log", env)
+            print(f"[lora_queue] {tag}: running ({record.setting.label}, started {time.strftime('%H:%M:%S')})")
+            sys.stdout.flush()
+            run_setting(record, log_path, env)
             ok = record.return_code == 0
             failures += not ok
+            wall_file.parent.mkdir(parents=True, exist_ok=True)
             wall_file.write_text(
                 json.dumps(
                     {
@@ -511,44 +595,47 @@ def main(argv: Sequence[str] | None = None) -> int:
                 encoding="utf-8",
             )
             print(
-                f"[lora_queue] {record.setting.name}: {'done' if ok else f'FAILED (exit {record.return_code})'} "
-                f"in {_minutes(record.wall_seconds)} min (log: {out / 'logs' / (record.setting.name + '.log')})",
+                f"[lora_queue] {tag}: {'done' if ok else f'FAILED (exit {record.return_code})'} "
+                f"in {_minutes(record.wall_seconds)} min (log: {log_path})",
                 flush=True,
             )
-            if first_run_seconds is None and ok:
-                first_run_seconds = record.wall_seconds or 0.0
-                remaining = sum(
-                    1 for r in records[index + 1 :] if args.rerun or not is_complete(r.output_dir, r.config_path)
-                )
-                projected = first_run_seconds * (1 + remaining)
-                budget = args.budget_minutes * 60
-                projection = {
-                    "first_run": record.setting.name,
-                    "first_run_seconds": round(first_run_seconds, 1),
-                    "runs_left": remaining,
-                    "projected_seconds": round(projected, 1),
-                    "budget_seconds": budget,
-                }
-                fits = projected <= budget
-                print(
-                    f"[lora_queue] extrapolated: {1 + remaining} runs x {_minutes(first_run_seconds)} min = "
-                    f"{_minutes(projected)} min (budget {args.budget_minutes:g} min): {'fits' if fits else 'OVER'}",
-                    flush=True,
-                )
-                if not fits:
-                    # Training cost is roughly linear in the training examples; keep a 10% margin.
-                    scale = 0.9 * budget / projected
-                    suggestion = max(16, int(math.floor(args.train_samples * scale / 16) * 16))
-                    print(f"[lora_queue] to fit, try --train-samples {suggestion} (eval samples too)", flush=True)
-                    projection["suggested_train_samples"] = suggestion
-                    if args.stop_over_budget:
-                        record.results = _read_json(record.output_dir / "results.json")
-                        write_summary(records, args, out, time.perf_counter() - set_started, projection)
-                        return EXIT_OVER_BUDGET
+            if projection is None and ok:
+                projection = project(records, index, record.wall_seconds or 0.0, args)
+                if projection.get("suggested_train_samples") and args.stop_over_budget:
+                    record.results = _read_json(record.output_dir / "results.json")
+                    write_summary(records, args, out, time.perf_counter() - set_started, projection)
+                    return EXIT_OVER_BUDGET
         record.results = _read_json(record.output_dir / "results.json")
     summary = write_summary(records, args, out, time.perf_counter() - set_started, projection)
     print(format_markdown(summary))
     return 1 if failures else 0
+
+
+def project(records: Sequence[RunRecord], index: int, seconds: float, args: argparse.Namespace) -> dict[str, Any]:
+    """Extrapolates the set's wall time from its first run and prints whether it fits the budget."""
+    remaining = sum(1 for r in records[index + 1 :] if args.rerun or not is_complete(r.output_dir, r.config_path))
+    projected = seconds * (1 + remaining)
+    budget = args.budget_minutes * 60
+    projection: dict[str, Any] = {
+        "first_run": records[index].setting.name,
+        "first_run_seconds": round(seconds, 1),
+        "runs_left": remaining,
+        "projected_seconds": round(projected, 1),
+        "budget_seconds": budget,
+    }
+    fits = projected <= budget
+    print(
+        f"[lora_queue] extrapolated: {1 + remaining} runs x {_minutes(seconds)} min = "
+        f"{_minutes(projected)} min (budget {args.budget_minutes:g} min): {'fits' if fits else 'OVER'}",
+        flush=True,
+    )
+    if not fits:
+        # Training cost is roughly linear in the training examples; keep a 10% margin.
+        scale = 0.9 * budget / projected
+        suggestion = max(16, int(math.floor(args.train_samples * scale / 16) * 16))
+        print(f"[lora_queue] to fit, try --train-samples {suggestion} (eval samples too)", flush=True)
+        projection["suggested_train_samples"] = suggestion
+    return projection
 
 
 def write_summary(
@@ -560,12 +647,14 @@ def write_summary(
 ) -> dict[str, Any]:
     """Writes ``summary.json`` and ``summary.md`` and returns the summary."""
     walls = [r.wall_seconds for r in records if r.wall_seconds is not None]
+    runs = [summarise(record) for record in records]
     summary = {
         "meta": {
             "train_samples": args.train_samples,
             "eval_samples": args.eval_samples,
+            "epochs": args.epochs,
             "max_length": args.max_length,
-            "seed": args.seed,
+            "seeds": list(args.seeds),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None,
             "this_invocation_seconds": round(elapsed, 1),
             "total_wall_seconds": round(sum(walls), 1) if walls else None,
@@ -573,7 +662,8 @@ def write_summary(
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
             "python": platform.python_version(),
         },
-        "settings": [summarise(record) for record in records],
+        "by_setting": aggregate(runs),
+        "runs": runs,
     }
     json_path = args.json or out / "summary.json"
     md_path = args.markdown or out / "summary.md"

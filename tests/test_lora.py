@@ -112,6 +112,11 @@ def test_per_task_adapters(per_task_run, tiny_model_dir):  # noqa: F811
     trainable = {n for n, p in runner.model.named_parameters() if p.requires_grad}
     assert trainable and all(".amazon_reviews." in n for n in trainable)
     assert {id(p) for p in runner.optimizer.state} == {id(p) for p in runner.model.parameters() if p.requires_grad}
+    # Each task's new adapter (with its head copy) adds exactly its trainable parameters to the model.
+    first, second = results["per_task"]
+    assert second["total_parameters"] == first["total_parameters"] + second["trainable_parameters"]
+    all_parameters = sum(p.numel() for p in runner.model.parameters())
+    assert results["total_parameters"] == second["total_parameters"] == all_parameters
 
 
 @pytest.mark.parametrize("optim", sorted(set(list_optimizers()) & {"classp", "sgd", "adam", "adamw", "adagrad"}))

@@ -238,3 +238,18 @@ def test_sparsity_diagnostics_and_validation_split(tmp_path, tiny_model_dir):
     assert (tmp_path / "out" / "sparsity.png").stat().st_size > 0
     report = (tmp_path / "out" / "report.md").read_text()
     assert "Sparsity of the updates" in report and "Validation accuracy matrix" in report
+
+
+def test_pin_memory_off_without_accelerator_unless_asked(tmp_path, tiny_model_dir, monkeypatch):
+    import classp_hf.continual.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "_accelerator_available", lambda: False)
+    runner = ContinualRunner(config_from_dict(raw_config(tiny_model_dir)), tmp_path / "a", log=False)
+    assert runner.training_arguments(0).dataloader_pin_memory is False
+    raw = raw_config(tiny_model_dir)
+    raw["training"]["dataloader_pin_memory"] = True
+    runner = ContinualRunner(config_from_dict(raw), tmp_path / "b", log=False)
+    assert runner.training_arguments(0).dataloader_pin_memory is True  # the user's choice wins
+    monkeypatch.setattr(runner_module, "_accelerator_available", lambda: True)
+    runner = ContinualRunner(config_from_dict(raw_config(tiny_model_dir)), tmp_path / "c", log=False)
+    assert runner.training_arguments(0).dataloader_pin_memory is True  # transformers' default on GPUs

@@ -162,6 +162,8 @@ class ContinualRunner:
         )
         if self.use_cpu:
             options["use_cpu"] = True
+        if self.use_cpu or not _accelerator_available():
+            options.setdefault("dataloader_pin_memory", False)  # nothing to pin for; torch warns otherwise
         return TrainingArguments(**options)
 
     def _trainer(self, index: int) -> Any:
@@ -375,6 +377,9 @@ class ContinualRunner:
                 self.results["validation"]["accuracy_matrix"].append(self.evaluate(trainer, "validation")[0])
             self.results["accuracy_matrix"].append(accuracies)
             self.results["macro_f1_matrix"].append(f1s)
+            # Per-task adapters add parameters task by task: count after each task, keep the latest on top.
+            total_parameters = sum(p.numel() for p in self.model.parameters())
+            self.results["total_parameters"] = total_parameters
             self.results["per_task"].append(
                 {
                     "name": data.name,
@@ -386,6 +391,7 @@ class ContinualRunner:
                     "learning_rate": float(args.learning_rate),
                     "optimizer_diagnostics": optimizer_diagnostics(self.optimizer),
                     "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                    "total_parameters": total_parameters,
                     "optimizer_state_bytes": optimizer_state_bytes(self.optimizer),
                 }
             )
@@ -411,6 +417,14 @@ class ContinualRunner:
             self.tokenizer.save_pretrained(final)
         self._print("\n" + format_matrix_table(self.results))
         return self.results
+
+
+def _accelerator_available() -> bool:
+    """Whether torch sees an accelerator (CUDA, XPU, MPS, ...) that pinned memory would help."""
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None:
+        return bool(accelerator.is_available())
+    return torch.cuda.is_available()
 
 
 def optimizer_state_bytes(optimizer: Any) -> int:
