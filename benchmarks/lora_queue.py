@@ -501,6 +501,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="write the configs and print the commands only")
     parser.add_argument("--json", type=Path, default=None, help="summary JSON (default OUTPUT_DIR/summary.json)")
     parser.add_argument("--markdown", type=Path, default=None, help="summary markdown (default OUTPUT_DIR/summary.md)")
+    parser.add_argument("--plot", type=Path, default=None, help="summary figure (default OUTPUT_DIR/summary.png)")
+    parser.add_argument(
+        "--summarise-only", action="store_true", help="rebuild the summary from finished runs; run nothing"
+    )
     return parser
 
 
@@ -563,6 +567,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 " ".join([*classp_hf_command(), "run", str(record.config_path), "--output-dir", str(record.output_dir)])
                 + " --overwrite --quiet"
             )
+        return 0
+    if args.summarise_only:
+        for record in records:
+            stored = _read_json(record.output_dir.with_name(f"{record.setting.name}.wall.json")) or {}
+            record.wall_seconds, record.code = stored.get("wall_seconds"), stored.get("code")
+            record.skipped = is_complete(record.output_dir, record.config_path)
+            record.results = _read_json(record.output_dir / "results.json") if record.skipped else None
+        print(format_markdown(write_summary(records, args, out, 0.0, None)))
         return 0
 
     set_started = time.perf_counter()
@@ -671,7 +683,69 @@ def write_summary(
     json_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text(format_markdown(summary), encoding="utf-8")
+    if any(v is not None for item in summary["by_setting"] for v in item["acc"]["per_seed"]):
+        plot_summary(summary, args.plot or out / "summary.png")
     return summary
+
+
+def plot_summary(summary: dict[str, Any], path: Path) -> Path:
+    """Draws ACC, forgetting (bars: mean over seeds; dots: each seed) and optimizer state per setting.
+
+    Args:
+        summary: what :func:`write_summary` builds.
+        path: the PNG to write.
+
+    Returns:
+        ``path``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    items = summary["by_setting"]
+    labels = [
+        item["label"].replace("Full fine-tuning", "full FT").replace(" + ", "\n").replace(", ", "\n") for item in items
+    ]
+    fig = Figure(figsize=(13, 4.2), dpi=120)
+    FigureCanvasAgg(fig)
+    panels = fig.subplots(1, 3)
+    for ax, key, title, own_key in (
+        (panels[0], "acc", "ACC after the last task (%)", "acc_own"),
+        (panels[1], "forgetting", "forgetting (points)", "forgetting_own"),
+    ):
+        for i, item in enumerate(items):
+            values = [v for v in item[key]["per_seed"] if v is not None]
+            if not values:
+                continue
+            ax.bar(i, 100 * sum(values) / len(values), color="#4c72b0" if "LoRA" in item["label"] else "#dd8452")
+            ax.scatter([i] * len(values), [100 * v for v in values], color="black", s=12, zorder=3)
+            own = [v for v in (item.get(own_key) or {}).get("per_seed", []) if v is not None]
+            if own:
+                ax.scatter([i + 0.25] * len(own), [100 * v for v in own], marker="^", color="#55a868", s=22, zorder=3)
+        ax.set_xticks(range(len(items)), labels, fontsize=7)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    by_seed = {e["seed"]: e["majority_accuracy"] for e in summary["runs"] if e.get("majority_accuracy")}
+    if by_seed:  # the mean over tasks of always predicting each task's majority class, averaged over seeds
+        majority = 100 * sum(sum(row) / len(row) for row in by_seed.values()) / len(by_seed)
+        panels[0].axhline(majority, color="gray", linestyle="--", linewidth=1)
+        panels[0].text(len(items) - 0.5, majority, "majority class", fontsize=7, ha="right", va="bottom")
+    states = [(item["optimizer_state_bytes"] or 0) / 2**20 for item in items]
+    panels[2].bar(range(len(items)), states, color=["#4c72b0" if "LoRA" in i["label"] else "#dd8452" for i in items])
+    panels[2].set_yscale("log")
+    panels[2].set_xticks(range(len(items)), labels, fontsize=7)
+    panels[2].set_title("optimizer state after the last task (MiB, log)", fontsize=10)
+    for i, value in enumerate(states):
+        panels[2].text(i, value, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
+    fig.suptitle(
+        "LoRA vs full fine-tuning on the 4-task queue (dots: seeds; triangles: per-task adapters, own adapter)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
 
 
 if __name__ == "__main__":

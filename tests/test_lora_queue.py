@@ -61,7 +61,7 @@ def test_configs_validate_and_differ_only_where_intended(queue, monkeypatch, tmp
     assert configs["lora_classp_per_task"].training["learning_rate"] == queue.LORA_CLASSP_LR
 
 
-def test_aggregate_means_over_seeds_and_refuses_partial_means(queue):
+def test_aggregate_means_over_seeds_and_refuses_partial_means(queue, tmp_path):
     def run(name, seed, acc, matrix, own=None, status="complete"):
         entry = {
             "name": name,
@@ -100,21 +100,22 @@ def test_aggregate_means_over_seeds_and_refuses_partial_means(queue):
     # A seed without results: no mean (it would silently be a one-seed number), matrices of the complete seed.
     assert b["acc"] == {"mean": None, "per_seed": [0.5, None]} and b["complete_seeds"] == [0]
     assert b["accuracy_matrix"] == m0 and b["wall_seconds"] is None and "acc_own" not in b
-    markdown = queue.format_markdown(
-        {
-            "meta": {
-                "train_samples": 1,
-                "eval_samples": 1,
-                "max_length": 8,
-                "epochs": 1,
-                "seeds": [0, 1],
-                "total_wall_seconds": 1.0,
-                "machine": "m",
-            },
-            "by_setting": [a, b],
-            "runs": [],
-        }
-    )
+    summary = {
+        "meta": {
+            "train_samples": 1,
+            "eval_samples": 1,
+            "max_length": 8,
+            "epochs": 1,
+            "seeds": [0, 1],
+            "total_wall_seconds": 1.0,
+            "machine": "m",
+        },
+        "by_setting": [a, b],
+        "runs": [],
+    }
+    markdown = queue.format_markdown(summary)
+    png = queue.plot_summary(summary, tmp_path / "fig" / "summary.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(png.parent.glob(".*.tmp"))
     assert "| a | 0.001 | 60.0 (60.0, 60.0) |" in markdown and "| b | 0.001 | n/a (50.0, n/a) |" in markdown
 
 
