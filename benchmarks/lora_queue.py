@@ -49,6 +49,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -127,6 +128,7 @@ class RunRecord:
     skipped: bool = False
     return_code: int | None = None
     wall_seconds: float | None = None
+    cpu_seconds: float | None = None
     code: dict[str, Any] | None = None
     results: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -254,11 +256,16 @@ def run_setting(record: RunRecord, log_path: Path, env: dict[str, str]) -> None:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     record.code = code_version()
     started = time.perf_counter()
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with log_path.open("w", encoding="utf-8") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
         completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, check=False)
     record.wall_seconds = time.perf_counter() - started
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    record.cpu_seconds = (children_after.ru_utime - children_before.ru_utime) + (
+        children_after.ru_stime - children_before.ru_stime
+    )
     record.return_code = completed.returncode
     record.ran = True
 
@@ -289,6 +296,7 @@ def summarise(record: RunRecord) -> dict[str, Any]:
         "skipped_as_complete": record.skipped,
         "return_code": record.return_code,
         "wall_seconds": None if record.wall_seconds is None else round(record.wall_seconds, 1),
+        "cpu_seconds": None if record.cpu_seconds is None else round(record.cpu_seconds, 1),
         "code": record.code,
     }
     results = record.results
@@ -373,8 +381,9 @@ def aggregate(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         item["trainable_parameters"] = (last.get("trainable_parameters") or [None])[-1]
         item["total_parameters"] = last.get("total_parameters")
         item["optimizer_state_bytes"] = (last.get("optimizer_state_bytes") or [None])[-1]
-        walls = [r.get("wall_seconds") for r in runs]
-        item["wall_seconds"] = sum(walls) if all(w is not None for w in walls) else None
+        for key in ("wall_seconds", "cpu_seconds"):
+            values = [r.get(key) for r in runs]
+            item[key] = sum(values) if all(v is not None for v in values) else None
         losses = [r.get("train_loss") for r in done]
         item["mean_train_loss"] = [_mean_or_none(task) for task in zip(*losses)] if losses and all(losses) else None
         out.append(item)
@@ -431,7 +440,8 @@ def format_markdown(summary: dict[str, Any]) -> str:
         f"At most {meta['train_samples']} train / {meta['eval_samples']} test examples per task (seeded subsample), "
         f"max_length {meta['max_length']}, {meta['epochs']} epochs per task, batch 16, seeds "
         f"{', '.join(str(s) for s in meta['seeds'])}. "
-        f"Total wall time {_minutes(meta['total_wall_seconds'])} min on {meta['machine']}.",
+        f"Total wall time {_minutes(meta['total_wall_seconds'])} min, CPU time (user + system of the runs) "
+        f"{_minutes(meta.get('total_cpu_seconds'))} min, on {meta['machine']}.",
         "",
         "Accuracies in %, BWT and forgetting in points: mean over seeds (each seed in brackets). Own: per-task "
         "adapters, each task evaluated with its own adapter. Params: trainable parameters on the last task. "
@@ -572,6 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for record in records:
             stored = _read_json(record.output_dir.with_name(f"{record.setting.name}.wall.json")) or {}
             record.wall_seconds, record.code = stored.get("wall_seconds"), stored.get("code")
+            record.cpu_seconds = stored.get("cpu_seconds")
             record.skipped = is_complete(record.output_dir, record.config_path)
             record.results = _read_json(record.output_dir / "results.json") if record.skipped else None
         print(format_markdown(write_summary(records, args, out, 0.0, None)))
@@ -588,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             record.skipped = True
             stored = _read_json(wall_file) or {}
             record.wall_seconds, record.code = stored.get("wall_seconds"), stored.get("code")
+            record.cpu_seconds = stored.get("cpu_seconds")
             print(f"[lora_queue] {tag}: complete, skipped", flush=True)
         else:
             print(f"[lora_queue] {tag}: running ({record.setting.label}, started {time.strftime('%H:%M:%S')})")
@@ -600,6 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 json.dumps(
                     {
                         "wall_seconds": round(record.wall_seconds or 0.0, 1),
+                        "cpu_seconds": round(record.cpu_seconds or 0.0, 1),
                         "return_code": record.return_code,
                         "code": record.code,
                     }
@@ -659,6 +672,7 @@ def write_summary(
 ) -> dict[str, Any]:
     """Writes ``summary.json`` and ``summary.md`` and returns the summary."""
     walls = [r.wall_seconds for r in records if r.wall_seconds is not None]
+    cpus = [r.cpu_seconds for r in records if r.cpu_seconds is not None]
     runs = [summarise(record) for record in records]
     summary = {
         "meta": {
@@ -670,6 +684,7 @@ def write_summary(
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None,
             "this_invocation_seconds": round(elapsed, 1),
             "total_wall_seconds": round(sum(walls), 1) if walls else None,
+            "total_cpu_seconds": round(sum(cpus), 1) if cpus else None,
             "projection": projection,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
             "python": platform.python_version(),
