@@ -515,6 +515,14 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--summarise-only", action="store_true", help="rebuild the summary from finished runs; run nothing"
     )
+    parser.add_argument(
+        "--include",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="SUMMARY_JSON",
+        help="also show the settings of other sets' summary.json (labelled with their lr) in the tables and figure",
+    )
     return parser
 
 
@@ -692,6 +700,11 @@ def write_summary(
         "by_setting": aggregate(runs),
         "runs": runs,
     }
+    for path in args.include or []:  # other sets (e.g. another learning rate) shown beside this one
+        other = json.loads(Path(path).read_text(encoding="utf-8"))
+        for item in other["by_setting"]:
+            summary["by_setting"].append({**item, "label": f"{item['label']}, lr {item['learning_rate']:g}"})
+        summary["meta"].setdefault("included", []).append({"summary": str(path), "meta": other["meta"]})
     json_path = args.json or out / "summary.json"
     md_path = args.markdown or out / "summary.md"
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -718,7 +731,9 @@ def plot_summary(summary: dict[str, Any], path: Path) -> Path:
 
     items = summary["by_setting"]
     labels = [
-        item["label"].replace("Full fine-tuning", "full FT").replace(" + ", "\n").replace(", ", "\n") for item in items
+        item["label"].split(", lr ")[0].replace("Full fine-tuning", "full FT").replace(" + ", "\n").replace(", ", "\n")
+        + f"\nlr {item['learning_rate']:g}"
+        for item in items
     ]
     fig = Figure(figsize=(13, 4.2), dpi=120)
     FigureCanvasAgg(fig)
