@@ -34,19 +34,31 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``run`` options (shared with ``recipes/continual_sentiment.py``)."""
     parser.add_argument("config", help="the run's YAML config (see recipes/configs/)")
     parser.add_argument("--output-dir", required=True, help="where results, report, plots and the model go")
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output directory")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--overwrite", action="store_true", help="write into a non-empty output directory")
+    start.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --output-dir after its last finished task (same config)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines (the Trainer's bars stay)")
 
 
-def run_command(config_path: str, output_dir: str, overwrite: bool = False, quiet: bool = False) -> int:
-    """Loads and validates the config, then runs it. Bad input exits 2 with one line naming the culprit."""
+def run_command(
+    config_path: str, output_dir: str, overwrite: bool = False, quiet: bool = False, resume: bool = False
+) -> int:
+    """Loads and validates the config, then runs (or resumes) it.
+
+    Bad input (a config error, an unusable output folder, a run that cannot be resumed) exits 2 with
+    one line naming the culprit.
+    """
     from classp_hf.continual.config import load_config
     from classp_hf.continual.runner import run_continual
 
     try:
         config = load_config(config_path)
-        run_continual(config, output_dir, overwrite=overwrite, log=not quiet)
-    except ValueError as error:  # ConfigError, OutputDirError, invalid hyperparameters
+        run_continual(config, output_dir, overwrite=overwrite, log=not quiet, resume=resume)
+    except ValueError as error:  # ConfigError, OutputDirError, ResumeError, invalid hyperparameters
         print(f"classp-hf: error: {error}", file=sys.stderr)
         return 2
     return 0
@@ -74,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``classp-hf`` command."""
     args = make_parser().parse_args(argv)
     if args.command == "run":
-        return run_command(args.config, args.output_dir, args.overwrite, args.quiet)
+        return run_command(args.config, args.output_dir, args.overwrite, args.quiet, args.resume)
     if args.command == "probe":
         return probe_command(args.config, args.batches, args.mode, args.target_fraction, args.json)
     return 2

@@ -18,14 +18,16 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the run's YAML config")
     parser.add_argument("--output-dir", required=True, help="where results, report, plots and the model go")
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output directory")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--overwrite", action="store_true", help="write into a non-empty output directory")
+    start.add_argument("--resume", action="store_true", help="continue the run in --output-dir after its last task")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    return run_command(args.config, args.output_dir, args.overwrite, args.quiet)
+    return run_command(args.config, args.output_dir, args.overwrite, args.quiet, args.resume)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +18,22 @@ import numpy as np
 import torch
 import yaml
 
+from classp_hf.continual.checkpoint import (
+    RUN_STATE,
+    ResumeError,
+    check_same_config,
+    load_checkpoint,
+    read_run_state,
+    restore_adapters,
+    save_checkpoint,
+)
 from classp_hf.continual.config import ConfigError, RunConfig, resolve_model_path
 from classp_hf.continual.io import write_json_atomic, write_text_atomic
 from classp_hf.continual.tasks import TaskData, load_task
 from classp_hf.trainer import _unwrap_optimizer
 
-__all__ = ["ContinualRunner", "run_continual", "OutputDirError", "prepare_output_dir"]
+__all__ = ["ContinualRunner", "run_continual", "OutputDirError", "ResumeError", "prepare_output_dir"]
 
-RUN_STATE = "run_state.json"
 RESULTS = "results.json"
 
 
@@ -89,20 +96,30 @@ class ContinualRunner:
             model go.
         overwrite: write into a non-empty ``output_dir``.
         log: prints progress lines (main process only).
+        resume: continue the run in ``output_dir`` after its last checkpointed task (same config).
     """
 
     config: RunConfig
     output_dir: Path
     overwrite: bool = False
     log: bool = True
+    resume: bool = False
     tasks: list[TaskData] = field(default_factory=list, init=False)
     results: dict[str, Any] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        self.output_dir = prepare_output_dir(self.output_dir, self.overwrite)
+        if self.resume and self.overwrite:
+            raise ResumeError("--resume and --overwrite exclude each other: --overwrite starts the run afresh")
+        if self.resume:
+            self.output_dir = Path(self.output_dir)
+            self._read_resume_files()  # raises before anything is loaded or written
+        else:
+            self.output_dir = prepare_output_dir(self.output_dir, self.overwrite)
         self.use_cpu = bool(self.config.training.get("use_cpu", False)) or _cpu_processes()
         self.is_main = _is_main_process(self.use_cpu)
         self.optimizer: torch.optim.Optimizer | None = None
+        self._resumed_optimizer_state: dict[str, Any] | None = None
+        self.ever_updated: dict[str, torch.Tensor] = {}
 
     # -- set-up -----------------------------------------------------------------------------
     def _print(self, message: str) -> None:
@@ -173,6 +190,7 @@ class ContinualRunner:
 
         if self.adapters is not None and self.adapters.start_task(self.model, self.tasks[index].name):
             self.optimizer = None  # a new adapter's parameters start with fresh optimizer state
+            self._resumed_optimizer_state = None
         args = self.training_arguments(index)
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.output_dir / "logs" / self.tasks[index].name)
         trainer = Trainer(
@@ -183,10 +201,15 @@ class ContinualRunner:
             processing_class=self.tokenizer,
             continual_method=self.method,
         )
-        if self.optimizer is None:
+        carried_over = self.optimizer is not None
+        if not carried_over:
             trainer.create_optimizer()
             self.optimizer = _unwrap_optimizer(trainer.optimizer)
-        else:
+        if self._resumed_optimizer_state is not None:  # --resume: the state saved after the last task
+            self.optimizer.load_state_dict(self._resumed_optimizer_state)
+            self._resumed_optimizer_state = None
+            carried_over = True
+        if carried_over:
             # The optimizer (and CLASSP's S) persists across tasks; the schedule restarts from this
             # task's learning rate, which the scheduler reads from `initial_lr`.
             for group in self.optimizer.param_groups:
@@ -280,38 +303,87 @@ class ContinualRunner:
             merged.save_pretrained(self.output_dir / "merged" / name)
             self.tokenizer.save_pretrained(self.output_dir / "merged" / name)
 
-    def _save_checkpoint(self, index: int) -> None:
-        """Model, optimizer state and run state after task ``index``; the previous one is removed."""
+    def _save_checkpoint(self, index: int, tracking: bool) -> None:
+        """Model, optimizer, method state (and update masks) after task ``index``; see :mod:`.checkpoint`."""
         if not self.is_main:
             return
-        name = f"task-{index:02d}-{self.tasks[index].name}"
-        folder = self.output_dir / "checkpoints" / name
-        self.model.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
-        torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
-        previous = self._read_run_state().get("checkpoint")
-        write_json_atomic(
-            self.output_dir / RUN_STATE,
-            {"completed_tasks": index + 1, "tasks": self.results["tasks"], "checkpoint": f"checkpoints/{name}"},
+        save_checkpoint(
+            self.output_dir,
+            index,
+            [data.name for data in self.tasks],
+            self.model,
+            self.tokenizer,
+            self.optimizer,
+            self.method.state_dict(),
+            self.ever_updated if tracking else None,
         )
-        if previous and previous != f"checkpoints/{name}":
-            shutil.rmtree(self.output_dir / previous, ignore_errors=True)
 
-    def _read_run_state(self) -> dict[str, Any]:
+    def _read_resume_files(self) -> None:
+        """``--resume``: reads and checks the run state, config, checkpoint files and results so far.
+
+        Raises:
+            ResumeError: a file is missing or corrupt, or the config is not the run's, naming the file.
+        """
         import json
 
-        path = self.output_dir / RUN_STATE
-        return json.loads(path.read_text()) if path.is_file() else {}
+        self.run_state = read_run_state(self.output_dir)
+        check_same_config(self.config, self.output_dir)
+        self._checkpoint_files = load_checkpoint(self.run_state.checkpoint)
+        path = self.output_dir / RESULTS
+        try:
+            results = json.loads(path.read_text(encoding="utf-8"))
+            trained = len(results["accuracy_matrix"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ResumeError(f"--resume: {path} is missing or corrupt ({type(error).__name__})") from None
+        done = self.run_state.completed_tasks
+        if trained < done:
+            raise ResumeError(f"--resume: {path} has {trained} rows, {RUN_STATE} says {done} tasks are done")
+        self._resumed_results = results
+
+    def _restore(self) -> int:
+        """``--resume``: loads the last checkpoint and the results so far; returns the next task's index.
+
+        Raises:
+            ResumeError: the checkpoint does not fit this config, naming the file.
+        """
+        from transformers import AutoModelForSequenceClassification
+
+        state = self.run_state
+        names = [data.name for data in self.tasks]
+        if state.tasks != names:
+            raise ResumeError(f"--resume: {RUN_STATE} lists the tasks {state.tasks}, the config {names}")
+        done = state.completed_tasks
+        results = self._resumed_results
+        # Rows of a task that finished after its checkpoint was written are dropped: it is trained again.
+        for part in (results, results.get("validation")):
+            for key in ("accuracy_matrix", "macro_f1_matrix", "accuracy_matrix_own_adapter", "per_task"):
+                if part and key in part:
+                    part[key] = part[key][:done]
+        results["status"] = "running" if done < len(names) else "complete"
+        results.setdefault("resumed_after_tasks", []).append(done)
+        self.results = results
+        if self.adapters is None:
+            try:
+                self.model = AutoModelForSequenceClassification.from_pretrained(state.checkpoint)
+            except (OSError, ValueError) as error:
+                first = str(error).splitlines()[0]
+                raise ResumeError(f"--resume: cannot load the model in {state.checkpoint} ({first})") from None
+        else:
+            for data in self.tasks[1:done]:  # rebuild the adapters the run had, then load their weights
+                self.adapters.start_task(self.model, data.name)
+            restore_adapters(self.model, state.checkpoint, self.adapters.names)
+        files = self._checkpoint_files
+        self._resumed_optimizer_state = files["optimizer"]
+        self.method.load_state_dict(files["method"])
+        self.ever_updated = files["update_masks"] or {}
+        self._print(f"[classp-hf] resuming after task {done}/{len(names)} ({names[done - 1]}) from {state.checkpoint}")
+        return done
 
     # -- the run ----------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        """Trains on every task in order and returns the results dict (also in results.json)."""
-        from classp_hf.continual.report import format_matrix_table
+    def _start_results(self) -> None:
+        """Writes config.yaml and starts the results dict of a new run."""
         from classp_hf.metrics.continual import majority_class_accuracy
-        from classp_hf.trainer import optimizer_diagnostics
 
-        if not self.tasks:
-            self.setup()
         config = self.config
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -348,10 +420,25 @@ class ContinualRunner:
                 "accuracy_matrix": [],
                 "metrics": {"acc": None, "bwt": None, "fwt": None, "forgetting": None},
             }
-        tracking = config.diagnostics and hasattr(self.optimizer_for_tracking(), "track_updates")
-        ever_updated: dict[str, torch.Tensor] = {}
+
+    def run(self) -> dict[str, Any]:
+        """Trains on every task in order and returns the results dict (also in results.json)."""
+        from classp_hf.continual.report import format_matrix_table
+        from classp_hf.trainer import optimizer_diagnostics
+
+        if not self.tasks:
+            self.setup()
+        config = self.config
         total = len(self.tasks)
-        for index, data in enumerate(self.tasks):
+        start = self._restore() if self.resume else 0
+        if start == total and (self.output_dir / "model").is_dir():
+            self._print(f"[classp-hf] the run in {self.output_dir} is already complete; nothing to do")
+            return self.results
+        if start == 0:
+            self._start_results()
+        tracking = config.diagnostics and hasattr(self.optimizer_for_tracking(), "track_updates")
+        for index in range(start, total):
+            data = self.tasks[index]
             trainer = self._trainer(index)
             if index == 0:
                 self._print("[classp-hf] evaluating the untrained model on every task")
@@ -398,12 +485,12 @@ class ContinualRunner:
             if self.adapters is not None and self.adapters.per_task:
                 self._evaluate_own_adapters(trainer, index, accuracies)
             if tracking:
-                self.results["per_task"][-1]["sparsity"] = self._sparsity(ever_updated)
+                self.results["per_task"][-1]["sparsity"] = self._sparsity(self.ever_updated)
             if index == total - 1:
                 self.results["status"] = "complete"
             self._write_results()
             self._save_task_outputs(index)
-            self._save_checkpoint(index)
+            self._save_checkpoint(index, tracking)
             self._print(
                 f"[classp-hf] task {index + 1}/{total} {data.name}: done in {seconds:.1f}s, "
                 f"loss {output.training_loss:.4f}, accuracy on it {accuracies[index]:.1%}"
@@ -439,7 +526,12 @@ def optimizer_state_bytes(optimizer: Any) -> int:
 
 
 def run_continual(
-    config: RunConfig, output_dir: str | os.PathLike, *, overwrite: bool = False, log: bool = True
+    config: RunConfig,
+    output_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    log: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Runs a continual fine-tuning config (see :class:`ContinualRunner`).
 
@@ -448,8 +540,9 @@ def run_continual(
         output_dir: the output folder.
         overwrite: write into a non-empty folder.
         log: print progress lines.
+        resume: continue the run in ``output_dir`` after its last checkpointed task.
 
     Returns:
         The results dict written to ``output_dir/results.json``.
     """
-    return ContinualRunner(config, Path(output_dir), overwrite=overwrite, log=log).run()
+    return ContinualRunner(config, Path(output_dir), overwrite=overwrite, log=log, resume=resume).run()

@@ -38,6 +38,23 @@ class ContinualMethod:
         """Bytes of state the method keeps (e.g. EWC's Fisher diagonal and weight copy)."""
         return 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """The method's state after a task, saved in each checkpoint so a resumed run continues it.
+
+        Returns:
+            A dict ``torch.save`` can write (tensors, numbers, strings); empty for stateless methods.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what :meth:`state_dict` returned (when a run is resumed).
+
+        Raises:
+            ValueError: the state is not this method's.
+        """
+        if state:
+            raise ValueError(f"continual method {self.name!r} keeps no state, but the checkpoint has {sorted(state)}")
+
 
 class NoMethod(ContinualMethod):
     """Plain sequential fine-tuning: no penalty, no replay."""

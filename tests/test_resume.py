@@ -1,0 +1,195 @@
+"""``--resume``: a run killed between tasks continues from its last checkpoint to the same results."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+import yaml
+
+from classp_hf.cli import main as cli_main
+from classp_hf.continual.config import config_from_dict
+from classp_hf.continual.results import validate_results
+from classp_hf.continual.runner import ContinualRunner
+
+from .test_runner import SAMPLE, raw_config, tiny_model_dir  # noqa: F401  (fixture)
+
+LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["query", "value"]}
+
+
+class Killed(RuntimeError):
+    """Stands for the process dying (power cut, OOM kill, Ctrl-C) at a chosen point."""
+
+
+class KilledBeforeTask(ContinualRunner):
+    """Dies when task ``kill_at`` is about to start."""
+
+    kill_at = 2
+
+    def _trainer(self, index):
+        if index == self.kill_at:
+            raise Killed(f"killed before task {index}")
+        return super()._trainer(index)
+
+
+class KilledWhileCheckpointing(ContinualRunner):
+    """Dies while checkpointing task ``kill_at``: its results are written, its checkpoint is not."""
+
+    kill_at = 1
+
+    def _save_checkpoint(self, index, tracking):
+        if index == self.kill_at:
+            raise Killed(f"killed while checkpointing task {index}")
+        super()._save_checkpoint(index, tracking)
+
+
+def three_task_config(model_dir, **overrides):
+    raw = raw_config(model_dir, **overrides)
+    files = {split: str(SAMPLE / "airline_tweets" / f"{split}.csv") for split in ("train", "test")}
+    task = {"name": "airline_tweets", "data_files": files, "max_train_samples": 32, "max_eval_samples": 24}
+    raw["tasks"].append(task)
+    raw["diagnostics"] = True
+    return raw
+
+
+def final_state(runner):
+    return {name: tensor.detach().clone() for name, tensor in runner.model.state_dict().items()}
+
+
+def assert_same_run(resumed, resumed_results, reference, reference_results):
+    assert resumed_results["status"] == "complete"
+    validate_results(resumed_results)
+    for key in ("accuracy_matrix", "macro_f1_matrix", "initial_accuracy", "metrics"):
+        assert resumed_results[key] == reference_results[key], key
+    assert [t["train_loss"] for t in resumed_results["per_task"]] == [
+        t["train_loss"] for t in reference_results["per_task"]
+    ]
+    for key in ("accuracy_matrix_own_adapter",):
+        assert resumed_results.get(key) == reference_results.get(key)
+    expected = final_state(reference)
+    got = final_state(resumed)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    # The optimizer state continues, not restarts: CLASSP's S is the uninterrupted run's S.
+    sums = [s["grad_sum"] for s in resumed.optimizer.state.values()]
+    reference_sums = [s["grad_sum"] for s in reference.optimizer.state.values()]
+    assert len(sums) == len(reference_sums) > 0
+    for a, b in zip(sums, reference_sums):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def reference_full(tmp_path_factory, tiny_model_dir):  # noqa: F811
+    raw = three_task_config(tiny_model_dir)
+    runner = ContinualRunner(config_from_dict(raw), tmp_path_factory.mktemp("ref") / "out", log=False)
+    return raw, runner, runner.run()
+
+
+@pytest.mark.parametrize("killer", [KilledBeforeTask, KilledWhileCheckpointing])
+def test_resumed_full_run_matches_the_uninterrupted_one(tmp_path, reference_full, killer):
+    raw, reference, reference_results = reference_full
+    output = tmp_path / "out"
+    with pytest.raises(Killed):
+        killer(config_from_dict(raw), output, log=False).run()
+    state = json.loads((output / "run_state.json").read_text())
+    assert state["completed_tasks"] == killer.kill_at
+    if killer is KilledWhileCheckpointing:  # results.json is one task ahead of the checkpoint
+        assert len(json.loads((output / "results.json").read_text())["accuracy_matrix"]) == killer.kill_at + 1
+    resumed = ContinualRunner(config_from_dict(raw), output, log=False, resume=True)
+    results = resumed.run()
+    assert results["resumed_after_tasks"] == [killer.kill_at]
+    assert_same_run(resumed, results, reference, reference_results)
+    # Sparsity diagnostics carry the union of updated elements across the interruption.
+    for got, want in zip(results["per_task"], reference_results["per_task"]):
+        assert got["sparsity"] == want["sparsity"]
+    assert json.loads((output / "results.json").read_text()) == results
+    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["task-02-airline_tweets"]
+    assert (output / "model" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("adapters", ["shared", "per_task"])
+def test_resumed_lora_run_matches_the_uninterrupted_one(tmp_path, tiny_model_dir, adapters):  # noqa: F811
+    raw = three_task_config(tiny_model_dir, peft={**LORA, "adapters": adapters})
+    raw["training"]["learning_rate"] = 5e-3
+    reference = ContinualRunner(config_from_dict(raw), tmp_path / "ref", log=False)
+    reference_results = reference.run()
+    with pytest.raises(Killed):
+        KilledBeforeTask(config_from_dict(raw), tmp_path / "out", log=False).run()
+    resumed = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False, resume=True)
+    results = resumed.run()
+    assert_same_run(resumed, results, reference, reference_results)
+    if adapters == "per_task":
+        assert list(resumed.model.peft_config) == ["financial_phrasebank", "amazon_reviews", "airline_tweets"]
+        trainable = {n for n, p in resumed.model.named_parameters() if p.requires_grad}
+        assert trainable and all(".airline_tweets." in n for n in trainable)
+
+
+def snapshot(folder):
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture()
+def interrupted(tmp_path, tiny_model_dir):  # noqa: F811
+    """A 3-task run killed before its third task, with its config file."""
+    raw = three_task_config(tiny_model_dir)
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    output = tmp_path / "out"
+    with pytest.raises(Killed):
+        KilledBeforeTask(config_from_dict(raw), output, log=False).run()
+    return raw, config_path, output
+
+
+def _checkpoint(output):
+    return output / json.loads((output / "run_state.json").read_text())["checkpoint"]
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda raw, path, out: (out / "run_state.json").unlink(), "has no run_state.json"),
+        (lambda raw, path, out: (out / "run_state.json").write_text("{"), "run_state.json is corrupt"),
+        (lambda raw, path, out: (_checkpoint(out) / "optimizer.pt").write_bytes(b"junk"), "optimizer.pt is corrupt"),
+        (lambda raw, path, out: (_checkpoint(out) / "method.pt").unlink(), "method.pt is missing"),
+        (
+            lambda raw, path, out: path.write_text(yaml.safe_dump({**raw, "seed": 7})),
+            "the config differs from the run's",
+        ),
+    ],
+    ids=["no-run-state", "corrupt-run-state", "corrupt-optimizer", "missing-method", "other-config"],
+)
+def test_resume_refuses_bad_state_with_one_line_and_keeps_everything(interrupted, capsys, damage, message):
+    raw, config_path, output = interrupted
+    damage(raw, config_path, output)
+    before = snapshot(output)
+    code = cli_main(["run", str(config_path), "--output-dir", str(output), "--resume"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("classp-hf: error: --resume:") and message in err[0], err
+    assert snapshot(output) == before
+
+
+def test_resume_and_overwrite_exclude_each_other(interrupted, capsys):
+    _, config_path, output = interrupted
+    before = snapshot(output)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["run", str(config_path), "--output-dir", str(output), "--resume", "--overwrite"])
+    assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert snapshot(output) == before
+
+
+def test_resuming_a_complete_run_changes_nothing(tmp_path, reference_full, capsys):
+    raw, reference, _ = reference_full
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    before = snapshot(reference.output_dir)
+    assert cli_main(["run", str(config_path), "--output-dir", str(reference.output_dir), "--resume"]) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert snapshot(reference.output_dir) == before
