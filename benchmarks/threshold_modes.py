@@ -1,6 +1,6 @@
 """Compares CLASSP's threshold modes (absolute, relative, quantile) on the 4-task sentiment queue with MiniLM.
 
-Each setting is one ``optim_args`` string (``power=1, eps=1e-8``, lr 1e-3) run as a full continual job
+Each setting is one ``optim_args`` string (``power=1, eps=1e-8`` or ``--eps``, lr 1e-3) run as a full continual job
 (``classp-hf run ... --quiet``) on ``recipes/configs/sentiment_queue.yaml`` (financial_phrasebank, imdb,
 airline_tweets, amazon_reviews), sub-sampled to ``--max-train-samples`` training and ``--max-eval-samples``
 test examples per task, ``max_length`` 64, with 20% of each task's training examples held out as a
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -58,7 +59,9 @@ BASE_CONFIG = REPO_ROOT / "recipes" / "configs" / "sentiment_queue.yaml"
 DEFAULT_OUTPUT_ROOT = Path("runs/threshold_modes")
 QUICK_OUTPUT_ROOT = Path("runs/threshold_modes_quick")
 #: Hyperparameters shared by every setting.
-COMMON_OPTIM_ARGS = "power=1,eps=1e-8"
+COMMON_POWER = 1
+#: eps of the documented sweep; ``--eps`` changes it (CLASSP's default is 1e-4).
+DEFAULT_EPS = 1e-8
 LEARNING_RATE = 1e-3
 DEFAULT_SEEDS = (0, 1)
 #: Per-task sub-sample sizes (400 training + 100 validation examples, 25 steps per task). With one thread per
@@ -84,11 +87,12 @@ class Setting:
     name: str
     mode: str
     threshold: float
+    eps: float = DEFAULT_EPS
 
     @property
     def optim_args(self) -> str:
         """The ``training.optim_args`` string of this setting."""
-        return f"threshold={self.threshold:g},threshold_mode={self.mode},{COMMON_OPTIM_ARGS}"
+        return f"threshold={self.threshold:g},threshold_mode={self.mode},power={COMMON_POWER},eps={_number(self.eps)}"
 
     @property
     def group(self) -> str:
@@ -99,6 +103,11 @@ class Setting:
     def label(self) -> str:
         """A short human-readable description for tables."""
         return "threshold 0" if self.threshold == 0 else f"{self.mode} {self.threshold:g}"
+
+
+def _number(value: float) -> str:
+    """``1e-08`` as ``1e-8``: the spelling the recipes and docs use."""
+    return f"{value:g}".replace("e-0", "e-").replace("e+0", "e+")
 
 
 SETTINGS: dict[str, Setting] = {
@@ -450,6 +459,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "about twice as fast as two; 0 inherits the environment). Changes speed and float rounding only, so a "
         "finished run is not redone for another value",
     )
+    parser.add_argument(
+        "--eps", type=float, default=DEFAULT_EPS, help=f"CLASSP eps of every setting (default {DEFAULT_EPS:g})"
+    )
     parser.add_argument("--keep-models", action="store_true", help="keep each run's model/ and checkpoints/")
     parser.add_argument("--summarize-only", action="store_true", help="run nothing; rebuild summary.* from the runs")
     args = parser.parse_args(argv)
@@ -474,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("threshold_modes: set CLASSP_HF_DATA to the shared sentiment data folder", file=sys.stderr)
         return 2
     root: Path = args.output_root
-    settings = [SETTINGS[name] for name in args.settings]
+    settings = [dataclasses.replace(SETTINGS[name], eps=args.eps) for name in args.settings]
     base = yaml.safe_load(args.base_config.read_text(encoding="utf-8"))
     num_tasks = QUICK_TASKS if args.quick else None
     meta = {
@@ -485,6 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "validation_fraction": VALIDATION_FRACTION,
         "max_length": MAX_LENGTH,
         "learning_rate": LEARNING_RATE,
+        "eps": args.eps,
         "quick": args.quick,
     }
     jobs = [(setting, seed) for seed in args.seeds for setting in settings]
