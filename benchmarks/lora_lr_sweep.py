@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -34,7 +33,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lora_queue import (  # noqa: E402  (a script beside this one)
-    DEFAULT_ENV,
     FULL_RECIPE,
     LORA_RECIPE,
     RunRecord,
@@ -42,6 +40,7 @@ from lora_queue import (  # noqa: E402  (a script beside this one)
     _read_json,
     build_config,
     is_complete,
+    run_environment,
     run_setting,
     write_config,
 )
@@ -174,10 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"lora_lr_sweep: {error}", file=sys.stderr)
         return 2
-    env = dict(os.environ)
-    for key, value in DEFAULT_ENV.items():
-        env.setdefault(key, value)
-    os.environ.update({key: env[key] for key in DEFAULT_ENV})
+    env = run_environment()
+    if not Path(env["CLASSP_HF_DATA"]).is_dir():
+        print(f"lora_lr_sweep: CLASSP_HF_DATA={env['CLASSP_HF_DATA']} is not a folder", file=sys.stderr)
+        return 2
     out = args.output_dir.resolve()
     records, failures = [], 0
     for setting in settings:

@@ -182,6 +182,18 @@ def build_config(
     return config
 
 
+def run_environment() -> dict[str, str]:
+    """The runs' environment: this process's, with :data:`DEFAULT_ENV` filled in where unset.
+
+    Also sets those keys in ``os.environ``: :func:`is_complete` resolves ``${CLASSP_HF_DATA}`` here.
+    """
+    env = dict(os.environ)
+    for key, value in DEFAULT_ENV.items():
+        env.setdefault(key, value)
+    os.environ.update({key: env[key] for key in DEFAULT_ENV})
+    return env
+
+
 def write_config(config: dict[str, Any], path: Path, setting: Setting) -> None:
     """Writes a generated config with a header saying where it came from."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -560,10 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"lora_queue: {error}", file=sys.stderr)
         return 2
-    env = dict(os.environ)
-    for key, value in DEFAULT_ENV.items():
-        env.setdefault(key, value)
-    os.environ.update({key: env[key] for key in DEFAULT_ENV})  # is_complete() resolves ${CLASSP_HF_DATA} too
+    env = run_environment()
     if not Path(env["CLASSP_HF_DATA"]).is_dir():
         print(f"lora_queue: CLASSP_HF_DATA={env['CLASSP_HF_DATA']} is not a folder", file=sys.stderr)
         return 2
