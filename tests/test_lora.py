@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from peft import PeftModel
 
 from classp_hf.continual.config import ConfigError, config_from_dict
 from classp_hf.continual.results import validate_results
 from classp_hf.continual.runner import ContinualRunner
+from classp_hf.methods import ContinualMethod, register_method
 from classp_hf.optim import list_optimizers
 
 from .test_runner import raw_config, tiny_model_dir  # noqa: F401  (fixture)
@@ -144,3 +146,68 @@ def test_every_optimizer_works_with_lora(tmp_path, tiny_model_dir, optim):  # no
 def test_invalid_peft_section(tiny_model_dir, peft, message):  # noqa: F811
     with pytest.raises(ConfigError, match=message):
         config_from_dict(raw_config(tiny_model_dir, peft=peft))
+
+
+class AnchorL2(ContinualMethod):
+    """A minimal stateful method (EWC-shaped): pulls trainable weights towards their values after the last task."""
+
+    name = "anchor_l2_test"
+
+    def __init__(self, strength: float = 1.0):
+        self.strength = strength
+        self.anchors: dict[str, torch.Tensor] = {}
+        self.calls: list[tuple[str, int, bool]] = []
+        self.penalties: list[float] = []
+
+    def before_task(self, model, task_index, task_name):
+        self.calls.append(("before", task_index, isinstance(model, PeftModel)))
+
+    def penalty(self, model):
+        terms = [
+            ((param - self.anchors[name]) ** 2).sum()
+            for name, param in model.named_parameters()
+            if param.requires_grad and name in self.anchors
+        ]
+        if not terms:
+            return None
+        value = self.strength * torch.stack(terms).sum()
+        self.penalties.append(float(value.detach()))
+        return value
+
+    def after_task(self, model, task_index, task_name, train_dataset):
+        self.calls.append(("after", task_index, isinstance(model, PeftModel)))
+        self.anchors = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def state_dict(self):
+        return {"anchors": self.anchors}
+
+    def load_state_dict(self, state):
+        self.anchors = dict(state["anchors"])
+
+
+def test_a_stateful_method_runs_on_lora_and_survives_resume(tmp_path, tiny_model_dir):  # noqa: F811
+    """Later methods (EWC, replay) plug in the same way on a PeftModel, and their state is checkpointed."""
+    register_method(AnchorL2.name, AnchorL2)
+    raw = raw_config(tiny_model_dir, peft={**LORA, "adapters": "shared"}, method=AnchorL2.name)
+    raw["method_args"] = {"strength": 10.0}
+    raw["training"]["learning_rate"] = 5e-3
+    reference = ContinualRunner(config_from_dict(raw), tmp_path / "ref", log=False)
+    results = reference.run()
+    method = reference.method
+    assert method.calls == [("before", 0, True), ("after", 0, True), ("before", 1, True), ("after", 1, True)]
+    # Anchored on the adapter and its head copy only (the frozen base has no trainable weight).
+    assert method.anchors and all("lora_" in n or "modules_to_save" in n for n in method.anchors)
+    assert len(method.penalties) >= 2 and method.penalties[-1] > 0  # task 2 trained against task 1's anchors
+
+    class KilledBeforeSecondTask(ContinualRunner):
+        def _trainer(self, index):
+            if index == 1:
+                raise RuntimeError("killed")
+            return super()._trainer(index)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        KilledBeforeSecondTask(config_from_dict(raw), tmp_path / "out", log=False).run()
+    resumed = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False, resume=True)
+    resumed_results = resumed.run()
+    assert resumed.method.penalties == method.penalties[-len(resumed.method.penalties) :]  # same anchors restored
+    assert resumed_results["accuracy_matrix"] == results["accuracy_matrix"]
