@@ -174,3 +174,19 @@ def test_tracking_survives_load_state_dict_as_accelerate_calls_it():
     weight.grad = torch.tensor([1.0, 0.0, 0.0])
     optimizer.step()
     assert optimizer.update_tracking()["ever_updated_fraction"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_kth_smallest_picks_what_kthvalue_picks(dtype):
+    """The quantile cut-off: numpy's selection on the CPU (float32/64), torch.kthvalue otherwise, same value."""
+    import importlib
+
+    classp_module = importlib.import_module("classp_hf.optim.classp")  # the package exports a function `classp`
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(5000, generator=generator).abs().to(dtype)
+    values[:1000] = 0.0  # many ties, as zero gradients give
+    values[1000:1100] = values[2000]
+    for k in (1, 999, 1000, 1001, 1050, 2500, 4999, 5000):
+        got = classp_module._kth_smallest(values, k)
+        assert got.dtype == dtype and got.dim() == 0
+        assert torch.equal(got, torch.kthvalue(values, k).values), k

@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach
@@ -120,7 +121,7 @@ class CLASSP(Optimizer):
       scale-free (the same value works for any loss scale or batch size); an all-zero gradient
       tensor updates nothing.
     - ``"quantile"``: ``threshold`` in (0, 1] is the fraction of each tensor's elements to update,
-      those with the largest :math:`|g|` (exact, with ``torch.kthvalue``). Ties at the cut-off do not
+      those with the largest :math:`|g|` (exact: the k-th value per tensor). Ties at the cut-off do not
       pass, so at most that fraction is updated; zero gradients never pass.
 
     :math:`S` includes the current step's gradient, as in AdaGrad and the paper's pseudo-code
@@ -477,7 +478,18 @@ def _cutoff(magnitude: Tensor, threshold: float, mode: str) -> float | Tensor:
     keep = math.ceil(threshold * numel)
     if keep >= numel:
         return 0.0
-    return torch.kthvalue(magnitude.reshape(-1), numel - keep).values
+    return _kth_smallest(magnitude.reshape(-1), numel - keep)
+
+
+def _kth_smallest(values: Tensor, k: int) -> Tensor:
+    """The ``k``-th smallest element (1-based) of a 1-D tensor, as a 0-dim tensor on its device.
+
+    On the CPU, numpy's introselect (``np.partition``) picks the same element as ``torch.kthvalue`` about
+    twice as fast; elsewhere, and for dtypes numpy lacks (bfloat16), ``torch.kthvalue``.
+    """
+    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64) and not values.requires_grad:
+        return torch.from_numpy(np.partition(values.numpy(), k - 1)[k - 1 : k]).reshape(())
+    return torch.kthvalue(values, k).values
 
 
 def _apply_cutoff_(magnitude: Tensor, threshold: float, mode: str) -> None:
