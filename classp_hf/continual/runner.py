@@ -376,7 +376,10 @@ class ContinualRunner:
         self._resumed_optimizer_state = files["optimizer"]
         self.method.load_state_dict(files["method"])
         self.ever_updated = files["update_masks"] or {}
-        self._print(f"[classp-hf] resuming after task {done}/{len(names)} ({names[done - 1]}) from {state.checkpoint}")
+        if done < len(names):
+            self._print(
+                f"[classp-hf] resuming after task {done}/{len(names)} ({names[done - 1]}) from {state.checkpoint}"
+            )
         return done
 
     # -- the run ----------------------------------------------------------------------------
