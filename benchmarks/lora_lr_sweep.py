@@ -170,12 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         settings = parse_grid(args.grid, args.classp_args)
+        env = run_environment()
     except ValueError as error:
         print(f"lora_lr_sweep: {error}", file=sys.stderr)
-        return 2
-    env = run_environment()
-    if not Path(env["CLASSP_HF_DATA"]).is_dir():
-        print(f"lora_lr_sweep: CLASSP_HF_DATA={env['CLASSP_HF_DATA']} is not a folder", file=sys.stderr)
         return 2
     out = args.output_dir.resolve()
     records, failures = [], 0

@@ -186,11 +186,16 @@ def run_environment() -> dict[str, str]:
     """The runs' environment: this process's, with :data:`DEFAULT_ENV` filled in where unset.
 
     Also sets those keys in ``os.environ``: :func:`is_complete` resolves ``${CLASSP_HF_DATA}`` here.
+
+    Raises:
+        ValueError: ``CLASSP_HF_DATA`` is not a folder.
     """
     env = dict(os.environ)
     for key, value in DEFAULT_ENV.items():
         env.setdefault(key, value)
     os.environ.update({key: env[key] for key in DEFAULT_ENV})
+    if not Path(env["CLASSP_HF_DATA"]).is_dir():
+        raise ValueError(f"CLASSP_HF_DATA={env['CLASSP_HF_DATA']} is not a folder")
     return env
 
 
@@ -569,12 +574,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     try:
         overrides = parse_lr_overrides(args.lr)
+        env = run_environment()
     except ValueError as error:
         print(f"lora_queue: {error}", file=sys.stderr)
-        return 2
-    env = run_environment()
-    if not Path(env["CLASSP_HF_DATA"]).is_dir():
-        print(f"lora_queue: CLASSP_HF_DATA={env['CLASSP_HF_DATA']} is not a folder", file=sys.stderr)
         return 2
     out: Path = args.output_dir.resolve()
     by_name = {s.name: s for s in SETTINGS}

@@ -340,6 +340,11 @@ class ContinualRunner:
             raise ResumeError(f"--resume: {path} has {trained} rows, {RUN_STATE} says {done} tasks are done")
         self._resumed_results = results
 
+    def _finished_earlier(self) -> bool:
+        """``--resume``: every task is checkpointed and the final model saved (nothing to load or train)."""
+        state = self.run_state
+        return state.completed_tasks == len(state.tasks) and (self.output_dir / "model").is_dir()
+
     def _restore(self) -> int:
         """``--resume``: loads the last checkpoint and the results so far; returns the next task's index.
 
@@ -429,14 +434,15 @@ class ContinualRunner:
         from classp_hf.continual.report import format_matrix_table
         from classp_hf.trainer import optimizer_diagnostics
 
+        if self.resume and self._finished_earlier():
+            self._print(f"[classp-hf] the run in {self.output_dir} is already complete; nothing to do")
+            self.results = self._resumed_results
+            return self.results
         if not self.tasks:
             self.setup()
         config = self.config
         total = len(self.tasks)
         start = self._restore() if self.resume else 0
-        if start == total and (self.output_dir / "model").is_dir():
-            self._print(f"[classp-hf] the run in {self.output_dir} is already complete; nothing to do")
-            return self.results
         if start == 0:
             self._start_results()
         tracking = config.diagnostics and hasattr(self.optimizer_for_tracking(), "track_updates")
