@@ -11,7 +11,7 @@ from typing import Any
 
 from classp_hf.optim import CLASSP, create_optimizer, list_optimizers, register_optimizer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "TrainingArguments": "classp_hf.training_args",

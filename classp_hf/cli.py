@@ -61,6 +61,12 @@ def run_command(
     except ValueError as error:  # ConfigError, OutputDirError, ResumeError, invalid hyperparameters
         print(f"classp-hf: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"classp-hf: interrupted; continue with: classp-hf run {config_path} --output-dir {output_dir} --resume",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 

@@ -21,7 +21,7 @@ def lora_run(tmp_path, model_dir, **peft):
     raw = raw_config(model_dir, peft={**LORA, **peft})
     raw["training"]["learning_rate"] = 5e-3
     runner = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False)
-    return runner, runner.run()
+    return runner, runner.run().to_dict()
 
 
 def base_weights(model_dir):
@@ -127,7 +127,7 @@ def test_every_optimizer_works_with_lora(tmp_path, tiny_model_dir, optim):  # no
     raw["tasks"] = raw["tasks"][:1]
     raw["training"].update(optim=optim, optim_args=None, max_steps=2)
     runner = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False)
-    results = runner.run()
+    results = runner.run().to_dict()
     trainable = {id(p) for p in runner.model.parameters() if p.requires_grad}
     assert set(map(id, runner.optimizer.state)) <= trainable
     if optim != "sgd":
@@ -192,7 +192,7 @@ def test_a_stateful_method_runs_on_lora_and_survives_resume(tmp_path, tiny_model
     raw["method_args"] = {"strength": 10.0}
     raw["training"]["learning_rate"] = 5e-3
     reference = ContinualRunner(config_from_dict(raw), tmp_path / "ref", log=False)
-    results = reference.run()
+    results = reference.run().to_dict()
     method = reference.method
     assert method.calls == [("before", 0, True), ("after", 0, True), ("before", 1, True), ("after", 1, True)]
     # Anchored on the adapter and its head copy only (the frozen base has no trainable weight).
@@ -208,6 +208,6 @@ def test_a_stateful_method_runs_on_lora_and_survives_resume(tmp_path, tiny_model
     with pytest.raises(RuntimeError, match="killed"):
         KilledBeforeSecondTask(config_from_dict(raw), tmp_path / "out", log=False).run()
     resumed = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False, resume=True)
-    resumed_results = resumed.run()
+    resumed_results = resumed.run().to_dict()
     assert resumed.method.penalties == method.penalties[-len(resumed.method.penalties) :]  # same anchors restored
     assert resumed_results["accuracy_matrix"] == results["accuracy_matrix"]

@@ -39,10 +39,10 @@ class KilledWhileCheckpointing(ContinualRunner):
 
     kill_at = 1
 
-    def _save_checkpoint(self, index, tracking):
+    def _save_checkpoint(self, index, trainer, tracking):
         if index == self.kill_at:
             raise Killed(f"killed while checkpointing task {index}")
-        super()._save_checkpoint(index, tracking)
+        super()._save_checkpoint(index, trainer, tracking)
 
 
 def three_task_config(model_dir, **overrides):
@@ -85,7 +85,7 @@ def assert_same_run(resumed, resumed_results, reference, reference_results):
 def reference_full(tmp_path_factory, tiny_model_dir):  # noqa: F811
     raw = three_task_config(tiny_model_dir)
     runner = ContinualRunner(config_from_dict(raw), tmp_path_factory.mktemp("ref") / "out", log=False)
-    return raw, runner, runner.run()
+    return raw, runner, runner.run().to_dict()
 
 
 @pytest.mark.parametrize("killer", [KilledBeforeTask, KilledWhileCheckpointing])
@@ -99,7 +99,7 @@ def test_resumed_full_run_matches_the_uninterrupted_one(tmp_path, reference_full
     if killer is KilledWhileCheckpointing:  # results.json is one task ahead of the checkpoint
         assert len(json.loads((output / "results.json").read_text())["accuracy_matrix"]) == killer.kill_at + 1
     resumed = ContinualRunner(config_from_dict(raw), output, log=False, resume=True)
-    results = resumed.run()
+    results = resumed.run().to_dict()
     assert results["resumed_after_tasks"] == [killer.kill_at]
     assert_same_run(resumed, results, reference, reference_results)
     # Sparsity diagnostics carry the union of updated elements across the interruption.
@@ -115,11 +115,11 @@ def test_resumed_lora_run_matches_the_uninterrupted_one(tmp_path, tiny_model_dir
     raw = three_task_config(tiny_model_dir, peft={**LORA, "adapters": adapters})
     raw["training"]["learning_rate"] = 5e-3
     reference = ContinualRunner(config_from_dict(raw), tmp_path / "ref", log=False)
-    reference_results = reference.run()
+    reference_results = reference.run().to_dict()
     with pytest.raises(Killed):
         KilledBeforeTask(config_from_dict(raw), tmp_path / "out", log=False).run()
     resumed = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False, resume=True)
-    results = resumed.run()
+    results = resumed.run().to_dict()
     assert_same_run(resumed, results, reference, reference_results)
     if adapters == "per_task":
         assert list(resumed.model.peft_config) == ["financial_phrasebank", "amazon_reviews", "airline_tweets"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 import yaml
 
 from classp_hf.cli import main as cli_main
@@ -66,21 +67,31 @@ def raw_config(model_dir, **overrides):
 
 
 class Recorder(ContinualRunner):
-    """Records CLASSP's S and the param groups' learning rates at the start of each task."""
+    """Records CLASSP's S and the param groups' learning rates when each later task starts training."""
 
     def _trainer(self, index):
         trainer = super()._trainer(index)
         if index > 0:
-            self.seen_lrs = getattr(self, "seen_lrs", []) + [[g["lr"] for g in self.optimizer.param_groups]]
-            self.sums_before = [self.optimizer.state[p]["grad_sum"].clone() for p in self.model.parameters()]
+            trainer.add_callback(RecordStart(self))
         return trainer
+
+
+class RecordStart(transformers.TrainerCallback):
+    def __init__(self, runner):
+        self.runner = runner
+
+    def on_train_begin(self, args, state, control, optimizer=None, model=None, **kwargs):
+        optimizer = optimizer.optimizer  # accelerate's wrapper
+        runner = self.runner
+        runner.seen_lrs = getattr(runner, "seen_lrs", []) + [[g["lr"] for g in optimizer.param_groups]]
+        runner.sums_before = [optimizer.state[p]["grad_sum"].clone() for p in model.parameters()]
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_model_dir):
     output = tmp_path_factory.mktemp("run") / "out"
     runner = Recorder(config_from_dict(raw_config(tiny_model_dir)), output, log=False)
-    results = runner.run()
+    results = runner.run().to_dict()
     return runner, results, output
 
 
@@ -136,7 +147,7 @@ def test_optimizer_state_carries_over_and_task_learning_rate_applies(finished_ru
     after = [runner.optimizer.state[p]["grad_sum"] for p in runner.model.parameters()]
     assert all(torch.all(a >= b) for a, b in zip(after, runner.sums_before))
     assert all(lr == 5e-4 for lr in runner.seen_lrs[0])  # task 2's learning rate, not task 1's
-    assert runner.results["per_task"][1]["learning_rate"] == 5e-4
+    assert runner.results.per_task[1]["learning_rate"] == 5e-4
     assert runner.optimizer.param_groups[0]["initial_lr"] == 5e-4
 
 
@@ -224,7 +235,7 @@ def test_sparsity_diagnostics_and_validation_split(tmp_path, tiny_model_dir):
     raw = raw_config(tiny_model_dir, diagnostics=True, validation_fraction=0.25)
     raw["training"]["optim_args"] = "threshold=0.5,threshold_mode=quantile"
     runner = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False)
-    results = runner.run()
+    results = runner.run().to_dict()
     validate_results(results)
     first, second = (task["sparsity"] for task in results["per_task"])
     # quantile 0.5: at most half of each tensor's elements per step
@@ -241,15 +252,20 @@ def test_sparsity_diagnostics_and_validation_split(tmp_path, tiny_model_dir):
 
 
 def test_pin_memory_off_without_accelerator_unless_asked(tmp_path, tiny_model_dir, monkeypatch):
+    import classp_hf.continual.launch as launch_module
     import classp_hf.continual.runner as runner_module
 
-    monkeypatch.setattr(runner_module, "_accelerator_available", lambda: False)
+    def accelerator(available):
+        monkeypatch.setattr(runner_module, "accelerator_available", lambda: available)
+        monkeypatch.setattr(launch_module, "accelerator_available", lambda: available)
+
+    accelerator(False)
     runner = ContinualRunner(config_from_dict(raw_config(tiny_model_dir)), tmp_path / "a", log=False)
-    assert runner.training_arguments(0).dataloader_pin_memory is False
+    assert runner.task_args[0].dataloader_pin_memory is False
     raw = raw_config(tiny_model_dir)
     raw["training"]["dataloader_pin_memory"] = True
     runner = ContinualRunner(config_from_dict(raw), tmp_path / "b", log=False)
-    assert runner.training_arguments(0).dataloader_pin_memory is True  # the user's choice wins
-    monkeypatch.setattr(runner_module, "_accelerator_available", lambda: True)
+    assert runner.task_args[0].dataloader_pin_memory is True  # the user's choice wins
+    accelerator(True)
     runner = ContinualRunner(config_from_dict(raw_config(tiny_model_dir)), tmp_path / "c", log=False)
-    assert runner.training_arguments(0).dataloader_pin_memory is True  # transformers' default on GPUs
+    assert runner.task_args[0].dataloader_pin_memory is True  # transformers' default on GPUs

@@ -1,10 +1,13 @@
-"""Per-task checkpoints of a continual run, and reading them back to resume it.
+"""Per-task checkpoints of a continual run, and resuming a run from them.
 
-After each task the runner saves ``checkpoints/task-<i>-<name>/`` (the model or its adapters, the
-tokenizer, ``optimizer.pt``, ``method.pt`` and, with diagnostics on, ``update_masks.pt``) and then
-points ``run_state.json`` at it, atomically; the previous checkpoint is removed only after that. A
-run killed at any moment therefore has a complete checkpoint named by ``run_state.json``, and
-``classp-hf run CONFIG --output-dir DIR --resume`` continues with the next task.
+When a run starts, ``run_state.json`` records that no task is done yet (so a run killed during its first task
+can be resumed: it starts that task again). After each task the runner saves ``checkpoints/task-<i>-<name>/``
+(the model or its adapters, the tokenizer, ``optimizer.pt``: the optimizer's full state keyed by parameter name,
+``method.pt`` and, with diagnostics on, ``update_masks.pt``) into a temporary folder renamed into place, then points
+``run_state.json`` at it, atomically; the previous checkpoint is removed only after that. A run killed at any moment
+therefore has a complete checkpoint named by ``run_state.json`` (or none yet), and
+``classp-hf run CONFIG --output-dir DIR --resume`` continues with the next task. What a kill left half-written
+(temporary files, a half-deleted old checkpoint) is removed when the run resumes.
 """
 
 from __future__ import annotations
@@ -20,16 +23,21 @@ import yaml
 
 from classp_hf.continual.config import RunConfig
 from classp_hf.continual.io import write_json_atomic
+from classp_hf.continual.optimizer_state import check_named_state
+from classp_hf.continual.outputs import is_complete_model, remove_stray_files, temporary_folder
+from classp_hf.continual.results import RESULTS_FILENAME, ResultsVersionError, RunResults
 
 __all__ = [
     "RUN_STATE",
     "ResumeError",
     "RunState",
+    "ResumePoint",
     "check_same_config",
     "load_checkpoint",
     "read_run_state",
     "restore_adapters",
     "save_checkpoint",
+    "start_run_state",
 ]
 
 RUN_STATE = "run_state.json"
@@ -47,55 +55,77 @@ class RunState:
     """What ``run_state.json`` records: how many tasks are done and where their checkpoint is.
 
     Args:
-        completed_tasks: tasks trained, evaluated and checkpointed.
+        completed_tasks: tasks trained, evaluated and checkpointed (0 while the first task trains).
         tasks: the queue's task names.
-        checkpoint: the checkpoint folder (absolute).
+        checkpoint: the checkpoint folder (absolute), or `None` before the first one.
+        num_processes: the world size that wrote it.
     """
 
     completed_tasks: int
     tasks: list[str]
-    checkpoint: Path
+    checkpoint: Path | None
+    num_processes: int = 1
+
+
+def start_run_state(output_dir: Path, task_names: list[str], num_processes: int) -> None:
+    """Records a started run with no task done yet (``--resume`` then starts the first task again)."""
+    write_json_atomic(
+        output_dir / RUN_STATE,
+        {"completed_tasks": 0, "tasks": list(task_names), "checkpoint": None, "num_processes": num_processes},
+    )
 
 
 def save_checkpoint(
     output_dir: Path,
     index: int,
     task_names: list[str],
-    model: Any,
-    tokenizer: Any,
-    optimizer: torch.optim.Optimizer,
+    save_model: Any,
+    optimizer_state: dict[str, Any],
     method_state: dict[str, Any],
     update_masks: dict[str, torch.Tensor] | None,
+    num_processes: int = 1,
 ) -> Path:
-    """Saves the state after task ``index`` and points ``run_state.json`` at it.
+    """Saves the state after task ``index`` and points ``run_state.json`` at it (main process only).
 
     Args:
         output_dir: the run's folder.
         index: the task just finished.
         task_names: the queue's task names.
-        model: the model (a ``PeftModel`` saves all its adapters).
-        tokenizer: saved beside the model so the folder loads on its own.
-        optimizer: its ``state_dict()`` goes to ``optimizer.pt``.
+        save_model: writes the model (or its adapters) and tokenizer into the folder it is given.
+        optimizer_state: the full, name-keyed optimizer state (see :mod:`.optimizer_state`).
         method_state: the continual method's ``state_dict()``.
         update_masks: CLASSP's union of updated elements so far (diagnostics), or `None`.
+        num_processes: the world size (recorded; a run may resume with another).
 
     Returns:
         The checkpoint folder.
     """
     name = f"task-{index:02d}-{task_names[index]}"
     folder = output_dir / "checkpoints" / name
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    torch.save(optimizer.state_dict(), folder / OPTIMIZER_FILE)
-    torch.save(method_state, folder / METHOD_FILE)
-    if update_masks is not None:
-        torch.save(update_masks, folder / UPDATE_MASKS_FILE)
+    tmp = temporary_folder(folder.parent, name)
+    try:
+        save_model(tmp)
+        torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+        torch.save(method_state, tmp / METHOD_FILE)
+        if update_masks is not None:
+            torch.save(update_masks, tmp / UPDATE_MASKS_FILE)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     previous = _previous_checkpoint(output_dir)
     write_json_atomic(
         output_dir / RUN_STATE,
-        {"completed_tasks": index + 1, "tasks": list(task_names), "checkpoint": f"checkpoints/{name}"},
+        {
+            "completed_tasks": index + 1,
+            "tasks": list(task_names),
+            "checkpoint": f"checkpoints/{name}",
+            "num_processes": num_processes,
+        },
     )
-    if previous is not None and previous != folder:
+    if previous is not None and previous.resolve() != folder.resolve():
         shutil.rmtree(previous, ignore_errors=True)
     return folder
 
@@ -119,14 +149,19 @@ def read_run_state(output_dir: Path) -> RunState:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         completed, tasks, checkpoint = raw["completed_tasks"], raw["tasks"], raw["checkpoint"]
+        processes = raw.get("num_processes", 1)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ResumeError(f"--resume: {path} is corrupt ({type(error).__name__}: {error})") from None
-    if not (isinstance(completed, int) and isinstance(tasks, list) and 0 < completed <= len(tasks)):
+    if not (isinstance(completed, int) and isinstance(tasks, list) and 0 <= completed <= len(tasks)):
         raise ResumeError(f"--resume: {path} is corrupt (completed_tasks {completed!r} of {len(tasks)} tasks)")
-    folder = output_dir / str(checkpoint)
-    if not folder.is_dir():
-        raise ResumeError(f"--resume: the checkpoint {folder} named by {path} is missing")
-    return RunState(completed, [str(task) for task in tasks], folder)
+    if (completed == 0) != (checkpoint is None):
+        raise ResumeError(f"--resume: {path} is corrupt (completed_tasks {completed}, checkpoint {checkpoint!r})")
+    folder = None
+    if checkpoint is not None:
+        folder = output_dir / str(checkpoint)
+        if not folder.is_dir():
+            raise ResumeError(f"--resume: the checkpoint {folder} named by {path} is missing")
+    return RunState(completed, [str(task) for task in tasks], folder, int(processes))
 
 
 def check_same_config(config: RunConfig, output_dir: Path) -> None:
@@ -151,6 +186,14 @@ def check_same_config(config: RunConfig, output_dir: Path) -> None:
         )
 
 
+def _load_file(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged file
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ResumeError(f"--resume: the checkpoint file {path} is corrupt ({first})") from None
+
+
 def load_checkpoint(folder: Path) -> dict[str, Any]:
     """Reads a checkpoint's optimizer state, method state and update masks (the model is loaded apart).
 
@@ -158,7 +201,7 @@ def load_checkpoint(folder: Path) -> dict[str, Any]:
         ``{"optimizer": ..., "method": ..., "update_masks": ... or None}``.
 
     Raises:
-        ResumeError: a missing or corrupt file, naming it.
+        ResumeError: a missing or corrupt file, or an optimizer state of an older classp_hf, naming it.
     """
     loaded: dict[str, Any] = {}
     for key, file, required in (
@@ -172,11 +215,14 @@ def load_checkpoint(folder: Path) -> dict[str, Any]:
                 raise ResumeError(f"--resume: the checkpoint file {path} is missing")
             loaded[key] = None
             continue
-        try:
-            loaded[key] = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises many types for a damaged file
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise ResumeError(f"--resume: the checkpoint file {path} is corrupt ({first})") from None
+        loaded[key] = _load_file(path)
+    try:
+        check_named_state(loaded["optimizer"], str(folder / OPTIMIZER_FILE))
+    except ValueError as error:
+        raise ResumeError(
+            f"--resume: {error}: it was written by an older classp_hf; finish that run with the version that "
+            "started it, or start a new run"
+        ) from None
     return loaded
 
 
@@ -204,3 +250,64 @@ def restore_adapters(model: Any, folder: Path, adapter_names: list[str]) -> None
         result = set_peft_model_state_dict(model, state, adapter_name=name)
         if result.unexpected_keys:
             raise ResumeError(f"--resume: {path} does not fit the model (e.g. {result.unexpected_keys[0]})")
+
+
+@dataclass
+class ResumePoint:
+    """Where a run stopped, read and checked before anything is loaded.
+
+    Args:
+        output_dir: the run's folder.
+        run_state: its ``run_state.json``.
+        results: the results so far (`None` when no task was finished).
+        files: the checkpoint's optimizer state, method state and update masks (`None` before the first task).
+    """
+
+    output_dir: Path
+    run_state: RunState
+    results: RunResults | None
+    files: dict[str, Any] | None
+
+    @property
+    def completed_tasks(self) -> int:
+        return self.run_state.completed_tasks
+
+    @classmethod
+    def read(cls, output_dir: Path, config: RunConfig) -> ResumePoint:
+        """Reads and checks the run state, the config, the checkpoint files and the results so far.
+
+        Raises:
+            ResumeError: a file is missing or corrupt, or the config is not the run's, naming the file.
+        """
+        run_state = read_run_state(output_dir)
+        check_same_config(config, output_dir)
+        names = [task.name for task in config.tasks]
+        if run_state.tasks != names:
+            raise ResumeError(f"--resume: {RUN_STATE} lists the tasks {run_state.tasks}, the config {names}")
+        if run_state.checkpoint is None:
+            return cls(output_dir, run_state, None, None)
+        files = load_checkpoint(run_state.checkpoint)
+        path = output_dir / RESULTS_FILENAME
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ResumeError(f"--resume: {path} is missing or corrupt ({type(error).__name__})") from None
+        try:
+            results = RunResults.from_dict(raw, str(path))
+        except ResultsVersionError as error:
+            raise ResumeError(f"--resume: {error}") from None
+        if results.trained < run_state.completed_tasks:
+            raise ResumeError(
+                f"--resume: {path} has {results.trained} rows, {RUN_STATE} says {run_state.completed_tasks} "
+                "tasks are done"
+            )
+        return cls(output_dir, run_state, results, files)
+
+    def finished(self) -> bool:
+        """Every task is checkpointed and the final model is saved completely (nothing left to do)."""
+        state = self.run_state
+        return state.completed_tasks == len(state.tasks) and is_complete_model(self.output_dir / "model")
+
+    def clean_up(self) -> list[str]:
+        """Removes what a kill left half-written: temporary files and checkpoints other than the current one."""
+        return remove_stray_files(self.output_dir, keep_checkpoint=self.run_state.checkpoint)

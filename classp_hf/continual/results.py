@@ -8,9 +8,11 @@ row, and a ``complete`` run has a row for every task.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,16 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import best_match
 
-__all__ = ["RESULTS_SCHEMA_PATH", "load_results_schema", "validate_results"]
+__all__ = [
+    "RESULTS_FILENAME",
+    "RESULTS_SCHEMA_PATH",
+    "SCHEMA_VERSION",
+    "ResultsVersionError",
+    "RunResults",
+    "ValidationResults",
+    "load_results_schema",
+    "validate_results",
+]
 
 RESULTS_SCHEMA_PATH: Path = Path(__file__).resolve().parent.parent / "schemas" / "results.schema.json"
 """Path of the JSON Schema of ``results.json``."""
@@ -127,3 +138,218 @@ def validate_results(results: dict[str, Any]) -> None:
                 raise _fail((*error.absolute_path, missing[0]), "required key is missing")
         raise _fail(tuple(error.absolute_path), message)
     _check_consistency(results)
+
+
+# ------------------------------------------------------------------------------------------------- the results object
+
+SCHEMA_VERSION = 2
+"""Version of ``results.json`` this package writes (1: before ``backend`` and method state bytes)."""
+
+_EMPTY_METRICS: dict[str, float | None] = {"acc": None, "bwt": None, "fwt": None, "forgetting": None}
+# Per-row lists that resume cuts back to the checkpointed tasks.
+_ROW_KEYS = ("accuracy_matrix", "macro_f1_matrix", "per_task")
+
+
+class ResultsVersionError(ValueError):
+    """``results.json`` was written by a version of classp_hf whose layout this one cannot continue."""
+
+
+@dataclass
+class ValidationResults:
+    """Accuracy on the validation splits held out of each task's training data (for choosing settings).
+
+    Args:
+        fraction: the share of each task's training examples held out.
+        initial_accuracy: the untrained model's accuracy on each task's validation split.
+        accuracy_matrix: row ``i``, column ``j``: accuracy on task ``j`` after task ``i``.
+    """
+
+    fraction: float
+    initial_accuracy: list[float] = field(default_factory=list)
+    accuracy_matrix: list[list[float]] = field(default_factory=list)
+    metrics: dict[str, float | None] = field(default_factory=lambda: dict(_EMPTY_METRICS))
+
+
+@dataclass
+class RunResults:
+    """The results of a continual run, as ``results.json`` holds them (see ``schemas/results.schema.json``).
+
+    Built with :meth:`start`, grown with :meth:`set_initial` and :meth:`add_task`, cut back with :meth:`truncate`
+    when a run resumes, checked with :meth:`validate` and written with :meth:`write`. ``to_dict()`` is the JSON
+    object; :meth:`from_dict` reads one back, upgrading older versions it can continue.
+    """
+
+    model: str
+    labels: list[str]
+    seed: int
+    method: str | list[str]
+    optimizer: dict[str, Any]
+    tasks: list[str]
+    majority_accuracy: list[float]
+    versions: dict[str, str | None]
+    total_parameters: int
+    peft: dict[str, Any] | None = None
+    backend: dict[str, Any] = field(default_factory=dict)
+    status: str = "running"
+    initial_accuracy: list[float] = field(default_factory=list)
+    initial_macro_f1: list[float] = field(default_factory=list)
+    accuracy_matrix: list[list[float]] = field(default_factory=list)
+    macro_f1_matrix: list[list[float]] = field(default_factory=list)
+    metrics: dict[str, float | None] = field(default_factory=lambda: dict(_EMPTY_METRICS))
+    per_task: list[dict[str, Any]] = field(default_factory=list)
+    validation: ValidationResults | None = None
+    accuracy_matrix_own_adapter: list[list[float]] | None = None
+    resumed_after_tasks: list[int] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def start(cls, validation_fraction: float = 0.0, per_task_adapters: bool = False, **fields: Any) -> RunResults:
+        """A new run's results: no rows yet, status ``running``.
+
+        Args:
+            validation_fraction: when > 0, a :class:`ValidationResults` part is kept too.
+            per_task_adapters: keep the own-adapter accuracy matrix (per-task LoRA adapters).
+            **fields: the dataclass fields (model, labels, seed, method, optimizer, tasks, ...).
+        """
+        results = cls(**fields)
+        if validation_fraction > 0:
+            results.validation = ValidationResults(fraction=validation_fraction)
+        if per_task_adapters:
+            results.accuracy_matrix_own_adapter = []
+        return results
+
+    @property
+    def trained(self) -> int:
+        """The number of tasks with a matrix row."""
+        return len(self.accuracy_matrix)
+
+    def set_initial(
+        self, accuracy: list[float], macro_f1: list[float], validation_accuracy: list[float] | None = None
+    ) -> None:
+        """Records the untrained model's scores on every task."""
+        self.initial_accuracy, self.initial_macro_f1 = list(accuracy), list(macro_f1)
+        if self.validation is not None and validation_accuracy is not None:
+            self.validation.initial_accuracy = list(validation_accuracy)
+
+    def add_task(
+        self,
+        accuracy: list[float],
+        macro_f1: list[float],
+        record: dict[str, Any],
+        *,
+        validation_accuracy: list[float] | None = None,
+        own_adapter_accuracy: list[float] | None = None,
+    ) -> None:
+        """Adds the row of the task just trained and updates the metrics over the tasks trained so far.
+
+        Args:
+            accuracy, macro_f1: scores on every task's test split.
+            record: the task's ``per_task`` record (name, loss, steps, seconds, state bytes, ...).
+            validation_accuracy: scores on every task's validation split, when kept.
+            own_adapter_accuracy: per-task adapters: each seen task with its own adapter.
+        """
+        self.accuracy_matrix.append(list(accuracy))
+        self.macro_f1_matrix.append(list(macro_f1))
+        self.per_task.append(dict(record))
+        if self.validation is not None and validation_accuracy is not None:
+            self.validation.accuracy_matrix.append(list(validation_accuracy))
+        if self.accuracy_matrix_own_adapter is not None and own_adapter_accuracy is not None:
+            self.accuracy_matrix_own_adapter.append(list(own_adapter_accuracy))
+        if "total_parameters" in record:
+            self.total_parameters = int(record["total_parameters"])
+        self.status = "complete" if self.trained == len(self.tasks) else "running"
+        self._update_metrics()
+
+    def truncate(self, completed_tasks: int) -> None:
+        """Keeps the rows of the first ``completed_tasks`` tasks (resume: later rows are trained again)."""
+        for key in _ROW_KEYS:
+            setattr(self, key, getattr(self, key)[:completed_tasks])
+        if self.validation is not None:
+            self.validation.accuracy_matrix = self.validation.accuracy_matrix[:completed_tasks]
+        if self.accuracy_matrix_own_adapter is not None:
+            self.accuracy_matrix_own_adapter = self.accuracy_matrix_own_adapter[:completed_tasks]
+        self.status = "complete" if self.trained == len(self.tasks) else "running"
+        self._update_metrics()
+
+    def _update_metrics(self) -> None:
+        from classp_hf.metrics.continual import continual_metrics
+
+        for part in (self, self.validation):
+            if part is None:
+                continue
+            seen = len(part.accuracy_matrix)
+            if seen and len(part.initial_accuracy) >= seen:
+                block = [row[:seen] for row in part.accuracy_matrix]  # the top-left seen x seen block
+                part.metrics = continual_metrics(block, part.initial_accuracy[:seen])
+            else:
+                part.metrics = dict(_EMPTY_METRICS)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``results.json`` (optional parts left out when absent)."""
+        data = dataclasses.asdict(self)
+        for key in ("validation", "accuracy_matrix_own_adapter"):
+            if data[key] is None:
+                data.pop(key)
+        if not data["resumed_after_tasks"]:
+            data.pop("resumed_after_tasks")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "results.json") -> RunResults:
+        """Reads a results object back (to resume a run), upgrading version 1.
+
+        Raises:
+            ResultsVersionError: a version this package cannot continue, or not a results object (one line).
+        """
+        if not isinstance(data, dict):
+            raise ResultsVersionError(f"{source} is not a results object")
+        version = data.get("schema_version")
+        if version not in (1, SCHEMA_VERSION):
+            raise ResultsVersionError(
+                f"{source} has schema_version {version!r}; this classp_hf ({_package_version()}) continues versions "
+                f"1 and {SCHEMA_VERSION}: finish that run with the version that started it, or start a new run"
+            )
+        data = dict(data)
+        data["schema_version"] = SCHEMA_VERSION
+        data.setdefault("backend", {})
+        data.setdefault("total_parameters", 0)
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = sorted(set(data) - known)
+        if extra:
+            raise ResultsVersionError(f"{source} has keys this classp_hf does not know: {', '.join(extra)}")
+        try:
+            validation = data.pop("validation", None)
+            results = cls(**data)
+            if validation is not None:
+                results.validation = ValidationResults(**validation)
+        except TypeError as error:
+            raise ResultsVersionError(f"{source} is incomplete ({error})") from None
+        return results
+
+    def validate(self) -> None:
+        """Checks the results against the JSON Schema and for consistency (see :func:`validate_results`)."""
+        validate_results(self.to_dict())
+
+    def write(self, output_dir: str | Path) -> Path:
+        """Writes ``results.json`` atomically, then ``report.md`` and the plots.
+
+        Returns:
+            The path of ``results.json``.
+        """
+        from classp_hf.continual.io import write_json_atomic
+        from classp_hf.continual.report import write_report
+
+        data = self.to_dict()
+        validate_results(data)
+        path = write_json_atomic(Path(output_dir) / RESULTS_FILENAME, data)
+        write_report(data, output_dir)
+        return path
+
+
+RESULTS_FILENAME = "results.json"
+
+
+def _package_version() -> str:
+    import classp_hf
+
+    return classp_hf.__version__
