@@ -203,34 +203,6 @@ def test_malformed_yaml_from_the_command_line(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_two_cpu_processes_with_torchrun(tmp_path, tiny_model_dir):
-    """DDP on CPU (gloo): one writer, and the loss is not multiplied by the number of processes."""
-    config = raw_config(tiny_model_dir)
-    config["training"]["num_train_epochs"] = 2
-    config_path = tmp_path / "run.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    output = tmp_path / "out"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        str(REPO / "recipes" / "continual_sentiment.py"),
-        "--config",
-        str(config_path),
-        "--output-dir",
-        str(output),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("task 1/2 financial_phrasebank: start") == 1  # only the main process prints
-    results = json.loads((output / "results.json").read_text())
-    validate_results(results)
-    assert results["per_task"][0]["steps"] == 4  # 32 examples / (8 per device x 2 processes) x 2 epochs
-    assert all(task["train_loss"] < 1.6 for task in results["per_task"])  # ~ln(3), not 2x
-
-
 def test_sparsity_diagnostics_and_validation_split(tmp_path, tiny_model_dir):
     raw = raw_config(tiny_model_dir, diagnostics=True, validation_fraction=0.25)
     raw["training"]["optim_args"] = "threshold=0.5,threshold_mode=quantile"

@@ -369,11 +369,11 @@ class ContinualRunner:
             ResumeError: the checkpoint does not fit this config, naming the file.
         """
         point = self.resume_point
-        if self.is_main:
-            point.clean_up()
         done = point.completed_tasks
         names = [data.name for data in self.tasks]
         if done == 0:  # killed during the first task: start it again
+            if self.is_main:
+                point.clean_up()
             self._print(f"[classp-hf] resuming: no task was finished in {self.output_dir}; starting the first again")
             self._start()
             return 0
@@ -391,6 +391,8 @@ class ContinualRunner:
             for data in self.tasks[1:done]:  # rebuild the adapters the run had, then load their weights
                 self.adapters.start_task(self.model, data.name)
             restore_adapters(self.model, checkpoint, self.adapters.names)
+        if self.is_main:  # everything loaded: now remove what the kill left half-written
+            point.clean_up()
         self.optimizer_state = point.files["optimizer"]
         self.method.load_state_dict(point.files["method"])
         self.ever_updated = point.files["update_masks"] or {}
