@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 export CLASSP_HF_DATA ?= $(abspath ../shared/data/sentiment)
 OUTPUT_DIR ?= runs/quickstart
 
-.PHONY: setup quickstart test lint benchmark clean
+.PHONY: setup quickstart test lint benchmark clean gpu-wheels
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,10 @@ benchmark: setup
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
+
+# Wheels the GPU machine lacks (pure Python; carried as .whl/ to `python benchmarks/gpu_check.py --backends`).
+gpu-wheels: setup
+	mkdir -p .whl
+	$(BIN)/pip download --quiet --no-deps --no-binary :all: -d .whl/src deepspeed
+	DS_BUILD_OPS=0 $(BIN)/pip wheel --quiet --no-deps --no-build-isolation -w .whl .whl/src/deepspeed-*.tar.gz
+	rm -rf .whl/src

@@ -211,3 +211,18 @@ def test_resume_refuses_a_folder_without_a_run(tmp_path, reference):
     raw, _, _ = reference
     with pytest.raises(ResumeError, match="no run_state.json"):
         ContinualRunner(config_from_dict(raw), tmp_path, log=False, resume=True)
+
+
+def test_bf16_runs_on_the_cpu_with_autocast(tmp_path, tiny_model_dir):  # noqa: F811
+    raw = raw_config(tiny_model_dir)
+    raw["training"]["bf16"] = True
+    runner = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False)
+    assert runner.task_args[0].use_cpu and runner.task_args[0].bf16
+    runner.setup()
+    seen = set()
+    runner.model.classifier.register_forward_hook(lambda module, args, out: seen.add(out.dtype))
+    results = runner.run().to_dict()
+    assert torch.bfloat16 in seen  # the forward ran under CPU autocast
+    assert results["status"] == "complete" and results["backend"]["mixed_precision"] == "bf16"
+    assert all(task["train_loss"] is not None for task in results["per_task"])
+    assert next(runner.model.parameters()).dtype == torch.float32  # autocast: the weights stay float32

@@ -115,9 +115,14 @@ def detect_backend(training: dict[str, Any], peft: dict[str, Any] | None = None)
             raise ConfigError(
                 f"config.training.optim_args: state_dtype={state_dtype} is not supported under sharded backends"
             )
-    if kind == "fsdp" and peft is not None and peft.get("adapters") == "per_task":
+    if kind == "fsdp" and peft is not None:
+        if peft.get("adapters") == "per_task":
+            raise ConfigError(
+                "config.peft.adapters: per_task adapters are not supported under FSDP (FSDP shards the parameters "
+                "once, a new adapter per task would need re-sharding)"
+            )
         raise ConfigError(
-            "config.peft.adapters: per_task adapters are not supported under FSDP (FSDP shards the parameters once, "
-            "a new adapter per task would need re-sharding); use adapters: shared"
+            "config.peft: LoRA under FSDP is not supported yet (adapters are saved from unsharded weights); "
+            "LoRA's few trainable parameters fit DDP (recipes/accelerate/multi_gpu.yaml)"
         )
     return backend
