@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import io
 
@@ -206,16 +207,28 @@ def test_stochastic_rounding_resumes_bit_for_bit(foreach):
         assert torch.equal(uninterrupted.state[w]["grad_sum"], resumed.state[r]["grad_sum"])
 
 
-def test_stochastic_rounding_is_the_same_on_both_paths_and_across_replicas():
+@pytest.mark.parametrize("flat_mask", [False, True])
+def test_stochastic_rounding_is_the_same_on_both_paths_and_across_replicas(flat_mask, monkeypatch):
+    monkeypatch.setattr(classp_module, "_FLAT_MASK_ON_CPU", flat_mask)  # also the accelerators' multi-tensor path
     finals = []
     for foreach, seed in ((False, 5), (True, 5), (False, 5), (False, 6)):
         weights = low_precision_params()
-        train_low_precision(
-            CLASSP(weights, lr=1e-3, stochastic_rounding=True, seed=seed, foreach=foreach), weights, 3, 0
-        )
+        optimizer = CLASSP(weights, lr=1e-3, threshold=0.003, stochastic_rounding=True, seed=seed, foreach=foreach)
+        train_low_precision(optimizer, weights, 3, 0)
         finals.append([bits(w) for w in weights])
     same = [all(torch.equal(a, b) for a, b in zip(finals[0], other)) for other in finals[1:]]
     assert same == [True, True, False]  # foreach == single tensor; same seed == same stream (DDP replicas)
+
+
+def test_a_deep_copy_continues_the_same_stream():
+    weights = low_precision_params()
+    optimizer = CLASSP(weights, lr=1e-3, stochastic_rounding=True, seed=9)
+    train_low_precision(optimizer, weights, 2, seed=0)
+    copied = copy.deepcopy({"optimizer": optimizer, "weights": weights})
+    assert copied["optimizer"]._seed == 9
+    train_low_precision(optimizer, weights, 2, seed=1)
+    train_low_precision(copied["optimizer"], copied["weights"], 2, seed=1)
+    assert all(torch.equal(bits(w), bits(c)) for w, c in zip(weights, copied["weights"]))
 
 
 def test_stochastic_rounding_draws_nothing_for_float32_or_at_lr_zero():

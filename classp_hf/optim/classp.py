@@ -176,7 +176,9 @@ class CLASSP(Optimizer):
     runs on each rank's local shard. ``"absolute"`` mode gives exactly the unsharded result;
     ``"relative"`` mode all-reduces each tensor's sum of :math:`g^2` (float64) over the shards, so
     it matches the unsharded cut-off up to summation order; ``"quantile"`` mode is refused at the
-    first step. Under DeepSpeed ZeRO the optimizer sees each rank's flat float32 partition of all
+    first step. ``set_optimizer_state_dict`` makes a new optimizer's state with a zero-gradient
+    step, which it skips while any parameter has a gradient: zero them (``set_to_none=True``)
+    first. Under DeepSpeed ZeRO the optimizer sees each rank's flat float32 partition of all
     parameters as one tensor: ``"absolute"`` mode is exact, but ``"relative"`` and ``"quantile"``
     measure a partition (pieces of several parameters), not a parameter.
 
