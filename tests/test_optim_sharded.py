@@ -178,12 +178,17 @@ def sharded_run(rank: int, hyperparameters: dict) -> dict:
     reloaded = CLASSP(model.parameters(), **hyperparameters)
     reloaded.load_state_dict(whole_state)
     reloaded_layouts = [isinstance(reloaded.state[p]["grad_sum"], DTensor) for p in model.parameters()]
+    # And the other way: the sharded optimizer's own state_dict (DTensor S) loads into an unsharded copy.
+    whole_params = [nn.Parameter(p.full_tensor()) for p in model.parameters()]
+    gathered = CLASSP(whole_params, **hyperparameters)
+    gathered.load_state_dict(new_optimizer.state_dict())
     return {
         "names": names,
         "first_task_sums": first_task,
         "weights": [p.full_tensor() for p in model.parameters()],
         "sums": [new_optimizer.state[p]["grad_sum"].full_tensor() for p in model.parameters()],
         "reloaded_sums": [reloaded.state[p]["grad_sum"].full_tensor() for p in model.parameters()],
+        "gathered_sums": [gathered.state[p]["grad_sum"] for p in whole_params],
         "layouts": layouts,
         "reloaded_layouts": reloaded_layouts,
         "diagnostics": new_optimizer.diagnostics(),
@@ -276,8 +281,10 @@ def test_fsdp2_matches_one_process_across_a_carried_over_state(fsdp_results, sce
         torch.testing.assert_close(got, expected, **tolerance, msg=name)
     for rank_results in fsdp_results:
         assert all(rank_results[scenario]["layouts"]) and all(rank_results[scenario]["reloaded_layouts"])
-        for got, expected in zip(rank_results[scenario]["reloaded_sums"], sharded["sums"]):
-            assert torch.equal(got, expected)
+        for reloaded, gathered, expected in zip(
+            rank_results[scenario]["reloaded_sums"], rank_results[scenario]["gathered_sums"], sharded["sums"]
+        ):
+            assert torch.equal(reloaded, expected) and torch.equal(gathered, expected)
 
 
 def test_fsdp2_diagnostics_are_per_rank(fsdp_results):
