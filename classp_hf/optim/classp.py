@@ -456,12 +456,10 @@ class CLASSP(Optimizer):
         devices = {p.device for p in params if p.dtype in _STOCHASTIC_ROUNDERS}
         return {device: self._generator(device) for device in devices} or None
 
-    def _is_sharded(self) -> bool:
-        return any(is_dtensor(p) for group in self.param_groups for p in group["params"])
-
     def _scope(self) -> str:
         """``"rank"`` if statistics cover only this rank's shards (DTensor parameters), else ``"global"``."""
-        return "rank" if self._is_sharded() else "global"
+        sharded = any(is_dtensor(p) for group in self.param_groups for p in group["params"])
+        return "rank" if sharded else "global"
 
     # -- optional diagnostic state: which elements were updated (not part of the update state) --
     def _reset_tracking_attributes(self) -> None:
@@ -535,39 +533,30 @@ class CLASSP(Optimizer):
             DTensors (every number then covers this rank's local shards only).
         """
         scope = self._scope()
-        out = []
-        for index, group in enumerate(self.param_groups):
-            numel = sum(local_tensor(p).numel() for p in group["params"])
-            sums = [local_tensor(self.state[p][STATE_KEY]) for p in group["params"] if self._has_state(p)]
-            sums = [s for s in sums if s.numel()]
-            if numel == 0:
-                out.append(
-                    dict(
-                        numel=0,
-                        update_fraction=0.0,
-                        grad_sum_mean=0.0,
-                        grad_sum_max=0.0,
-                        grad_sum_nonzero_fraction=0.0,
-                        scope=scope,
-                    )
-                )
-                continue
-            total = sum(s.sum(dtype=torch.float64).cpu() for s in sums)
-            largest = max((s.max().cpu() for s in sums), default=0.0)
-            nonzero = sum(torch.count_nonzero(s).cpu() for s in sums)
-            count = self._last_update_counts.get(index)
-            updated = 0.0 if count is None else float(count)
-            out.append(
-                dict(
-                    numel=numel,
-                    update_fraction=updated / numel,
-                    grad_sum_mean=float(total) / numel,
-                    grad_sum_max=float(largest),
-                    grad_sum_nonzero_fraction=float(nonzero) / numel,
-                    scope=scope,
-                )
+        return [
+            {**self._group_diagnostics(index, group), "scope": scope} for index, group in enumerate(self.param_groups)
+        ]
+
+    def _group_diagnostics(self, index: int, group: dict[str, Any]) -> dict[str, float]:
+        numel = sum(local_tensor(p).numel() for p in group["params"])
+        if numel == 0:
+            return dict(
+                numel=0, update_fraction=0.0, grad_sum_mean=0.0, grad_sum_max=0.0, grad_sum_nonzero_fraction=0.0
             )
-        return out
+        sums = [local_tensor(self.state[p][STATE_KEY]) for p in group["params"] if self._has_state(p)]
+        sums = [s for s in sums if s.numel()]  # an FSDP2 rank may hold an empty shard
+        total = sum(s.sum(dtype=torch.float64).cpu() for s in sums)
+        largest = max((s.max().cpu() for s in sums), default=0.0)
+        nonzero = sum(torch.count_nonzero(s).cpu() for s in sums)
+        count = self._last_update_counts.get(index)
+        updated = 0.0 if count is None else float(count)
+        return dict(
+            numel=numel,
+            update_fraction=updated / numel,
+            grad_sum_mean=float(total) / numel,
+            grad_sum_max=float(largest),
+            grad_sum_nonzero_fraction=float(nonzero) / numel,
+        )
 
     def _has_state(self, p: Tensor) -> bool:
         """Whether ``p`` has ``S`` yet (without adding an empty entry to ``self.state``)."""
