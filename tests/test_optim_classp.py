@@ -124,6 +124,7 @@ def test_foreach_matches_single_tensor(name, configs):
             torch.testing.assert_close(runs[0].state[p0]["grad_sum"], runs[1].state[p1]["grad_sum"], **tolerance)
     for d0, d1 in zip(runs[0].diagnostics(), runs[1].diagnostics()):
         assert d0["update_fraction"] == d1["update_fraction"]
+        assert d0.pop("scope") == d1.pop("scope") == "global"
         assert d0 == (d1 if exact else pytest.approx(d1, rel=1e-6))
 
 
@@ -225,7 +226,7 @@ def test_params_without_grad_are_skipped_and_closure_is_called():
 
     loss = optimizer.step(closure)
     assert loss.item() == 4.0
-    assert unused.tolist() == [1.0, 1.0] and optimizer.state[unused]["grad_sum"].tolist() == [0.0, 0.0]
+    assert unused.tolist() == [1.0, 1.0] and unused not in optimizer.state  # state is made at a first gradient
     assert used.tolist() == pytest.approx([1 - 0.1 * 2 / (1e-4 + 2)] * 2)
 
 
@@ -288,7 +289,11 @@ def test_resume_from_state_dict_follows_the_same_trajectory(foreach, tmp_path):
 
 def test_state_dict_holds_only_plain_values():
     optimizer = CLASSP(make_groups(OPTIM_INPUTS[-1][1]))
+    assert optimizer.state_dict()["state"] == {}  # no state before a first gradient
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    _train(optimizer, params, 1, seed=0)
     state = optimizer.state_dict()
+    assert len(state["state"]) == len(params)
     for group in state["param_groups"]:
         for key, value in group.items():
             assert value is None or isinstance(value, (bool, int, float, str, list)), key
@@ -299,7 +304,7 @@ def test_corrupt_state_dict_is_refused_with_a_clear_error():
     weight = torch.nn.Parameter(torch.zeros(3))
     optimizer = CLASSP([weight])
     state = optimizer.state_dict()
-    state["state"][0]["grad_sum"] = torch.zeros(4)
+    state["state"][0] = {"grad_sum": torch.zeros(4)}
     with pytest.raises(ValueError, match="grad_sum of parameter 0 has shape"):
         CLASSP([torch.nn.Parameter(torch.zeros(3))]).load_state_dict(state)
     with pytest.raises(ValueError, match="Invalid CLASSP state_dict"):
@@ -322,7 +327,7 @@ def test_diagnostics_report_grad_sum_statistics():
 
 
 @pytest.mark.parametrize("name,configs", OPTIM_INPUTS, ids=[n for n, _ in OPTIM_INPUTS])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_flat_mask_of_accelerators_matches_single_tensor(name, configs, dtype, monkeypatch):
     """The multi-tensor path masks one flat buffer on accelerators; forced on the CPU it gives the same result."""
     classp_module = importlib.import_module("classp_hf.optim.classp")  # the package exports a function of that name
@@ -352,3 +357,80 @@ def test_flat_mask_of_accelerators_matches_single_tensor(name, configs, dtype, m
     assert [d["update_fraction"] for d in runs[0].diagnostics()] == [
         d["update_fraction"] for d in runs[1].diagnostics()
     ]
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_state_is_made_at_a_parameters_first_gradient(foreach):
+    used, later = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(2, 3))
+    optimizer = CLASSP([used, later], lr=0.1, foreach=foreach)
+    optimizer.track_updates()
+    assert len(optimizer.state) == 0
+    used.grad = torch.tensor([1.0, -3.0, 0.0, 0.0])
+    optimizer.step()
+    assert list(optimizer.state) == [used] and later not in optimizer.state
+    # A parameter without state counts as S = 0 over all 10 elements.
+    diagnostics = optimizer.diagnostics()[0]
+    assert diagnostics == dict(
+        numel=10,
+        update_fraction=0.2,
+        grad_sum_mean=pytest.approx(0.4),
+        grad_sum_max=3.0,
+        grad_sum_nonzero_fraction=0.2,
+        scope="global",
+    )
+    tracking = optimizer.update_tracking()
+    assert tracking["mean_update_fraction"] == pytest.approx(0.2) and tracking["scope"] == "global"
+    assert len(optimizer.state) == 1  # reading diagnostics adds no empty state entries
+    later.grad = torch.ones(2, 3)
+    optimizer.step()
+    assert optimizer.state[later]["grad_sum"].tolist() == [[1.0] * 3] * 2
+
+
+def test_diagnostics_of_an_optimizer_that_never_stepped():
+    optimizer = CLASSP([torch.nn.Parameter(torch.zeros(3))])
+    assert optimizer.diagnostics() == [
+        dict(
+            numel=3,
+            update_fraction=0.0,
+            grad_sum_mean=0.0,
+            grad_sum_max=0.0,
+            grad_sum_nonzero_fraction=0.0,
+            scope="global",
+        )
+    ]
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_parameters_swapped_after_construction_are_optimized(foreach):
+    """What accelerate's FSDP2 preparation does: it replaces the parameters in param_groups after the optimizer
+    is built (there with DTensors); the state is made at the first step, so it belongs to the new tensors."""
+    original = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
+    optimizer = CLASSP(original, lr=0.1, foreach=foreach)
+    swapped = [torch.nn.Parameter(p.detach().clone()) for p in original]
+    optimizer.param_groups[0]["params"] = swapped
+    for p in swapped:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    assert set(optimizer.state) == set(swapped)
+    assert all(torch.all(p < 1.0) for p in swapped) and all(torch.all(p == 1.0) for p in original)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_resume_with_state_for_only_some_parameters(foreach):
+    weights = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
+    optimizer = CLASSP(weights, lr=0.1, foreach=foreach)
+    _train(optimizer, weights[:1], 2, seed=0)
+    checkpoint = io.BytesIO()
+    torch.save({"optimizer": optimizer.state_dict(), "weights": [w.detach().clone() for w in weights]}, checkpoint)
+    _train(optimizer, weights, 2, seed=1)
+
+    checkpoint.seek(0)
+    saved = torch.load(checkpoint, weights_only=True)
+    assert list(saved["optimizer"]["state"]) == [0]
+    resumed_weights = [torch.nn.Parameter(w) for w in saved["weights"]]
+    resumed = CLASSP(resumed_weights, lr=0.1)
+    resumed.load_state_dict(saved["optimizer"])
+    assert resumed_weights[1] not in resumed.state
+    _train(resumed, resumed_weights, 2, seed=1)
+    for w, r in zip(weights, resumed_weights):
+        assert torch.equal(w, r) and torch.equal(optimizer.state[w]["grad_sum"], resumed.state[r]["grad_sum"])

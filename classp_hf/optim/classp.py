@@ -12,13 +12,15 @@ This module has no Hugging Face imports.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach
+
+from classp_hf.optim._sharded import is_dtensor, local_tensor, match_layout, sum_over_shards
 
 __all__ = ["CLASSP", "classp", "DEFAULT_LR", "DEFAULT_EPS", "THRESHOLD_MODES"]
 
@@ -32,6 +34,8 @@ DEFAULT_EPS = 1e-4
 
 #: Name of CLASSP's one state tensor per parameter.
 STATE_KEY = "grad_sum"
+#: Top-level :meth:`CLASSP.state_dict` key of the stochastic-rounding generators' states.
+RNG_KEY = "stochastic_rounding_rng"
 #: Use the accelerator's flat-buffer mask on the CPU too (tests check both give the same result).
 _FLAT_MASK_ON_CPU = False
 #: What ``threshold`` means: see :class:`CLASSP`.
@@ -64,12 +68,19 @@ def _check_flag(name: str, value: Any, *, allow_none: bool = False) -> None:
         raise ValueError(f"Invalid {name} value: {name} must be a bool, got {type(value).__name__} {value!r}")
 
 
+def _check_seed(seed: Any) -> int:
+    """Returns ``seed`` if it is an int in [0, 2**64), or raises ``ValueError``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"Invalid seed value: seed must be an int in [0, 2**64), got {type(seed).__name__} {seed!r}")
+    return seed
+
+
 def validate_hyperparameters(group: dict[str, Any]) -> None:
     """Checks CLASSP's hyperparameters in a param group (or the defaults) in place.
 
     Args:
         group (`dict`): holds ``lr``, ``threshold``, ``threshold_mode``, ``power``, ``eps``, ``weight_decay``,
-            ``apply_decay``, ``foreach`` and ``maximize``.
+            ``apply_decay``, ``foreach``, ``maximize`` and ``stochastic_rounding``.
 
     Raises:
         ValueError: naming the first invalid hyperparameter.
@@ -90,6 +101,22 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
     _check_flag("apply_decay", group["apply_decay"])
     _check_flag("maximize", group["maximize"])
     _check_flag("foreach", group["foreach"], allow_none=True)
+    _check_flag("stochastic_rounding", group.get("stochastic_rounding", False))
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype CLASSP computes in, and keeps ``S`` in, for a parameter of ``dtype``."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_no_quantile_on_dtensors(param_groups: list[dict[str, Any]]) -> None:
+    """Raises ``ValueError`` if a quantile-mode group holds a DTensor (its shards cannot see the whole tensor)."""
+    for group in param_groups:
+        if group["threshold_mode"] == "quantile" and any(is_dtensor(p) for p in group["params"]):
+            raise ValueError(
+                "Invalid threshold_mode value: 'quantile' needs whole tensors and is not supported with "
+                "FSDP (DTensor) parameters; use 'absolute' or 'relative'"
+            )
 
 
 class CLASSP(Optimizer):
@@ -115,8 +142,9 @@ class CLASSP(Optimizer):
       ~4e-10 in the encoder, ~4e-5 in a fresh head). Gradient clipping (``max_grad_norm``) rescales
       :math:`g` before the test, so it moves elements across an absolute threshold; gradient
       accumulation sums (or averages) micro-batch gradients first, so the test sees the
-      accumulated gradient; AMP loss scaling is undone before ``step()`` by ``GradScaler``/accelerate,
-      but a loss you scale yourself scales :math:`g^2` by its square.
+      accumulated gradient; AMP loss scaling is undone before ``step()`` by ``GradScaler``/accelerate
+      (a step it skips for overflow never reaches CLASSP), but a loss you scale yourself scales
+      :math:`g^2` by its square.
     - ``"relative"``: :math:`\tau_t = \tau \cdot \mathrm{mean}(g^2)` over the same tensor:
       scale-free (the same value works for any loss scale or batch size); an all-zero gradient
       tensor updates nothing.
@@ -134,6 +162,25 @@ class CLASSP(Optimizer):
     Non-finite gradient elements (``nan``, ``inf``) are skipped: neither :math:`w` nor
     :math:`S` changes there, so one bad batch cannot poison the accumulated state; they are not
     counted as updated in :meth:`diagnostics`. The check needs no device synchronisation.
+
+    Precision: float64 parameters are updated in float64 with a float64 :math:`S`; every other
+    dtype is updated in float32 with a float32 :math:`S` (a bfloat16 or float16 parameter is
+    rounded back after the update, to nearest or, with ``stochastic_rounding``, stochastically).
+    Elements that do not pass the mask keep their value bit for bit in every dtype (a ``-0.0``
+    weight may come back as ``+0.0``).
+
+    Sharded parameters: under FSDP2 (``torch.distributed.fsdp.fully_shard``, also accelerate's
+    FSDP2) the parameters are DTensors, possibly swapped in after the optimizer was built; :math:`S`
+    is then a DTensor with the parameter's placements (``torch.distributed.checkpoint.state_dict``'s
+    ``get_optimizer_state_dict``/``set_optimizer_state_dict`` gather and scatter it) and the update
+    runs on each rank's local shard. ``"absolute"`` mode gives exactly the unsharded result;
+    ``"relative"`` mode all-reduces each tensor's sum of :math:`g^2` (float64) over the shards, so
+    it matches the unsharded cut-off up to summation order; ``"quantile"`` mode is refused at the
+    first step. ``set_optimizer_state_dict`` makes a new optimizer's state with a zero-gradient
+    step, which it skips while any parameter has a gradient: zero them (``set_to_none=True``)
+    first. Under DeepSpeed ZeRO the optimizer sees each rank's flat float32 partition of all
+    parameters as one tensor: ``"absolute"`` mode is exact, but ``"relative"`` and ``"quantile"``
+    measure a partition (pieces of several parameters), not a parameter.
 
     The paper's experiments used ``lr=0.025, threshold=0.99, eps=1e-4, power=1`` on a small
     transformer trained from scratch at batch 750. These values do not transfer to pretrained
@@ -160,10 +207,28 @@ class CLASSP(Optimizer):
         foreach (`bool`, *optional*): use the multi-tensor (``torch._foreach_*``) path. By
             default chosen as torch.optim chooses it: on for CUDA tensors, off on CPU.
         maximize (`bool`, defaults to `False`): maximize the objective instead of minimizing.
+        stochastic_rounding (`bool`, defaults to `False`): round the float32 result of the update
+            of a bfloat16 or float16 parameter stochastically (up with probability equal to the
+            distance from the value below, in units of the spacing), so that steps smaller than
+            half a unit in the last place still move the weight on average instead of being
+            rounded away. Elements that do not pass the mask are never changed, and a step with
+            ``lr=0`` draws nothing.
+        seed (`int`, defaults to 0): seed of the stochastic-rounding generators, one
+            ``torch.Generator`` per device, created at the first rounding. Their states are
+            saved by :meth:`state_dict` and restored by :meth:`load_state_dict`, so a resumed run
+            rounds as an uninterrupted one. Every data-parallel (DDP) rank with the same seed draws
+            the same stream, which keeps replicated weights identical; FSDP2 ranks draw the same
+            stream for different shards.
 
     State:
-        ``grad_sum``: :math:`S`, one float32 tensor per parameter whatever the parameter's
-        dtype, kept in float32 by :meth:`load_state_dict` too.
+        ``grad_sum``: :math:`S`, one tensor per parameter, created at the parameter's first step
+        with a gradient (a parameter that never had one has no state and counts as :math:`S=0`).
+        It is float64 for a float64 parameter and float32 for any other dtype (kept so by
+        :meth:`load_state_dict`), and a DTensor with the parameter's placements for a DTensor.
+        With stochastic rounding, :meth:`state_dict` also holds the generators' states under
+        the top-level key ``"stochastic_rounding_rng"`` (device name to ``uint8`` tensor; plain
+        tensors, loadable with ``torch.load(weights_only=True)``). ``torch.distributed.checkpoint``
+        keeps only ``state`` and ``param_groups``: a run resumed through it draws a new stream.
 
     Example:
         >>> optimizer = CLASSP(model.parameters(), lr=1e-3)
@@ -185,6 +250,8 @@ class CLASSP(Optimizer):
         *,
         foreach: bool | None = None,
         maximize: bool = False,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -196,61 +263,113 @@ class CLASSP(Optimizer):
             weight_decay=weight_decay,
             foreach=foreach,
             maximize=maximize,
+            stochastic_rounding=stochastic_rounding,
         )
         validate_hyperparameters(defaults)
+        self._seed = _check_seed(seed)
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._pending_rng_states: dict[str, Tensor] = {}
         self._last_update_counts: dict[int, Tensor] = {}
         self._reset_tracking_attributes()
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            for p in group["params"]:
-                self._init_state(p)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Adds a param group after checking its hyperparameters (see :class:`CLASSP`)."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         validate_hyperparameters(group)
-        if hasattr(self, "state"):
-            for p in group["params"]:
-                self._init_state(p)
+        if any(p.is_sparse for p in group["params"]):
+            raise RuntimeError("CLASSP does not support sparse parameters")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_seed"] = self._seed
+        state["_pending_rng_states"] = self._rng_states()
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         if not hasattr(self, "_tracking"):  # unpickled; load_state_dict also comes here and keeps tracking
             self._last_update_counts = {}
             self._reset_tracking_attributes()
+        if not hasattr(self, "_generators"):
+            self._seed = getattr(self, "_seed", 0)
+            self._pending_rng_states = getattr(self, "_pending_rng_states", {})
+            self._generators = {}
         for group in self.param_groups:
             group.setdefault("threshold_mode", "absolute")
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
             group.setdefault("apply_decay", True)
             group.setdefault("weight_decay", 0.0)
+            group.setdefault("stochastic_rounding", self.defaults.get("stochastic_rounding", False))
 
-    def _init_state(self, p: Tensor) -> None:
+    def _grad_sum(self, p: Tensor) -> Tensor:
+        """``S`` of ``p``, created (zeros, laid out as ``p``) at its first step or moved to ``p``'s device."""
         state = self.state[p]
-        if STATE_KEY not in state:
-            if p.is_sparse:
-                raise RuntimeError("CLASSP does not support sparse parameters")
-            state[STATE_KEY] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
+        grad_sum = state.get(STATE_KEY)
+        if grad_sum is None:
+            grad_sum = torch.zeros_like(p, dtype=_compute_dtype(p.dtype), memory_format=torch.preserve_format)
+            state[STATE_KEY] = grad_sum
+        elif grad_sum.device != p.device:  # the model moved after the state was made
+            grad_sum = state[STATE_KEY] = grad_sum.to(p.device)
+        return grad_sum
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """The stochastic-rounding generator of ``device``: restored from a loaded state, else seeded."""
+        generator = self._generators.get(device)
+        if generator is None:
+            generator = torch.Generator(device=device)
+            saved = self._pending_rng_states.pop(str(device), None)
+            if saved is None:
+                generator.manual_seed(self._seed)
+            else:
+                generator.set_state(saved.detach().to(device="cpu", dtype=torch.uint8).contiguous())
+            self._generators[device] = generator
+        return generator
+
+    def _rng_states(self) -> dict[str, Tensor]:
+        """Device name to generator state (``uint8``), including loaded states not used yet."""
+        states = {name: state.clone() for name, state in self._pending_rng_states.items()}
+        states.update({str(device): generator.get_state() for device, generator in self._generators.items()})
+        return states
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer state (see :class:`torch.optim.Optimizer.state_dict`), plus the generators' states.
+
+        Returns:
+            ``state`` (``grad_sum`` per parameter that has had a gradient), ``param_groups`` and,
+            once stochastic rounding has drawn, ``"stochastic_rounding_rng"``: ``{device name: uint8 tensor}``.
+        """
+        state_dict = super().state_dict()
+        rng_states = self._rng_states()
+        if rng_states:
+            state_dict[RNG_KEY] = rng_states
+        return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Loads the optimizer state, keeping ``grad_sum`` in float32.
+        """Loads the optimizer state, keeping ``grad_sum`` in float32 (float64 for float64 parameters).
 
         :class:`torch.optim.Optimizer` casts floating-point state to each parameter's dtype;
         for a bfloat16 parameter that would round :math:`S` to 8 bits of mantissa. The state is
-        moved to each parameter's device and kept in float32 instead.
+        moved to each parameter's device and layout (sharded like a DTensor parameter) and kept in
+        float32, or float64 for a float64 parameter, instead. Saved stochastic-rounding generator
+        states replace the current ones (without any, the generators restart from ``seed``).
 
         Args:
             state_dict (`dict`): as returned by :meth:`state_dict`.
 
         Raises:
-            ValueError: if a ``grad_sum`` tensor's shape does not match its parameter.
+            ValueError: if the dict is malformed, a ``grad_sum`` tensor's shape does not match its
+                parameter, or a generator state is not a tensor.
         """
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
             raise ValueError("Invalid CLASSP state_dict: expected a dict with 'state' and 'param_groups'")
+        rng_states = _checked_rng_states(state_dict.get(RNG_KEY, {}))
         states = {key: dict(value) for key, value in state_dict["state"].items()}
         held_back = {key: value.pop(STATE_KEY) for key, value in states.items() if STATE_KEY in value}
-        super().load_state_dict({**state_dict, "state": states})
+        plain = {key: value for key, value in state_dict.items() if key != RNG_KEY}
+        super().load_state_dict({**plain, "state": states})
         saved_ids = [pid for group in state_dict["param_groups"] for pid in group["params"]]
         params = [p for group in self.param_groups for p in group["params"]]
         for pid, p in zip(saved_ids, params, strict=True):
@@ -263,10 +382,9 @@ class CLASSP(Optimizer):
                     f"Invalid CLASSP state_dict: grad_sum of parameter {pid} has shape {shape}, "
                     f"the parameter has {tuple(p.shape)}"
                 )
-            self.state[p][STATE_KEY] = grad_sum.to(device=p.device, dtype=torch.float32).clone()
-        for group in self.param_groups:
-            for p in group["params"]:
-                self._init_state(p)
+            self.state[p][STATE_KEY] = match_layout(grad_sum, p, _compute_dtype(p.dtype))
+        self._generators = {}
+        self._pending_rng_states = rng_states
         self._last_update_counts = {}
 
     @torch.no_grad()
@@ -278,25 +396,28 @@ class CLASSP(Optimizer):
 
         Returns:
             The loss returned by ``closure``, or `None`.
+
+        Raises:
+            ValueError: if a ``threshold_mode="quantile"`` group holds DTensor (FSDP) parameters.
         """
+        _check_no_quantile_on_dtensors(self.param_groups)
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
 
         for index, group in enumerate(self.param_groups):
-            params, grads, grad_sums, masks = [], [], [], []
+            params, grads, grad_sums, masks, sharded_grads = [], [], [], [], []
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("CLASSP does not support sparse gradients; use a dense embedding")
-                state = self.state[p]
-                if state[STATE_KEY].device != p.device:  # the model moved after the optimizer was built
-                    state[STATE_KEY] = state[STATE_KEY].to(p.device)
-                params.append(p)
-                grads.append(p.grad)
-                grad_sums.append(state[STATE_KEY])
+                grad_sum = self._grad_sum(p)
+                params.append(local_tensor(p))
+                grads.append(local_tensor(p.grad))
+                grad_sums.append(local_tensor(grad_sum))
+                sharded_grads.append(p.grad if is_dtensor(p.grad) else None)
                 if self._tracking:
                     masks.append(self._update_mask(p))
             if not params:
@@ -316,6 +437,8 @@ class CLASSP(Optimizer):
                 weight_decay=group["weight_decay"],
                 maximize=group["maximize"],
                 foreach=group["foreach"],
+                cutoffs=_sharded_cutoffs(sharded_grads, group["threshold"], group["threshold_mode"]),
+                generators=self._rounding_generators(group, params),
             )
             self._last_update_counts[index] = updated
             if self._tracking:
@@ -323,6 +446,20 @@ class CLASSP(Optimizer):
         if self._tracking:
             self._tracked_steps += 1
         return loss
+
+    def _rounding_generators(
+        self, group: dict[str, Any], params: list[Tensor]
+    ) -> dict[torch.device, torch.Generator] | None:
+        """The generators of the devices of a group's low-precision parameters, if it rounds stochastically."""
+        if not group["stochastic_rounding"] or float(group["lr"]) == 0.0:  # lr 0 cannot move a weight
+            return None
+        devices = {p.device for p in params if p.dtype in _STOCHASTIC_ROUNDERS}
+        return {device: self._generator(device) for device in devices} or None
+
+    def _scope(self) -> str:
+        """``"rank"`` if statistics cover only this rank's shards (DTensor parameters), else ``"global"``."""
+        sharded = any(is_dtensor(p) for group in self.param_groups for p in group["params"])
+        return "rank" if sharded else "global"
 
     # -- optional diagnostic state: which elements were updated (not part of the update state) --
     def _reset_tracking_attributes(self) -> None:
@@ -332,9 +469,10 @@ class CLASSP(Optimizer):
         self._tracked_steps = 0
 
     def _update_mask(self, p: Tensor) -> Tensor:
+        local = local_tensor(p)
         mask = self._update_masks.get(p)
-        if mask is None or mask.device != p.device:
-            mask = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
+        if mask is None or mask.device != local.device:
+            mask = torch.zeros(local.shape, dtype=torch.bool, device=local.device)
             self._update_masks[p] = mask
         return mask
 
@@ -358,7 +496,8 @@ class CLASSP(Optimizer):
             ``steps``; ``mean_update_fraction`` (elements updated per step over all elements,
             averaged over the steps); ``ever_updated_fraction`` (elements updated at least once
             over all elements); ``masks``: ``{param: bool tensor}`` of the elements updated at
-            least once.
+            least once; ``scope``: ``"global"``, or ``"rank"`` when the parameters are DTensors
+            (the fractions and masks then cover this rank's local shards only).
 
         Raises:
             RuntimeError: if tracking is off.
@@ -366,7 +505,7 @@ class CLASSP(Optimizer):
         if not self._tracking:
             raise RuntimeError("update tracking is off: call track_updates() first")
         params = [p for group in self.param_groups for p in group["params"]]
-        numel = sum(p.numel() for p in params)
+        numel = sum(local_tensor(p).numel() for p in params)
         updated = sum(float(count) for count in self._tracked_updates.values())
         ever = sum(int(mask.sum()) for mask in self._update_masks.values())
         steps = self._tracked_steps
@@ -375,10 +514,11 @@ class CLASSP(Optimizer):
             "mean_update_fraction": updated / (numel * steps) if steps and numel else 0.0,
             "ever_updated_fraction": ever / numel if numel else 0.0,
             "masks": {p: self._update_masks[p] for p in params if p in self._update_masks},
+            "scope": self._scope(),
         }
 
     @torch.no_grad()
-    def diagnostics(self) -> list[dict[str, float]]:
+    def diagnostics(self) -> list[dict[str, float | str]]:
         """Per-group statistics for logging.
 
         Reads the device once per call (not once per step): log it every ``logging_steps``.
@@ -388,34 +528,71 @@ class CLASSP(Optimizer):
             ``update_fraction`` (elements updated at the
             last step over all elements of the group; 0 if the group had no gradient),
             ``grad_sum_mean``, ``grad_sum_max`` and ``grad_sum_nonzero_fraction`` (share of
-            elements ever updated since the state began).
+            elements ever updated since the state began; a parameter without state counts as
+            :math:`S=0`), and ``scope``: ``"global"``, or ``"rank"`` when the parameters are
+            DTensors (every number then covers this rank's local shards only).
         """
-        out = []
-        for index, group in enumerate(self.param_groups):
-            sums = [self.state[p][STATE_KEY] for p in group["params"]]
-            numel = sum(s.numel() for s in sums)
-            if numel == 0:
-                out.append(
-                    dict(
-                        numel=0, update_fraction=0.0, grad_sum_mean=0.0, grad_sum_max=0.0, grad_sum_nonzero_fraction=0.0
-                    )
-                )
-                continue
-            total = sum(s.sum(dtype=torch.float64).cpu() for s in sums)
-            largest = max(s.max().cpu() for s in sums)
-            nonzero = sum(torch.count_nonzero(s).cpu() for s in sums)
-            count = self._last_update_counts.get(index)
-            updated = 0.0 if count is None else float(count)
-            out.append(
-                dict(
-                    numel=numel,
-                    update_fraction=updated / numel,
-                    grad_sum_mean=float(total) / numel,
-                    grad_sum_max=float(largest),
-                    grad_sum_nonzero_fraction=float(nonzero) / numel,
-                )
+        scope = self._scope()
+        return [
+            {**self._group_diagnostics(index, group), "scope": scope} for index, group in enumerate(self.param_groups)
+        ]
+
+    def _group_diagnostics(self, index: int, group: dict[str, Any]) -> dict[str, float]:
+        numel = sum(local_tensor(p).numel() for p in group["params"])
+        if numel == 0:
+            return dict(
+                numel=0, update_fraction=0.0, grad_sum_mean=0.0, grad_sum_max=0.0, grad_sum_nonzero_fraction=0.0
             )
-        return out
+        sums = [local_tensor(self.state[p][STATE_KEY]) for p in group["params"] if self._has_state(p)]
+        sums = [s for s in sums if s.numel()]  # an FSDP2 rank may hold an empty shard
+        total = sum(s.sum(dtype=torch.float64).cpu() for s in sums)
+        largest = max((s.max().cpu() for s in sums), default=0.0)
+        nonzero = sum(torch.count_nonzero(s).cpu() for s in sums)
+        count = self._last_update_counts.get(index)
+        updated = 0.0 if count is None else float(count)
+        return dict(
+            numel=numel,
+            update_fraction=updated / numel,
+            grad_sum_mean=float(total) / numel,
+            grad_sum_max=float(largest),
+            grad_sum_nonzero_fraction=float(nonzero) / numel,
+        )
+
+    def _has_state(self, p: Tensor) -> bool:
+        """Whether ``p`` has ``S`` yet (without adding an empty entry to ``self.state``)."""
+        return STATE_KEY in self.state.get(p, {})
+
+
+def _checked_rng_states(value: Any) -> dict[str, Tensor]:
+    """The generator states of a state_dict's ``"stochastic_rounding_rng"`` entry, copied, or ``ValueError``."""
+    if not isinstance(value, dict) or not all(
+        isinstance(name, str) and isinstance(state, Tensor) for name, state in value.items()
+    ):
+        raise ValueError(
+            f"Invalid CLASSP state_dict: {RNG_KEY!r} must map device names to uint8 tensors, got {value!r:.80}"
+        )
+    return {name: state.detach().clone() for name, state in value.items()}
+
+
+def _sharded_cutoffs(sharded_grads: list[Tensor | None], threshold: float, mode: str) -> list[Tensor | None] | None:
+    """Relative mode's cut-offs on ``|g|`` for DTensor gradients, from the sum of :math:`g^2` over all shards.
+
+    Returns `None` when no tensor needs one (no DTensor, another mode, or threshold 0); else one
+    entry per gradient: a 0-dim tensor for a DTensor, `None` for a whole tensor. Every rank must
+    call this for the same tensors (one all-reduce per sharding layout).
+    """
+    indices = [index for index, grad in enumerate(sharded_grads) if grad is not None]
+    if not indices or mode != "relative" or threshold <= 0.0:
+        return None
+    dtensors = [sharded_grads[index] for index in indices]
+    squares = [
+        torch.linalg.vector_norm(_finite_magnitude(local_tensor(grad)), dtype=torch.float64).square()
+        for grad in dtensors
+    ]
+    cutoffs: list[Tensor | None] = [None] * len(sharded_grads)
+    for index, grad, total in zip(indices, dtensors, sum_over_shards(squares, dtensors)):
+        cutoffs[index] = _relative_cutoff(total.sqrt(), threshold, grad.numel(), _compute_dtype(grad.dtype))
+    return cutoffs
 
 
 def classp(
@@ -433,16 +610,25 @@ def classp(
     threshold_mode: str = "absolute",
     update_masks: list[Tensor] | None = None,
     foreach: bool | None = None,
+    cutoffs: list[Tensor | None] | None = None,
+    generators: Mapping[torch.device, torch.Generator] | None = None,
 ) -> Tensor:
     """Functional CLASSP: updates ``params`` and ``grad_sums`` in place.
 
     Args:
         params, grads, grad_sums (`list[Tensor]`): parameters, their gradients and their
-            float32 accumulators :math:`S`.
+            accumulators :math:`S` (float64 for float64 parameters, else float32); plain tensors
+            (pass a DTensor's local shard).
         lr, threshold, threshold_mode, power, eps, apply_decay, weight_decay, maximize: see
             :class:`CLASSP`.
         update_masks (`list[Tensor]`, *optional*): bool tensors, or-ed with the elements updated.
         foreach (`bool`, *optional*): use the multi-tensor path; `None` chooses as torch.optim.
+        cutoffs (`list`, *optional*): per tensor, a 0-dim tensor that ``|g|`` must exceed instead of
+            the one ``threshold_mode`` computes from the tensor itself, or `None` (used for shards,
+            whose relative-mode cut-off comes from the whole tensor).
+        generators (`Mapping[torch.device, torch.Generator]`, *optional*): round bfloat16 and float16
+            parameters stochastically, with the generator of their device; `None` rounds to nearest.
+            Parameters draw in the order of :func:`_by_device_and_dtype` on both paths.
 
     Returns:
         A 0-dim tensor on the first parameter's device: the number of elements updated.
@@ -455,6 +641,8 @@ def classp(
         grads,
         grad_sums,
         update_masks,
+        cutoffs,
+        generators,
         lr=lr,
         threshold=threshold,
         threshold_mode=threshold_mode,
@@ -466,14 +654,19 @@ def classp(
     )
 
 
+def _relative_cutoff(norm: Tensor, threshold: float, numel: int, dtype: torch.dtype) -> Tensor:
+    """``g^2 > t * mean(g^2)  <=>  |g| > sqrt(t / n) * ||g||``, from the float64 norm of the whole tensor."""
+    return (norm * math.sqrt(threshold / max(numel, 1))).to(dtype)
+
+
 def _cutoff(magnitude: Tensor, threshold: float, mode: str) -> float | Tensor:
     """The value ``|g|`` must exceed: a float (absolute mode) or a 0-dim tensor (no device sync)."""
     if mode == "absolute":
         return math.sqrt(threshold)
-    if mode == "relative":  # g^2 > t * mean(g^2)  <=>  |g| > sqrt(t / n) * ||g||
+    if mode == "relative":
         # Accumulated in float64, so that CPU and CUDA (different summation orders) agree on the cut-off.
         norm = torch.linalg.vector_norm(magnitude, dtype=torch.float64)
-        return (norm * math.sqrt(threshold / max(magnitude.numel(), 1))).to(torch.float32)
+        return _relative_cutoff(norm, threshold, magnitude.numel(), magnitude.dtype)
     numel = magnitude.numel()
     keep = math.ceil(threshold * numel)
     if keep >= numel:
@@ -492,34 +685,41 @@ def _kth_smallest(values: Tensor, k: int) -> Tensor:
     return torch.kthvalue(values, k).values
 
 
-def _apply_cutoff_(magnitude: Tensor, threshold: float, mode: str) -> None:
-    """Zeroes, in place, the elements of one tensor's ``|g|`` that do not pass."""
+def _apply_cutoff_(magnitude: Tensor, threshold: float, mode: str, cutoff: Tensor | None = None) -> None:
+    """Zeroes, in place, the elements of one tensor's ``|g|`` that do not pass (``cutoff`` overrides the mode's)."""
     if threshold <= 0.0:
         return
-    cutoff = _cutoff(magnitude, threshold, mode)
+    if cutoff is None:
+        cutoff = _cutoff(magnitude, threshold, mode)
     if isinstance(cutoff, Tensor):
         magnitude.mul_(magnitude > cutoff)
     elif cutoff > 0.0:
         torch.threshold_(magnitude, cutoff, 0.0)
 
 
-def _masked_magnitude(grad: Tensor, threshold: float, mode: str) -> Tensor:
-    """Float32 ``|g|`` of one tensor, 0 wherever ``g`` is non-finite or does not pass the threshold.
+def _finite_magnitude(grad: Tensor) -> Tensor:
+    """``|g|`` in the compute dtype (:func:`_compute_dtype`), 0 wherever ``g`` is non-finite."""
+    dtype = _compute_dtype(grad.dtype)
+    magnitude = grad.abs() if grad.dtype == dtype else grad.to(dtype).abs_()
+    return magnitude.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _masked_magnitude(grad: Tensor, threshold: float, mode: str, cutoff: Tensor | None = None) -> Tensor:
+    """``|g|`` of one tensor in the compute dtype, 0 wherever ``g`` is non-finite or does not pass the threshold.
 
     An element passes when ``|g|`` exceeds the mode's cut-off (absolute mode: ``sqrt(threshold)``,
-    the same set as ``g**2 > threshold`` without float32 overflow or underflow of ``g**2``).
-    A masked element changes neither ``S`` nor the weight.
+    the same set as ``g**2 > threshold`` without overflow or underflow of ``g**2``), or ``cutoff``
+    when given. A masked element changes neither ``S`` nor the weight.
     """
-    magnitude = grad.abs() if grad.dtype == torch.float32 else grad.to(torch.float32).abs_()
-    magnitude.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    _apply_cutoff_(magnitude, threshold, mode)
+    magnitude = _finite_magnitude(grad)
+    _apply_cutoff_(magnitude, threshold, mode, cutoff)
     return magnitude
 
 
 def _masked_magnitudes(
-    grads: list[Tensor], threshold: float, mode: str
+    grads: list[Tensor], threshold: float, mode: str, cutoffs: list[Tensor | None] | None
 ) -> tuple[list[Tensor], Tensor | None, list[Tensor] | None]:
-    """:func:`_masked_magnitude` for many tensors, elementwise identical.
+    """:func:`_masked_magnitude` for many tensors of one dtype, elementwise identical.
 
     On an accelerator it works on one flat buffer (a handful of kernels whatever the number of
     tensors: there is no ``_foreach_where``); on the CPU, where launches are free and large fresh
@@ -529,10 +729,13 @@ def _masked_magnitudes(
         The magnitudes shaped like ``grads``; on the flat path also the flat magnitude buffer and
         the masked signed gradients (``copysign(|g|, g)``), else `None` twice.
     """
+    if cutoffs is None:
+        cutoffs = [None] * len(grads)
     if (grads[0].device.type == "cpu" and not _FLAT_MASK_ON_CPU) or len(grads) == 1:
-        return [_masked_magnitude(grad, threshold, mode) for grad in grads], None, None
+        magnitudes = [_masked_magnitude(grad, threshold, mode, cutoff) for grad, cutoff in zip(grads, cutoffs)]
+        return magnitudes, None, None
     sizes = [grad.numel() for grad in grads]
-    raw = torch.empty(sum(sizes), dtype=torch.float32, device=grads[0].device)
+    raw = torch.empty(sum(sizes), dtype=_compute_dtype(grads[0].dtype), device=grads[0].device)
     # One multi-tensor copy (it also converts low-precision gradients); torch.cat is slower here.
     torch._foreach_copy_([view.view_as(grad) for view, grad in zip(raw.split(sizes), grads)], grads)
     flat = raw.abs()
@@ -541,17 +744,21 @@ def _masked_magnitudes(
         if mode == "absolute":
             torch.threshold_(flat, math.sqrt(threshold), 0.0)
         else:
-            for view in flat.split(sizes):
-                _apply_cutoff_(view, threshold, mode)
+            for view, cutoff in zip(flat.split(sizes), cutoffs):
+                _apply_cutoff_(view, threshold, mode, cutoff)
     signed = torch.copysign(flat, raw, out=raw)
     shaped = [[view.view_as(grad) for view, grad in zip(buffer.split(sizes), grads)] for buffer in (flat, signed)]
     return shaped[0], flat, shaped[1]
 
 
+#: Integer dtypes of the same width as the float dtypes CLASSP computes in.
+_SAME_WIDTH_INT = {4: torch.int32, 8: torch.int64}
+
+
 def _count_updated(magnitude: Tensor) -> Tensor:
-    """Non-zero elements of a masked ``|g|`` (every element is +0.0 or positive, so its int32 view
+    """Non-zero elements of a masked ``|g|`` (every element is +0.0 or positive, so its integer view
     is non-zero exactly where the float is; counting integers is much faster on the CPU)."""
-    return torch.count_nonzero(magnitude.view(torch.int32))
+    return torch.count_nonzero(magnitude.view(_SAME_WIDTH_INT[magnitude.element_size()]))
 
 
 def _signed_denominator_(denom: Tensor, grad: Tensor) -> Tensor:
@@ -562,11 +769,68 @@ def _signed_denominator_(denom: Tensor, grad: Tensor) -> Tensor:
     return torch.copysign(denom, grad, out=denom)
 
 
+def _round_to_bfloat16_stochastically_(param: Tensor, weight: Tensor, generator: torch.Generator) -> None:
+    """Writes float32 ``weight`` (overwritten) into bfloat16 ``param``, rounding stochastically.
+
+    bfloat16 is float32 without its 16 low mantissa bits: adding 16 uniform random bits to the
+    integer view and truncating rounds the magnitude up with probability equal to the discarded
+    fraction (exactly unbiased). A value already representable in bfloat16 is left unchanged.
+    """
+    noise = torch.randint(0, 1 << 16, weight.shape, generator=generator, device=weight.device, dtype=torch.int32)
+    weight.view(torch.int32).add_(noise).bitwise_and_(-(1 << 16))
+    param.copy_(weight)
+
+
+def _round_to_float16_stochastically_(param: Tensor, weight: Tensor, generator: torch.Generator) -> None:
+    """Writes float32 ``weight`` into float16 ``param``, rounding stochastically between its two neighbours.
+
+    float16's range and subnormals differ from float32's, so the neighbours come from the integer
+    view of the nearest float16: ``low`` (toward zero) and the next one away from zero; ``weight``
+    rounds away from zero with probability ``(|w| - |low|) / (|high| - |low|)`` (exact in float32).
+    A value already representable in float16 is left unchanged.
+    """
+    nearest = weight.to(torch.float16)
+    toward_zero = nearest.view(torch.int16) - (nearest.float().abs() > weight.abs()).to(torch.int16)
+    low = toward_zero.view(torch.float16).float().abs()
+    high = (toward_zero + 1).view(torch.float16).float().abs()
+    fraction = (weight.abs() - low).div_(high - low)
+    away = torch.rand(weight.shape, generator=generator, device=weight.device) < fraction
+    param.copy_(toward_zero.add_(away).view(torch.float16))
+
+
+_STOCHASTIC_ROUNDERS = {
+    torch.bfloat16: _round_to_bfloat16_stochastically_,
+    torch.float16: _round_to_float16_stochastically_,
+}
+
+
+def _write_back(
+    params: list[Tensor], weights: list[Tensor], generators: Mapping[torch.device, torch.Generator] | None
+) -> None:
+    """Copies the updated ``weights`` (the compute dtype) into low-precision ``params`` of one dtype."""
+    rounder = _STOCHASTIC_ROUNDERS.get(params[0].dtype) if generators is not None else None
+    if rounder is None:
+        torch._foreach_copy_(params, weights)
+        return
+    for param, weight in zip(params, weights, strict=True):
+        rounder(param, weight, generators[param.device])
+
+
+def _by_device_and_dtype(tensors: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+    """Indices of ``tensors`` grouped by device and dtype, groups in order of first appearance."""
+    grouped: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        grouped.setdefault((tensor.device, tensor.dtype), []).append(index)
+    return grouped
+
+
 def _single_tensor_classp(
     params: list[Tensor],
     grads: list[Tensor],
     grad_sums: list[Tensor],
     update_masks: list[Tensor] | None,
+    cutoffs: list[Tensor | None] | None,
+    generators: Mapping[torch.device, torch.Generator] | None,
     *,
     lr: float,
     threshold: float,
@@ -579,12 +843,14 @@ def _single_tensor_classp(
 ) -> Tensor:
     step_size = lr if maximize else -lr
     updated = torch.zeros((), dtype=torch.int64, device=params[0].device)
-    for index, (param, grad, grad_sum) in enumerate(zip(params, grads, grad_sums, strict=True)):
-        magnitude = _masked_magnitude(grad, threshold, threshold_mode)
+    # In the multi-tensor path's order, so that stochastic rounding draws the same numbers.
+    for index in [index for indices in _by_device_and_dtype(params).values() for index in indices]:
+        param, grad, grad_sum = params[index], grads[index], grad_sums[index]
+        magnitude = _masked_magnitude(grad, threshold, threshold_mode, None if cutoffs is None else cutoffs[index])
         updated += _count_updated(magnitude)
         if update_masks is not None:
             update_masks[index].logical_or_(magnitude != 0)
-        weight = param if param.dtype == torch.float32 else param.to(torch.float32)
+        weight = param if param.dtype == magnitude.dtype else param.to(magnitude.dtype)
         if weight_decay != 0.0:
             weight.addcmul_(weight, magnitude.sign(), value=-lr * weight_decay)
         if power == 2.0:
@@ -601,7 +867,7 @@ def _single_tensor_classp(
             denom = torch.ones_like(magnitude)
         weight.addcdiv_(magnitude, _signed_denominator_(denom, grad), value=step_size)
         if weight is not param:
-            param.copy_(weight)
+            _write_back([param], [weight], generators)
     return updated
 
 
@@ -610,20 +876,23 @@ def _single_tensor_classp(
 _CPU_CHUNK_NUMEL = 1 << 22
 
 
-def _chunks(grouped: dict) -> list[tuple[tuple[torch.device, torch.dtype], tuple[list, list, list, list]]]:
-    """Splits CPU groups into chunks of at most ``_CPU_CHUNK_NUMEL`` elements (a larger tensor alone)."""
+def _chunks(tensors: list[Tensor]) -> list[list[int]]:
+    """Indices of ``tensors`` by device and dtype; CPU groups cut into chunks of at most ``_CPU_CHUNK_NUMEL``
+    elements (a larger tensor alone)."""
     out = []
-    for key, lists in grouped.items():
-        if key[0].type != "cpu":
-            out.append((key, lists))
+    for (device, _), indices in _by_device_and_dtype(tensors).items():
+        if device.type != "cpu":
+            out.append(indices)
             continue
-        start, size = 0, 0
-        for index, param in enumerate(lists[0]):
-            if size and size + param.numel() > _CPU_CHUNK_NUMEL:
-                out.append((key, tuple(items[start:index] for items in lists)))
-                start, size = index, 0
-            size += param.numel()
-        out.append((key, tuple(items[start:] for items in lists)))
+        chunk: list[int] = []
+        size = 0
+        for index in indices:
+            if size and size + tensors[index].numel() > _CPU_CHUNK_NUMEL:
+                out.append(chunk)
+                chunk, size = [], 0
+            chunk.append(index)
+            size += tensors[index].numel()
+        out.append(chunk)
     return out
 
 
@@ -632,6 +901,8 @@ def _multi_tensor_classp(
     grads: list[Tensor],
     grad_sums: list[Tensor],
     update_masks: list[Tensor] | None,
+    cutoffs: list[Tensor | None] | None,
+    generators: Mapping[torch.device, torch.Generator] | None,
     *,
     lr: float,
     threshold: float,
@@ -644,27 +915,24 @@ def _multi_tensor_classp(
 ) -> Tensor:
     step_size = lr if maximize else -lr
     updated = torch.zeros((), dtype=torch.int64, device=params[0].device)
-    masks = update_masks if update_masks is not None else [None] * len(params)
-    grouped: dict[tuple[torch.device, torch.dtype], tuple[list, list, list, list]] = {}
-    for param, grad, grad_sum, mask in zip(params, grads, grad_sums, masks, strict=True):
-        lists = grouped.setdefault((param.device, param.dtype), ([], [], [], []))
-        lists[0].append(param)
-        lists[1].append(grad)
-        lists[2].append(grad_sum)
-        lists[3].append(mask)
-    for (_, dtype), (device_params, device_grads, device_sums, device_masks) in _chunks(grouped):
-        magnitudes, flat, signed = _masked_magnitudes(device_grads, threshold, threshold_mode)
+    for indices in _chunks(params):
+        device_params = [params[i] for i in indices]
+        device_grads = [grads[i] for i in indices]
+        device_sums = [grad_sums[i] for i in indices]
+        device_cutoffs = None if cutoffs is None else [cutoffs[i] for i in indices]
+        magnitudes, flat, signed = _masked_magnitudes(device_grads, threshold, threshold_mode, device_cutoffs)
         if flat is not None:
             updated += _count_updated(flat).to(updated.device)
         else:
             updated += torch.stack([_count_updated(m) for m in magnitudes]).sum().to(updated.device)
         if update_masks is not None:
-            for mask, magnitude in zip(device_masks, magnitudes):
-                mask.logical_or_(magnitude != 0)
-        if dtype == torch.float32:
+            for i, magnitude in zip(indices, magnitudes):
+                update_masks[i].logical_or_(magnitude != 0)
+        compute_dtype = magnitudes[0].dtype
+        if device_params[0].dtype == compute_dtype:
             weights = device_params
         else:
-            weights = [p.to(torch.float32) for p in device_params]
+            weights = [p.to(compute_dtype) for p in device_params]
         if weight_decay != 0.0:
             torch._foreach_addcmul_(weights, weights, torch._foreach_sign(magnitudes), value=-lr * weight_decay)
         if power == 2.0:
@@ -687,6 +955,6 @@ def _multi_tensor_classp(
             for denom, grad in zip(denoms, device_grads):
                 _signed_denominator_(denom, grad)
             torch._foreach_addcdiv_(weights, magnitudes, denoms, value=step_size)
-        if dtype != torch.float32:
-            torch._foreach_copy_(device_params, weights)
+        if weights is not device_params:
+            _write_back(device_params, weights, generators)
     return updated

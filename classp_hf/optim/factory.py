@@ -305,6 +305,8 @@ register_optimizer(
         "power": float,
         "eps": float,
         "apply_decay": bool,
+        "stochastic_rounding": bool,
+        "seed": int,
         **_COMMON,
     },
 )
