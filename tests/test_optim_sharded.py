@@ -7,6 +7,7 @@ import importlib
 import os
 import socket
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -127,14 +128,11 @@ def train_reference(model, optimizer, steps_batches):
 
 
 def sharded_run(rank: int, hyperparameters: dict) -> dict:
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_optimizer_state_dict,
-        set_optimizer_state_dict,
-    )
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
+
+    from classp_hf.continual.optimizer_state import _load_fsdp, capture_optimizer_state
 
     model = make_model()
     names = [name for name, _ in model.named_parameters()]
@@ -149,16 +147,16 @@ def sharded_run(rank: int, hyperparameters: dict) -> dict:
     optimizer.param_groups[0]["params"] = [sharded[name] for name in names]
     train_sharded(model, optimizer, batches(STEPS_PER_TASK, seed=1), rank)
 
-    # A new task: a new CLASSP carries S over through torch.distributed.checkpoint (full state on rank 0's CPU).
-    saved = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    first_task = {name: (s["grad_sum"].clone() if rank == 0 else None) for name, s in saved.get("state", {}).items()}
-    new_optimizer = CLASSP(model.parameters(), **hyperparameters)
-    set_optimizer_state_dict(
-        model,
-        new_optimizer,
-        saved if rank == 0 else {},
-        options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
+    # A new task: a new CLASSP carries S over through torch.distributed.checkpoint (full state on rank 0's CPU),
+    # with the continual runner's own capture and load (a stand-in for the Trainer accelerate prepared).
+    trainer = SimpleNamespace(
+        model=model, model_wrapped=model, optimizer=optimizer, is_fsdp_enabled=True, is_deepspeed_enabled=False
     )
+    saved = capture_optimizer_state(trainer)
+    first_task = {name: (s["grad_sum"].clone() if rank == 0 else None) for name, s in saved["state"].items()}
+    new_optimizer = CLASSP(model.parameters(), **hyperparameters)
+    trainer.optimizer = new_optimizer
+    _load_fsdp(trainer, new_optimizer, saved)
     layouts = [
         isinstance(s := new_optimizer.state[p]["grad_sum"], DTensor) and s.placements == p.placements
         for p in model.parameters()
