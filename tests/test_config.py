@@ -127,4 +127,8 @@ def test_accelerate_launch_configs_parse(path):
 
     config = ClusterConfig.from_yaml_file(str(path))
     assert config.num_machines == 1 and config.num_processes >= 1
-    assert str(config.distributed_type).split(".")[-1] in {"NO", "MULTI_GPU"}
+    assert str(config.distributed_type).split(".")[-1] in {"NO", "MULTI_GPU", "FSDP", "DEEPSPEED"}
+    if path.name == "fsdp2.yaml":
+        assert config.fsdp_config["fsdp_version"] == 2
+    if path.name == "zero2.yaml":
+        assert config.deepspeed_config["zero_stage"] == 2
