@@ -236,6 +236,19 @@ class Trainer(transformers.Trainer):
             self._method_term_calls += 1
         return (loss, outputs) if return_outputs else loss
 
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """As ``transformers.Trainer``, without the continual method's extra columns in the inputs."""
+        if self.continual_method is not None:
+            extra = set(self.continual_method.extra_columns())
+            inputs = {key: value for key, value in inputs.items() if key not in extra}
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
     def _record_method_term(self, term: str, value: torch.Tensor) -> None:
         value = value.detach().float()
         total = self._method_term_sums.get(term)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import runpy
 from dataclasses import dataclass, field
 
 import pytest
@@ -26,6 +27,7 @@ from classp_hf.methods import (
     register_method,
 )
 
+from .conftest import REPO
 from .methods_helpers import BagOfWords, pad_collator, toy_dataset
 
 
@@ -196,3 +198,22 @@ def test_stateless_methods_refuse_foreign_state():
         NoMethod().load_state_dict({"x": 1})
     with pytest.raises(TypeError, match="takes no options"):
         NoMethod(strength=1)
+
+
+def test_the_custom_method_example_in_the_docs_runs(tmp_path, capsys, monkeypatch):
+    text = (REPO / "docs" / "methods.md").read_text(encoding="utf-8")
+    code = text.split("## Writing your own method", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "example.py"
+    script.write_text(code.replace("/tmp/l2_anchor", str(tmp_path)), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(script), run_name="docs_example")
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("{")]  # not the logs
+    assert lines[0] == "0 [None, None]"
+    second = eval(lines[1].split(" ", 1)[1])
+    assert second[0] == 0.0 and second[1] > 0
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=3
+    )
+    assert lines[2] == f"state bytes: {4 * sum(p.numel() for p in BertForSequenceClassification(config).parameters())}"

@@ -149,6 +149,8 @@ def test_method_columns_collator_and_logged_terms(tmp_path, fpb):
     assert [h["method/calls"] for h in logged] == [1.5, 3.5]  # the mean over each logging window
     assert [h["method/zero"] for h in logged] == [0.0, 0.0]
     trainer.evaluate(data.select(range(8)))
+    predictions = trainer.predict(data.select(range(4)).remove_columns("label"))  # the forward path without labels
+    assert predictions.predictions.shape == (4, 3)
     assert method.calls == 4  # no penalty in evaluation
 
 
