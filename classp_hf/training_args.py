@@ -13,6 +13,7 @@ from transformers.training_args import OptimizerNames
 from classp_hf.optim.factory import (
     get_optimizer_info,
     list_optimizers,
+    optimizer_option_types,
     parse_optim_args,
     parse_optim_groups,
     unknown_name_message,
@@ -87,18 +88,50 @@ def validate_optim_args(name: str, optim_args: str | None) -> dict[str, Any]:
     return parse_optim_args(name, optim_args)
 
 
-def validate_optim_groups(name: str, optim_groups: str | list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+def _transformers_option_types(name: str, args: transformers.TrainingArguments | None) -> dict[str, Any] | None:
+    """Options of transformers' optimizer ``name`` (built once on a dummy parameter), or `None` if it cannot be.
+
+    Optimizers that need optional packages, a GPU or the model are not built here; their options
+    are checked when the Trainer builds them.
+    """
+    import torch
+
+    try:
+        probe_args = args if args is not None else transformers.TrainingArguments("unused", optim=name, report_to=[])
+        optimizer_class, kwargs = transformers.Trainer.get_optimizer_cls_and_kwargs(probe_args)
+        optimizer = optimizer_class([torch.nn.Parameter(torch.zeros(1))], **kwargs)
+    except Exception:  # any failure here means: check the options when the Trainer builds the optimizer
+        return None
+    return optimizer_option_types(optimizer) if isinstance(optimizer, torch.optim.Optimizer) else None
+
+
+def validate_optim_groups(
+    name: str,
+    optim_groups: str | list[dict[str, Any]] | None,
+    args: transformers.TrainingArguments | None = None,
+) -> list[dict[str, Any]]:
     """Parses ``optim_groups`` (a list, or its JSON text) and checks the options for optimizer ``name``.
 
-    Options of registry optimizers are checked here against their accepted keys and types; those
-    of names transformers knows are checked against the optimizer's defaults when the Trainer
-    builds it.
+    Options of registry optimizers are checked against their accepted keys and types; those of
+    names transformers knows against the optimizer's own defaults (built once on a dummy
+    parameter; where that is not possible, when the Trainer builds it).
+
+    Args:
+        name (`str`): the optimizer name.
+        optim_groups: the entries (see :func:`classp_hf.optim.factory.parse_optim_groups`).
+        args (`TrainingArguments`, *optional*): the arguments transformers' optimizer is built from.
 
     Raises:
         ValueError: naming ``optim_groups[i].key``.
     """
-    accepted = None if is_transformers_optimizer(name) else get_optimizer_info(name).arg_types
-    return parse_optim_groups(optim_groups, accepted, repr(name))
+    groups = parse_optim_groups(optim_groups)
+    if not groups:
+        return []
+    if is_transformers_optimizer(name):
+        accepted = _transformers_option_types(name, args)
+    else:
+        accepted = dict(get_optimizer_info(name).arg_types)
+    return parse_optim_groups(groups, accepted, repr(name))
 
 
 @dataclass
@@ -172,7 +205,7 @@ class TrainingArguments(transformers.TrainingArguments):
                 self.optim = name
             get_optimizer_info(name)
         validate_optim_args(name, self.optim_args)
-        self.optim_groups = validate_optim_groups(name, self.optim_groups) or None
+        self.optim_groups = validate_optim_groups(name, self.optim_groups, self) or None
         if self.mask_absent_labels and self.label_smoothing_factor > 0:
             raise ValueError(
                 "mask_absent_labels: cannot be combined with label_smoothing_factor (smoothing would put "
@@ -196,6 +229,6 @@ class TrainingArguments(transformers.TrainingArguments):
         if plain not in list_optimizers():
             raise ValueError(unknown_name_message(plain, _TRANSFORMERS_NAMES | set(list_optimizers())))
         validate_optim_args(plain, self.optim_args)
-        validate_optim_groups(plain, self.optim_groups)
         self.optim = plain
+        validate_optim_groups(plain, self.optim_groups, self)
         return self

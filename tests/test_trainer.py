@@ -234,10 +234,12 @@ def test_optim_groups_errors_before_training(tmp_path, fpb):
     args = make_args(tmp_path, optim_groups=[{"params": "classifer", "lr_scale": 0.1}])
     with pytest.raises(ValueError, match=r"optim_groups\[0\]\.params: 'classifer' matches no trainable parameter"):
         Trainer(model=tiny_model(), args=args, train_dataset=fpb).create_optimizer()
-    args = make_args(tmp_path, optim="adamw_torch", optim_groups=[{"params": "classifier", "threshold": 0.1}])
+    # Options are checked against the built optimizer too (set after the arguments' own check).
+    args = make_args(tmp_path, optim="adamw_torch")
+    args.optim_groups = [{"params": "classifier", "threshold": 0.1}]
     with pytest.raises(ValueError, match=r"optim_groups\[0\]\.threshold: not an option of AdamW"):
         Trainer(model=tiny_model(), args=args, train_dataset=fpb).create_optimizer()
-    args = make_args(tmp_path, optim="adamw_torch", optim_groups=[{"params": "classifier", "amsgrad": 1}])
+    args.optim_groups = [{"params": "classifier", "amsgrad": 1}]
     with pytest.raises(ValueError, match=r"optim_groups\[0\]\.amsgrad: expected bool"):
         Trainer(model=tiny_model(), args=args, train_dataset=fpb).create_optimizer()
 

@@ -73,7 +73,11 @@ def test_optim_groups_and_mask_absent_labels_on_the_command_line():
     assert args.mask_absent_labels is True
     assert parse([]).optim_groups is None and parse([]).mask_absent_labels is False
     in_code = TrainingArguments("unused", optim="adamw_torch", optim_groups=[{"params": "head", "weight_decay": 1}])
-    assert in_code.optim_groups == [{"params": "head", "weight_decay": 1}]  # checked when the optimizer is built
+    assert in_code.optim_groups == [{"params": "head", "weight_decay": 1.0}]
+    with pytest.raises(ValueError, match=r"^optim_groups\[0\]\.threshold: not an option of 'adamw_torch'"):
+        TrainingArguments("unused", optim="adamw_torch", optim_groups=[{"params": "head", "threshold": 0.1}])
+    with pytest.raises(ValueError, match=r"^optim_groups\[0\]\.momentum: expected float"):
+        TrainingArguments("unused", optim="sgd", optim_groups=[{"params": "head", "momentum": "high"}])
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ __all__ = [
     "decay_parameter_names",
     "parse_optim_groups",
     "apply_optim_groups",
+    "optimizer_option_types",
 ]
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -362,8 +363,7 @@ def apply_optim_groups(
         ValueError: an unknown option or bad value, or a pattern that matches no trainable
             parameter (naming ``optim_groups[i]``).
     """
-    accepted = {key: _option_type(value) for key, value in optimizer.defaults.items()}
-    entries = parse_optim_groups(optim_groups, accepted, type(optimizer).__name__)
+    entries = parse_optim_groups(optim_groups, optimizer_option_types(optimizer), type(optimizer).__name__)
     names = {id(param): name for name, param in named_parameters}
     decay = None if decay_names is None else set(decay_names)
     patterns = [re.compile(entry["params"]) for entry in entries]
@@ -408,6 +408,11 @@ def _option_type(default: Any) -> type | None:
     if isinstance(default, str):
         return str
     return None
+
+
+def optimizer_option_types(optimizer: torch.optim.Optimizer) -> dict[str, type | None]:
+    """The options of a built optimizer (its ``defaults``) and their types, judged from the default values."""
+    return {key: _option_type(value) for key, value in optimizer.defaults.items()}
 
 
 def create_optimizer(
