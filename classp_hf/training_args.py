@@ -10,9 +10,22 @@ from typing import Any
 import transformers
 from transformers.training_args import OptimizerNames
 
-from classp_hf.optim.factory import get_optimizer_info, list_optimizers, parse_optim_args, unknown_name_message
+from classp_hf.optim.factory import (
+    get_optimizer_info,
+    list_optimizers,
+    optimizer_option_types,
+    parse_optim_args,
+    parse_optim_groups,
+    unknown_name_message,
+)
 
-__all__ = ["TrainingArguments", "optimizer_name", "is_transformers_optimizer", "validate_optim_args"]
+__all__ = [
+    "TrainingArguments",
+    "optimizer_name",
+    "is_transformers_optimizer",
+    "validate_optim_args",
+    "validate_optim_groups",
+]
 
 #: transformers' own default learning rate; under CLASSP with power 1 it barely moves a model.
 TRANSFORMERS_DEFAULT_LR = 5e-5
@@ -75,6 +88,52 @@ def validate_optim_args(name: str, optim_args: str | None) -> dict[str, Any]:
     return parse_optim_args(name, optim_args)
 
 
+def _transformers_option_types(name: str, args: transformers.TrainingArguments | None) -> dict[str, Any] | None:
+    """Options of transformers' optimizer ``name`` (built once on a dummy parameter), or `None` if it cannot be.
+
+    Optimizers that need optional packages, a GPU or the model are not built here; their options
+    are checked when the Trainer builds them.
+    """
+    import torch
+
+    try:
+        probe_args = args if args is not None else transformers.TrainingArguments("unused", optim=name, report_to=[])
+        optimizer_class, kwargs = transformers.Trainer.get_optimizer_cls_and_kwargs(probe_args)
+        optimizer = optimizer_class([torch.nn.Parameter(torch.zeros(1))], **kwargs)
+    except Exception:  # any failure here means: check the options when the Trainer builds the optimizer
+        return None
+    return optimizer_option_types(optimizer) if isinstance(optimizer, torch.optim.Optimizer) else None
+
+
+def validate_optim_groups(
+    name: str,
+    optim_groups: str | list[dict[str, Any]] | None,
+    args: transformers.TrainingArguments | None = None,
+) -> list[dict[str, Any]]:
+    """Parses ``optim_groups`` (a list, or its JSON text) and checks the options for optimizer ``name``.
+
+    Options of registry optimizers are checked against their accepted keys and types; those of
+    names transformers knows against the optimizer's own defaults (built once on a dummy
+    parameter; where that is not possible, when the Trainer builds it).
+
+    Args:
+        name (`str`): the optimizer name.
+        optim_groups: the entries (see :func:`classp_hf.optim.factory.parse_optim_groups`).
+        args (`TrainingArguments`, *optional*): the arguments transformers' optimizer is built from.
+
+    Raises:
+        ValueError: naming ``optim_groups[i].key``.
+    """
+    groups = parse_optim_groups(optim_groups)
+    if not groups:
+        return []
+    if is_transformers_optimizer(name):
+        accepted = _transformers_option_types(name, args)
+    else:
+        accepted = dict(get_optimizer_info(name).arg_types)
+    return parse_optim_groups(groups, accepted, repr(name))
+
+
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
     """``transformers.TrainingArguments`` whose ``optim`` also takes classp_hf's optimizers.
@@ -85,6 +144,14 @@ class TrainingArguments(transformers.TrainingArguments):
     ``optim_args`` (``"threshold=1e-9,power=1,eps=1e-8"``) is parsed and validated when the
     arguments are built, so a typo fails before any model is loaded. Both work from the command
     line through ``HfArgumentParser`` (``--optim classp --optim_args power=1``).
+
+    ``optim_groups`` gives optimizer settings per parameter-name pattern on top of the decay /
+    no-decay groups, e.g. ``[{"params": "classifier", "lr_scale": 0.1, "threshold": 0.1,
+    "threshold_mode": "quantile"}]`` (JSON text on the command line): each trainable parameter
+    goes to the first entry whose pattern ``re.search``-es its name; ``lr_scale`` multiplies the
+    learning rate, the other keys are the optimizer's own options (checked like ``optim_args``).
+    ``mask_absent_labels`` leaves the logits of labels absent from the training data out of the
+    training loss (Renate's ``mask_unused_classes``).
 
     CLASSP's learning rate is ``learning_rate``. transformers' default (5e-5) barely moves a
     pretrained model under CLASSP with ``power=1``: use 3e-4 to 1e-3 (1e-3 for MiniLM); a warning
@@ -106,6 +173,22 @@ class TrainingArguments(transformers.TrainingArguments):
         },
     )
 
+    optim_groups: list[dict[str, Any]] | str | None = field(
+        default=None,
+        metadata={
+            "help": 'Optimizer settings per parameter-name pattern, as JSON: a list of {"params": regex, '
+            '"lr_scale": number, option: value}, e.g. \'[{"params": "classifier", "lr_scale": 0.1}]\'. '
+            "The first pattern that matches a parameter name wins."
+        },
+    )
+    mask_absent_labels: bool = field(
+        default=False,
+        metadata={
+            "help": "While training, leave the logits of labels absent from the training data (and the batch) out "
+            "of the loss."
+        },
+    )
+
     def __post_init__(self) -> None:
         name = optimizer_name(self.optim)
         if is_transformers_optimizer(name):
@@ -122,6 +205,12 @@ class TrainingArguments(transformers.TrainingArguments):
                 self.optim = name
             get_optimizer_info(name)
         validate_optim_args(name, self.optim_args)
+        self.optim_groups = validate_optim_groups(name, self.optim_groups, self) or None
+        if self.mask_absent_labels and self.label_smoothing_factor > 0:
+            raise ValueError(
+                "mask_absent_labels: cannot be combined with label_smoothing_factor (smoothing would put "
+                "probability on the masked labels)"
+            )
         if name == "classp" and self.learning_rate == TRANSFORMERS_DEFAULT_LR:
             warnings.warn(
                 f"optim='classp' with transformers' default learning_rate={TRANSFORMERS_DEFAULT_LR:g} barely moves a "
@@ -141,4 +230,5 @@ class TrainingArguments(transformers.TrainingArguments):
             raise ValueError(unknown_name_message(plain, _TRANSFORMERS_NAMES | set(list_optimizers())))
         validate_optim_args(plain, self.optim_args)
         self.optim = plain
+        validate_optim_groups(plain, self.optim_groups, self)
         return self

@@ -62,3 +62,42 @@ def test_set_optimizer_accepts_registry_names():
     assert args.optim == "classp" and args.learning_rate == 2e-3 and args.optim_args == "power=2"
     with pytest.raises(ValueError, match="Unknown optimizer 'nope'"):
         TrainingArguments("unused").set_optimizer(name="nope")
+
+
+def test_optim_groups_and_mask_absent_labels_on_the_command_line():
+    groups = '[{"params": "classifier", "lr_scale": 0.1, "threshold": 0.1, "threshold_mode": "quantile"}]'
+    args = parse(["--optim", "classp", "--learning_rate", "1e-3", "--optim_groups", groups, "--mask_absent_labels"])
+    assert args.optim_groups == [
+        {"params": "classifier", "lr_scale": 0.1, "threshold": 0.1, "threshold_mode": "quantile"}
+    ]
+    assert args.mask_absent_labels is True
+    assert parse([]).optim_groups is None and parse([]).mask_absent_labels is False
+    in_code = TrainingArguments("unused", optim="adamw_torch", optim_groups=[{"params": "head", "weight_decay": 1}])
+    assert in_code.optim_groups == [{"params": "head", "weight_decay": 1.0}]
+    with pytest.raises(ValueError, match=r"^optim_groups\[0\]\.threshold: not an option of 'adamw_torch'"):
+        TrainingArguments("unused", optim="adamw_torch", optim_groups=[{"params": "head", "threshold": 0.1}])
+    with pytest.raises(ValueError, match=r"^optim_groups\[0\]\.momentum: expected float"):
+        TrainingArguments("unused", optim="sgd", optim_groups=[{"params": "head", "momentum": "high"}])
+
+
+@pytest.mark.parametrize(
+    "optim_groups,message",
+    [
+        ('[{"params": "x",', r"^optim_groups: not valid JSON"),
+        ({"params": "x"}, r"^optim_groups: expected a list"),
+        ([{"lr_scale": 2}], r"^optim_groups\[0\]\.params: expected a regular expression"),
+        ([{"params": "("}], r"^optim_groups\[0\]\.params: invalid regular expression"),
+        ([{"params": "x", "lr_scale": 0}], r"^optim_groups\[0\]\.lr_scale: expected a number > 0"),
+        ([{"params": "x"}, {"params": "y", "lr": 1}], r"^optim_groups\[1\]\.lr: set lr_scale"),
+        ([{"params": "x", "thresold": 1}], r"^optim_groups\[0\]\.thresold: not an option of 'classp'"),
+        ([{"params": "x", "power": "two"}], r"^optim_groups\[0\]\.power: expected float"),
+    ],
+)
+def test_bad_optim_groups_name_the_entry(optim_groups, message):
+    with pytest.raises(ValueError, match=message):
+        TrainingArguments("unused", optim="classp", learning_rate=1e-3, optim_groups=optim_groups)
+
+
+def test_mask_absent_labels_excludes_label_smoothing():
+    with pytest.raises(ValueError, match="^mask_absent_labels: cannot be combined with label_smoothing_factor"):
+        TrainingArguments("unused", mask_absent_labels=True, label_smoothing_factor=0.1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,10 @@ __all__ = [
     "parse_optim_args",
     "create_optimizer",
     "param_groups_with_weight_decay",
+    "decay_parameter_names",
+    "parse_optim_groups",
+    "apply_optim_groups",
+    "optimizer_option_types",
 ]
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -220,6 +225,19 @@ def parse_optim_args(name: str, optim_args: str | Mapping[str, Any] | None) -> d
 _NO_DECAY_PATTERNS = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)", re.IGNORECASE)
 
 
+def decay_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the parameters that get weight decay: all but biases and normalisation weights."""
+    no_decay_ids: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("Norm"):
+            no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
+    return {
+        name
+        for name, param in model.named_parameters()
+        if id(param) not in no_decay_ids and not _NO_DECAY_PATTERNS.search(name)
+    }
+
+
 def param_groups_with_weight_decay(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Splits a model's trainable parameters into decay / no-decay groups as ``transformers.Trainer`` does.
 
@@ -233,20 +251,168 @@ def param_groups_with_weight_decay(model: nn.Module, weight_decay: float) -> lis
     Returns:
         Two param groups, each with a ``weight_decay`` key (empty groups are dropped).
     """
-    no_decay_ids: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("Norm"):
-            no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
+    decay_names = decay_parameter_names(model)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if id(param) in no_decay_ids or _NO_DECAY_PATTERNS.search(name):
-            no_decay.append(param)
-        else:
-            decay.append(param)
+        if param.requires_grad:
+            (decay if name in decay_names else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [group for group in groups if group["params"]]
+
+
+_GROUP_KEYS = ("params", "lr_scale")
+
+
+def _check_group_value(where: str, key: str, value: Any, kind: type | None) -> Any:
+    """Checks ``value`` against ``kind`` (float, int, bool, str; `None`: anything), naming ``where.key``."""
+    if kind is None:
+        return value
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    raise ValueError(f"{where}.{key}: expected {kind.__name__}, got {value!r}")
+
+
+def parse_optim_groups(
+    optim_groups: str | list[Mapping[str, Any]] | None,
+    accepted: Mapping[str, type | None] | None = None,
+    optimizer: str = "the optimizer",
+) -> list[dict[str, Any]]:
+    """Validates ``optim_groups``: per parameter-name pattern, optimizer settings.
+
+    Each entry is a mapping with ``params`` (a regular expression searched in the names of
+    ``model.named_parameters()``), an optional ``lr_scale`` (> 0, multiplies the learning rate)
+    and optimizer options (``threshold``, ``weight_decay``, ...; not ``lr``: use ``lr_scale``).
+
+    Args:
+        optim_groups: a list of mappings, or its JSON text (from the command line).
+        accepted (`Mapping[str, type]`, *optional*): option names the optimizer accepts and their
+            types (`None` for any type); `None` skips the option check.
+        optimizer (`str`): the optimizer's name, for messages.
+
+    Returns:
+        The entries as dicts (numbers typed).
+
+    Raises:
+        ValueError: one line naming ``optim_groups[i].key``.
+    """
+    if optim_groups is None or optim_groups == "":
+        return []
+    if isinstance(optim_groups, str):
+        try:
+            optim_groups = json.loads(optim_groups)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"optim_groups: not valid JSON ({error.msg} at character {error.pos})") from None
+    if not isinstance(optim_groups, list):
+        raise ValueError("optim_groups: expected a list of {params: pattern, option: value, ...} mappings")
+    parsed = []
+    for position, entry in enumerate(optim_groups):
+        where = f"optim_groups[{position}]"
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{where}: expected a mapping with a params pattern")
+        if not isinstance(entry.get("params"), str):
+            raise ValueError(f"{where}.params: expected a regular expression over parameter names")
+        try:
+            re.compile(entry["params"])
+        except re.error as error:
+            raise ValueError(f"{where}.params: invalid regular expression {entry['params']!r} ({error})") from None
+        group = {"params": entry["params"]}
+        if "lr_scale" in entry:
+            group["lr_scale"] = _check_group_value(where, "lr_scale", entry["lr_scale"], float)
+            if not group["lr_scale"] > 0:
+                raise ValueError(f"{where}.lr_scale: expected a number > 0, got {entry['lr_scale']!r}")
+        for key, value in entry.items():
+            if key in _GROUP_KEYS:
+                continue
+            if key == "lr":
+                raise ValueError(f"{where}.lr: set lr_scale (a multiple of the learning rate) instead")
+            if accepted is not None and key not in accepted:
+                known = ", ".join(sorted(k for k in accepted if k != "lr"))
+                raise ValueError(f"{where}.{key}: not an option of {optimizer} (accepted: lr_scale, {known})")
+            group[key] = _check_group_value(where, key, value, accepted.get(key) if accepted else None)
+        parsed.append(group)
+    return parsed
+
+
+def apply_optim_groups(
+    optimizer: torch.optim.Optimizer,
+    named_parameters: Iterable[tuple[str, torch.Tensor]],
+    optim_groups: str | list[Mapping[str, Any]],
+    decay_names: Iterable[str] | None = None,
+) -> None:
+    """Splits a new optimizer's param groups by parameter-name pattern and applies each pattern's options.
+
+    Every trainable parameter goes to the first entry whose ``params`` pattern ``re.search``-es
+    its name (unmatched ones keep their group's settings); each existing group (the decay /
+    no-decay groups) is split accordingly, so an entry's parameters keep their weight decay
+    unless it sets ``weight_decay``, which then applies to its decay parameters only (biases and
+    norms stay at 0). An entry's ``lr_scale`` multiplies the group's ``lr``; every group keeps an
+    ``lr_scale`` key (1 where unset), so a learning rate set later for every group stays scaled
+    (``group["lr"] = lr * group["lr_scale"]``). Options are checked against ``optimizer.defaults``
+    and the groups are re-added through ``add_param_group`` (the optimizer's own checks run).
+
+    Args:
+        optimizer (`torch.optim.Optimizer`): an optimizer that has not stepped yet.
+        named_parameters: the model's ``named_parameters()``.
+        optim_groups: the entries (see :func:`parse_optim_groups`).
+        decay_names (`Iterable[str]`, *optional*): names of the parameters with weight decay
+            (`None`: all).
+
+    Raises:
+        ValueError: an unknown option or bad value, or a pattern that matches no trainable
+            parameter (naming ``optim_groups[i]``).
+    """
+    entries = parse_optim_groups(optim_groups, optimizer_option_types(optimizer), type(optimizer).__name__)
+    names = {id(param): name for name, param in named_parameters}
+    decay = None if decay_names is None else set(decay_names)
+    patterns = [re.compile(entry["params"]) for entry in entries]
+    matched = [0] * len(entries)
+    groups: list[dict[str, Any]] = []
+    for group in optimizer.param_groups:
+        buckets: list[list[torch.Tensor]] = [[] for _ in range(len(entries) + 1)]
+        for param in group["params"]:
+            name = names.get(id(param), "")
+            slot = next((i for i, pattern in enumerate(patterns) if pattern.search(name)), len(entries))
+            buckets[slot].append(param)
+        for slot, params in enumerate(buckets):
+            if not params:
+                continue
+            new = {**group, "params": params, "lr_scale": 1.0}
+            if slot < len(entries):
+                matched[slot] += len(params)
+                options = {k: v for k, v in entries[slot].items() if k != "params"}
+                decays = decay is None or names.get(id(params[0])) in decay
+                if "weight_decay" in options and not decays:
+                    options.pop("weight_decay")
+                new.update(options)
+                new["lr"] = group["lr"] * new["lr_scale"]
+            groups.append(new)
+    for position, count in enumerate(matched):
+        if count == 0:
+            raise ValueError(
+                f"optim_groups[{position}].params: {entries[position]['params']!r} matches no trainable parameter "
+                "(none left by the entries before it)"
+            )
+    optimizer.param_groups = []
+    for group in groups:
+        optimizer.add_param_group(group)
+
+
+def _option_type(default: Any) -> type | None:
+    """The type an optimizer option takes, judged from its default (`None`: not checked)."""
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, (int, float)):
+        return float
+    if isinstance(default, str):
+        return str
+    return None
+
+
+def optimizer_option_types(optimizer: torch.optim.Optimizer) -> dict[str, type | None]:
+    """The options of a built optimizer (its ``defaults``) and their types, judged from the default values."""
+    return {key: _option_type(value) for key, value in optimizer.defaults.items()}
 
 
 def create_optimizer(
@@ -256,6 +422,7 @@ def create_optimizer(
     lr: float | None = None,
     weight_decay: float = 0.0,
     optim_args: str | Mapping[str, Any] | None = None,
+    optim_groups: str | list[Mapping[str, Any]] | None = None,
     **kwargs: Any,
 ) -> torch.optim.Optimizer:
     """Builds a registered optimizer by name.
@@ -267,6 +434,8 @@ def create_optimizer(
         lr (`float`, *optional*): learning rate; the optimizer's default if omitted.
         weight_decay (`float`): weight decay of the decay group (or of every parameter).
         optim_args (`str` or `Mapping`, *optional*): validated as in :func:`parse_optim_args`.
+        optim_groups (`list`, *optional*): per parameter-name pattern options (see
+            :func:`apply_optim_groups`); needs a model.
         **kwargs: more keyword arguments for the optimizer, validated like ``optim_args``.
 
     Returns:
@@ -286,10 +455,17 @@ def create_optimizer(
         if not params:
             raise ValueError(f"The model has no trainable parameters to give to {name!r}")
     else:
+        if optim_groups:
+            raise ValueError("optim_groups: needs a model (parameter names), not a list of parameters")
         params = list(model_or_params)
         if weight_decay:
             options["weight_decay"] = weight_decay
-    return info.resolve_class()(params, **options)
+    optimizer = info.resolve_class()(params, **options)
+    if optim_groups:
+        apply_optim_groups(
+            optimizer, model_or_params.named_parameters(), optim_groups, decay_parameter_names(model_or_params)
+        )
+    return optimizer
 
 
 _COMMON = {"weight_decay": float, "foreach": bool, "maximize": bool}
