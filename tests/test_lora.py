@@ -159,10 +159,10 @@ class AnchorL2(ContinualMethod):
         self.calls: list[tuple[str, int, bool]] = []
         self.penalties: list[float] = []
 
-    def before_task(self, model, task_index, task_name):
-        self.calls.append(("before", task_index, isinstance(model, PeftModel)))
+    def before_task(self, ctx):
+        self.calls.append(("before", ctx.index, isinstance(ctx.model, PeftModel)))
 
-    def penalty(self, model):
+    def penalty(self, model, inputs, outputs):
         terms = [
             ((param - self.anchors[name]) ** 2).sum()
             for name, param in model.named_parameters()
@@ -172,11 +172,11 @@ class AnchorL2(ContinualMethod):
             return None
         value = self.strength * torch.stack(terms).sum()
         self.penalties.append(float(value.detach()))
-        return value
+        return {"anchor": value}
 
-    def after_task(self, model, task_index, task_name, train_dataset):
-        self.calls.append(("after", task_index, isinstance(model, PeftModel)))
-        self.anchors = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    def after_task(self, ctx):
+        self.calls.append(("after", ctx.index, isinstance(ctx.model, PeftModel)))
+        self.anchors = {n: p.detach().clone() for n, p in ctx.model.named_parameters() if p.requires_grad}
 
     def state_dict(self):
         return {"anchors": self.anchors}
@@ -200,10 +200,10 @@ def test_a_stateful_method_runs_on_lora_and_survives_resume(tmp_path, tiny_model
     assert len(method.penalties) >= 2 and method.penalties[-1] > 0  # task 2 trained against task 1's anchors
 
     class KilledBeforeSecondTask(ContinualRunner):
-        def _trainer(self, index):
+        def _trainer(self, index, context=None):
             if index == 1:
                 raise RuntimeError("killed")
-            return super()._trainer(index)
+            return super()._trainer(index, context)
 
     with pytest.raises(RuntimeError, match="killed"):
         KilledBeforeSecondTask(config_from_dict(raw), tmp_path / "out", log=False).run()

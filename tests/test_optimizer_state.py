@@ -26,7 +26,7 @@ class OldHandOver(ContinualRunner):
 
     handed_over = None
 
-    def _trainer(self, index):
+    def _trainer(self, index, context=None):
         from transformers import DataCollatorWithPadding
 
         args = self.task_args[index]

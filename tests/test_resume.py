@@ -28,10 +28,10 @@ class KilledBeforeTask(ContinualRunner):
 
     kill_at = 2
 
-    def _trainer(self, index):
+    def _trainer(self, index, context=None):
         if index == self.kill_at:
             raise Killed(f"killed before task {index}")
-        return super()._trainer(index)
+        return super()._trainer(index, context)
 
 
 class KilledWhileCheckpointing(ContinualRunner):

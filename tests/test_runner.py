@@ -69,8 +69,8 @@ def raw_config(model_dir, **overrides):
 class Recorder(ContinualRunner):
     """Records CLASSP's S and the param groups' learning rates when each later task starts training."""
 
-    def _trainer(self, index):
-        trainer = super()._trainer(index)
+    def _trainer(self, index, context=None):
+        trainer = super()._trainer(index, context)
         if index > 0:
             trainer.add_callback(RecordStart(self))
         return trainer

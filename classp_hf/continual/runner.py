@@ -38,7 +38,7 @@ from classp_hf.continual.optimizer_state import StateCarryingTrainer, capture_op
 from classp_hf.continual.outputs import OutputDirError, clear_run_outputs, prepare_output_dir, save_model_atomic
 from classp_hf.continual.results import RunResults
 from classp_hf.continual.tasks import TaskData, load_task
-from classp_hf.methods import create_method
+from classp_hf.methods import TaskContext, build_method
 from classp_hf.metrics.continual import majority_class_accuracy
 from classp_hf.trainer import optimizer_diagnostics
 from classp_hf.training_args import TrainingArguments, optimizer_name
@@ -161,7 +161,7 @@ class ContinualRunner:
 
             self.adapters = AdapterSetup(config.peft)
             self.model = self.adapters.wrap(self.model, config.tasks[0].name)
-        self.method = create_method(config.method, **config.method_args)
+        self.method = build_method(config.method, config.method_args)
 
     def _load_model(self, source: str) -> torch.nn.Module:
         id2label = dict(enumerate(self.config.labels))
@@ -183,19 +183,41 @@ class ContinualRunner:
             raise ConfigError(f"config.model: cannot load the weights of {source!r}: {first}") from None
 
     # -- one task ---------------------------------------------------------------------------
-    def _trainer(self, index: int) -> StateCarryingTrainer:
+    def _context(self, index: int) -> TaskContext:
+        """What the continual method sees of task ``index`` (the trainer is added once it exists)."""
+        data, args = self.tasks[index], self.task_args[index]
+        return TaskContext(
+            index=index,
+            name=data.name,
+            train_dataset=data.train,
+            model=self.model,
+            data_collator=DataCollatorWithPadding(self.tokenizer),
+            batch_size=args.per_device_train_batch_size,
+            seed=self.config.seed,
+            num_labels=len(self.config.labels),
+        )
+
+    def _trainer(self, index: int, context: TaskContext | None = None) -> StateCarryingTrainer:
+        """The task's Trainer over what the method makes of its data, started from the carried optimizer state.
+
+        ``method.train_dataset`` runs before a new per-task adapter is added: it sees the model as the previous
+        task left it (LwF records that model's logits).
+        """
+        context = context or self._context(index)
+        train_dataset = self.method.train_dataset(context)
         if self.adapters is not None and self.adapters.start_task(self.model, self.tasks[index].name):
             self.optimizer_state = None  # a new adapter's parameters start with fresh optimizer state
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.output_dir / "logs" / self.tasks[index].name)
-        return StateCarryingTrainer(
+        context.trainer = StateCarryingTrainer(
             model=self.model,
             args=self.task_args[index],
-            train_dataset=self.tasks[index].train,
-            data_collator=DataCollatorWithPadding(self.tokenizer),
+            train_dataset=train_dataset,
+            data_collator=context.data_collator,
             processing_class=self.tokenizer,
             continual_method=self.method,
             carried_optimizer_state=self.optimizer_state,
         )
+        return context.trainer
 
     def _tracks_updates(self) -> bool:
         if not self.config.diagnostics:
@@ -227,7 +249,8 @@ class ContinualRunner:
     def _train_task(self, index: int, tracking: bool) -> StateCarryingTrainer:
         """Trains task ``index``, evaluates every task, records the row and checkpoints; returns the trainer."""
         data, total = self.tasks[index], len(self.tasks)
-        trainer = self._trainer(index)
+        context = self._context(index)
+        trainer = self._trainer(index, context)
         results = self.results
         if not results.initial_accuracy:
             self._print("[classp-hf] evaluating the untrained model on every task")
@@ -239,7 +262,7 @@ class ContinualRunner:
             f"[classp-hf] task {index + 1}/{total} {data.name}: start "
             f"({len(data.train)} examples, optim {results.optimizer['name']}, lr {args.learning_rate:g})"
         )
-        self.method.before_task(self.model, index, data.name)
+        self.method.before_task(context)
         started = time.perf_counter()
         if tracking:
             trainer.add_callback(_TrackUpdates())
@@ -247,7 +270,7 @@ class ContinualRunner:
         seconds = time.perf_counter() - started
         self.optimizer = classp_hf.trainer._unwrap_optimizer(trainer.optimizer)
         self.optimizer_state = capture_optimizer_state(trainer)
-        self.method.after_task(self.model, index, data.name, data.train)
+        self.method.after_task(context)
         accuracies, f1s = evaluate_tasks(trainer, self.tasks)
         validation = evaluate_tasks(trainer, self.tasks, "validation")[0] if results.validation else None
         own = None
