@@ -569,7 +569,9 @@ def _validation_arguments_class() -> type:
 
 def _build_arguments(options: Mapping[str, Any]) -> tuple[Any, Exception | None]:
     """Builds the arguments quietly; returns them, or the error ``__post_init__`` raised."""
-    owned = {"output_dir": _UNUSED_OUTPUT_DIR, "save_strategy": "no"}
+    owned: dict[str, Any] = {"output_dir": _UNUSED_OUTPUT_DIR, "save_strategy": "no"}
+    if not _accelerator_available():  # the run is on the CPU whatever the config says (bf16 then autocasts)
+        owned["use_cpu"] = True
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:

@@ -75,7 +75,10 @@ def _check_folder(folder: Path) -> None:
     if not _any_file(folder, WEIGHT_PATTERNS):
         raise ConfigError(f"config.model: no weights in {folder} (expected {' or '.join(WEIGHT_PATTERNS)})")
     if not _any_file(folder, TOKENIZER_PATTERNS):
-        raise ConfigError(f"config.model: no tokenizer files in {folder} (expected {', '.join(TOKENIZER_PATTERNS)})")
+        raise ConfigError(
+            f"config.model: no tokenizer files in {folder} (expected {', '.join(TOKENIZER_PATTERNS)}); "
+            "without them transformers builds a tokenizer with an empty vocabulary"
+        )
 
 
 def _load_config(path: str, name: str, local: bool) -> Any:

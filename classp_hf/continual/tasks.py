@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,8 +116,25 @@ def _read_options(path: str) -> dict[str, Any]:
     return options
 
 
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Reading a task's files prints no "Generating split" bars (the runner reports the sizes)."""
+    was_disabled = datasets.utils.are_progress_bars_disabled()
+    datasets.utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.utils.enable_progress_bars()
+
+
 def _load_raw(task: TaskConfig) -> dict[str, datasets.Dataset]:
     """The task's train and test splits, each read on its own (their columns need not agree)."""
+    with _no_progress_bars():
+        return _read_splits(task)
+
+
+def _read_splits(task: TaskConfig) -> dict[str, datasets.Dataset]:
     if task.data_files is not None:
         builder = _check_files(task)
         splits = {}
