@@ -598,14 +598,18 @@ def _training_arguments(options: Mapping[str, Any], named: Mapping[str, Any], wh
 def _check_training_arguments(config: RunConfig) -> Any:
     """Builds every task's ``classp_hf.TrainingArguments``; returns the first task's (the optimizer's)."""
     top = {**RUNNER_TRAINING_DEFAULTS, **config.training, "seed": config.seed}
-    first = _training_arguments(top, config.training, "config.training")
-    for index, task in enumerate(config.tasks):
-        if task.training:
-            args = _training_arguments(
-                {**top, **task.training}, task.training, f"tasks[{index}] ({task.name}).training"
-            )
-            first = args if index == 0 else first
-    return first
+    top_args = _training_arguments(top, config.training, "config.training")
+    per_task = [
+        _training_arguments(
+            {**task_training_options(config, index), "seed": config.seed},
+            task.training,
+            f"tasks[{index}] ({task.name}).training",
+        )
+        if task.training
+        else top_args
+        for index, task in enumerate(config.tasks)
+    ]
+    return per_task[0]
 
 
 def _optim_arg_keys(optim_args: str | None) -> list[str]:
