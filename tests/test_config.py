@@ -519,3 +519,19 @@ def test_load_config_with_overrides(tmp_path):
     config = load_config(path, overrides=parse_override_args(["tasks.fpb.max_eval_samples=16", "max_length=64"]))
     assert config.tasks[1].max_eval_samples == 16 and config.max_length == 64
     assert config.tasks[0].data_files["train"] == str(tmp_path / "imdb" / "train.csv")
+
+
+def test_config_imports_none_of_the_modules_that_use_it():
+    """Validating the peft: section is the config's job: config.py never imports adapters (no cycle)."""
+    import ast
+
+    import classp_hf.continual.config as config_module
+
+    tree = ast.parse(Path(config_module.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    users = {f"classp_hf.continual.{name}" for name in ("adapters", "tasks", "runner", "probe", "model_check")}
+    assert not imported & users
+    from classp_hf.continual import adapters
+
+    assert adapters.parse_peft_section is config_module.parse_peft_section
