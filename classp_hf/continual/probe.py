@@ -8,8 +8,10 @@ update, then suggests a threshold for ``--target-fraction`` in ``--mode``.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,7 @@ import torch
 
 from classp_hf.continual.config import ConfigError, RunConfig
 
-__all__ = ["module_group", "probe_gradients", "format_probe", "CANDIDATES"]
+__all__ = ["module_group", "probe_gradients", "format_probe", "check_json_target", "CANDIDATES"]
 
 #: Candidate thresholds shown per mode.
 CANDIDATES = {
@@ -86,7 +88,8 @@ def probe_gradients(
         mode: ``absolute``, ``relative`` or ``quantile`` (see :class:`classp_hf.optim.CLASSP`).
         target_fraction: share of elements a step should update; the suggestion aims at it.
         candidates: thresholds to report; the mode's defaults if omitted.
-        model, tokenizer: already loaded ones (else loaded from ``config.model``).
+        model, tokenizer: already loaded ones (else loaded from ``config.model``, after
+            :func:`~classp_hf.continual.model_check.check_model`).
 
     Returns:
         ``{"mode", "target_fraction", "batches", "candidates", "groups": [...], "overall": {...},
@@ -94,11 +97,11 @@ def probe_gradients(
         ``g2_quantiles`` and ``update_fraction`` (one value per candidate, the mean over batches).
 
     Raises:
-        ConfigError: unknown mode, target fraction outside (0, 1].
+        ConfigError: unknown mode, target fraction outside (0, 1], a bad model or ``max_length``.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from classp_hf.continual.config import resolve_model_path
+    from classp_hf.continual.model_check import check_model
 
     if mode not in CANDIDATES:
         raise ConfigError(f"--mode: unknown threshold mode {mode!r} (one of {', '.join(CANDIDATES)})")
@@ -108,7 +111,8 @@ def probe_gradients(
         raise ConfigError(f"--batches: expected a positive number, got {batches}")
     candidates = list(candidates or CANDIDATES[mode])
     torch.manual_seed(config.seed)
-    path = resolve_model_path(config.model)
+    if model is None or tokenizer is None:
+        path = check_model(config).path
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
     if model is None:
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -162,6 +166,23 @@ def probe_gradients(
         "suggested_threshold": suggested,
         "measure": "g^2 / mean(g^2) of its tensor" if mode == "relative" else "g^2",
     }
+
+
+def check_json_target(path: str | os.PathLike) -> Path:
+    """Checks that ``--json`` can be written (not a folder, no file in the way of its folder); writes nothing.
+
+    Raises:
+        ConfigError: naming ``--json`` and the problem.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"--json: {target} is a directory; give a file path")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--json: {parent} is a file, so {target} cannot be written")
+            break
+    return target
 
 
 def _updated(g2: torch.Tensor, measure: torch.Tensor, threshold: float, mode: str) -> int:

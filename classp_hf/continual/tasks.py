@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,35 +82,101 @@ def _root_cause(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
-def _load_raw(task: TaskConfig) -> datasets.DatasetDict:
-    if task.data_files is not None:
-        for split, path in task.data_files.items():
-            if not Path(path).is_file():
-                raise ConfigError(f"tasks ({task.name}).data_files.{split}: file not found: {path}")
-        for split, path in task.data_files.items():
-            if Path(path).suffix.lower() in (".csv", ".tsv"):
-                with open(path, encoding="utf-8", errors="replace") as handle:
-                    lines = sum(1 for line, _ in zip(handle, range(2)) if line.strip())
-                if lines < 2:
-                    raise ConfigError(f"tasks ({task.name}): the {split} split is empty ({path})")
-        suffix = Path(task.data_files["train"]).suffix.lower()
-        builder = _FILE_BUILDERS.get(suffix)
-        if builder is None:
-            raise ConfigError(f"tasks ({task.name}).data_files: unsupported file type {suffix!r} (csv, json, parquet)")
-        options: dict[str, Any] = {"delimiter": "\t"} if suffix == ".tsv" else {}
-        try:
-            return datasets.load_dataset(builder, data_files=dict(task.data_files), **options)
-        except Exception as error:  # a malformed file: name it
-            raise ConfigError(f"tasks ({task.name}).data_files: cannot read the files: {_root_cause(error)}") from None
-    try:
-        return datasets.DatasetDict(
-            {
-                split: datasets.load_dataset(task.dataset, task.dataset_config, split=source)
-                for split, source in task.splits.items()
-            }
+def _check_files(task: TaskConfig) -> str:
+    """Checks that the data files exist, are not empty (CSV) and share a known type; returns the builder."""
+    for split, path in task.data_files.items():
+        if not Path(path).is_file():
+            raise ConfigError(f"tasks ({task.name}).data_files.{split}: file not found: {path}")
+    for split, path in task.data_files.items():
+        if Path(path).suffix.lower() in (".csv", ".tsv"):
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                lines = sum(1 for line, _ in zip(handle, range(2)) if line.strip())
+            if lines < 2:
+                raise ConfigError(f"tasks ({task.name}): the {split} split is empty ({path})")
+    suffixes = {Path(path).suffix.lower() for path in task.data_files.values()}
+    builders = {_FILE_BUILDERS.get(suffix) for suffix in suffixes}
+    if None in builders:
+        unknown = sorted(suffix for suffix in suffixes if suffix not in _FILE_BUILDERS)
+        raise ConfigError(f"tasks ({task.name}).data_files: unsupported file type {unknown[0]!r} (csv, json, parquet)")
+    if len(builders) > 1:
+        raise ConfigError(
+            f"tasks ({task.name}).data_files: train and test are of different types ({', '.join(sorted(suffixes))})"
         )
+    return builders.pop()
+
+
+def _read_options(path: str) -> dict[str, Any]:
+    """Reader options: in CSV files ``NA``, ``null``, ``nan``, ``None`` and empty fields stay text, not missing."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".csv", ".tsv"):
+        return {}
+    options: dict[str, Any] = {"keep_default_na": False, "na_filter": False}
+    if suffix == ".tsv":
+        options["delimiter"] = "\t"
+    return options
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Reading a task's files prints no "Generating split" bars (the runner reports the sizes)."""
+    was_disabled = datasets.utils.are_progress_bars_disabled()
+    datasets.utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.utils.enable_progress_bars()
+
+
+def _load_raw(task: TaskConfig) -> dict[str, datasets.Dataset]:
+    """The task's train and test splits, each read on its own (their columns need not agree)."""
+    with _no_progress_bars():
+        return _read_splits(task)
+
+
+def _read_splits(task: TaskConfig) -> dict[str, datasets.Dataset]:
+    if task.data_files is not None:
+        builder = _check_files(task)
+        splits = {}
+        for split, path in task.data_files.items():
+            try:
+                splits[split] = datasets.load_dataset(
+                    builder, data_files={split: path}, split=split, **_read_options(path)
+                )
+            except Exception as error:  # a malformed file: name it
+                raise ConfigError(
+                    f"tasks ({task.name}).data_files.{split}: cannot read {path}: {_root_cause(error)}"
+                ) from None
+        return splits
+    try:
+        return {
+            split: datasets.load_dataset(task.dataset, task.dataset_config, split=source)
+            for split, source in task.splits.items()
+        }
     except Exception as error:
         raise ConfigError(f"tasks ({task.name}).dataset: cannot load {task.dataset!r}: {_root_cause(error)}") from None
+
+
+def _check_columns(task: TaskConfig, raw: Mapping[str, datasets.Dataset]) -> None:
+    """Both splits hold the text and label columns; if only one does, the message names both files."""
+    for key in ("text_column", "label_column"):
+        column = getattr(task, key)
+        missing = [split for split in ("train", "test") if column not in raw[split].column_names]
+        if not missing:
+            continue
+        if len(missing) == 1 and task.data_files is not None:
+            (lacking,) = missing
+            having = "train" if lacking == "test" else "test"
+            raise ConfigError(
+                f"tasks ({task.name}).{key}: column {column!r} is in the {having} file but not in the {lacking} "
+                f"file; {task.data_files[having]} has columns {', '.join(raw[having].column_names)}, "
+                f"{task.data_files[lacking]} has {', '.join(raw[lacking].column_names)}"
+            )
+        split = missing[0]
+        raise ConfigError(
+            f"tasks ({task.name}).{key}: column {column!r} not in the {split} split "
+            f"(columns: {', '.join(raw[split].column_names)})"
+        )
 
 
 def _label_names(split: datasets.Dataset, column: str) -> list[str]:
@@ -145,16 +213,10 @@ def load_task(
         ConfigError: missing file, missing column, unmapped label or empty split, naming it.
     """
     raw = _load_raw(task)
+    _check_columns(task, raw)
     prepared = {}
     for split in ("train", "test"):
         data = raw[split]
-        for column in (task.text_column, task.label_column):
-            if column not in data.column_names:
-                key = "text_column" if column == task.text_column else "label_column"
-                raise ConfigError(
-                    f"tasks ({task.name}).{key}: column {column!r} not in the {split} split "
-                    f"(columns: {', '.join(data.column_names)})"
-                )
         limit = task.max_train_samples if split == "train" else task.max_eval_samples
         if limit is not None and limit < len(data):
             data = data.shuffle(seed=seed).select(range(limit))
