@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main", "make_parser"]
 
@@ -30,41 +31,75 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the ``run`` options (shared with ``recipes/continual_sentiment.py``)."""
-    parser.add_argument("config", help="the run's YAML config (see recipes/configs/)")
+def add_run_arguments(parser: argparse.ArgumentParser, config_option: bool = False) -> None:
+    """Adds the ``run`` options (shared with ``recipes/continual_sentiment.py``, which takes ``--config``)."""
+    if config_option:
+        parser.add_argument("--config", default=None, help="the run's YAML config (see recipes/configs/)")
+    else:
+        parser.add_argument(
+            "config",
+            nargs="?",
+            default=None,
+            help="the run's YAML config (see recipes/configs/); optional with --resume",
+        )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted-key overrides of the config, e.g. training.learning_rate=1e-2 tasks.imdb.max_train_samples=200",
+    )
     parser.add_argument("--output-dir", required=True, help="where results, report, plots and the model go")
     start = parser.add_mutually_exclusive_group()
-    start.add_argument("--overwrite", action="store_true", help="write into a non-empty output directory")
+    start.add_argument("--overwrite", action="store_true", help="start afresh in a folder an earlier run wrote into")
     start.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --output-dir after its last finished task (same config)",
+        help="continue the run in --output-dir after its last finished task (its config.yaml is used if no config "
+        "is given)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines (the Trainer's bars stay)")
 
 
-def run_command(
-    config_path: str, output_dir: str, overwrite: bool = False, quiet: bool = False, resume: bool = False
-) -> int:
-    """Loads and validates the config, then runs (or resumes) it.
+def _split_config_and_overrides(config: str | None, overrides: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``classp-hf run key=value --resume``: a first positional with ``=`` that is not a file is an override."""
+    if config is not None and "=" in config and not Path(config).is_file():
+        return None, [config, *overrides]
+    return config, list(overrides)
 
-    Bad input (a config error, an unusable output folder, a run that cannot be resumed) exits 2 with
-    one line naming the culprit.
+
+def run_command(
+    config_path: str | None,
+    output_dir: str,
+    overwrite: bool = False,
+    quiet: bool = False,
+    resume: bool = False,
+    overrides: Sequence[str] = (),
+) -> int:
+    """Loads and validates the config (with its overrides), then runs (or resumes) it.
+
+    With ``resume`` and no config, the run folder's resolved ``config.yaml`` is used. Bad input (a config
+    error, an unusable output folder, a run that cannot be resumed) exits 2 with one line naming the culprit;
+    Ctrl-C exits 130 with one line saying how to resume.
     """
-    from classp_hf.continual.config import load_config
+    from classp_hf.continual.config import ConfigError, load_config, parse_override_args
     from classp_hf.continual.runner import run_continual
 
+    config_path, overrides = _split_config_and_overrides(config_path, overrides)
     try:
-        config = load_config(config_path)
+        if config_path is None:
+            if not resume:
+                raise ConfigError("a config file is required (or --resume, to continue the run in --output-dir)")
+            config_path = str(Path(output_dir) / "config.yaml")
+            if not Path(config_path).is_file():
+                raise ConfigError(f"--resume: {config_path} not found; there is no run to resume there")
+        config = load_config(config_path, overrides=parse_override_args(overrides))
         run_continual(config, output_dir, overwrite=overwrite, log=not quiet, resume=resume)
     except ValueError as error:  # ConfigError, OutputDirError, ResumeError, invalid hyperparameters
         print(f"classp-hf: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
-            f"classp-hf: interrupted; continue with: classp-hf run {config_path} --output-dir {output_dir} --resume",
-            file=sys.stderr,
+            f"classp-hf: interrupted; continue with: classp-hf run --output-dir {output_dir} --resume", file=sys.stderr
         )
         return 130
     return 0
@@ -98,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``classp-hf`` command."""
     args = make_parser().parse_args(argv)
     if args.command == "run":
-        return run_command(args.config, args.output_dir, args.overwrite, args.quiet, args.resume)
+        return run_command(args.config, args.output_dir, args.overwrite, args.quiet, args.resume, args.overrides)
     if args.command == "probe":
         return probe_command(args.config, args.batches, args.mode, args.target_fraction, args.json)
     return 2

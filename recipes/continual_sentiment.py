@@ -1,6 +1,7 @@
 """Continual fine-tuning over a queue of sentiment datasets.
 
     accelerate launch recipes/continual_sentiment.py --config recipes/configs/quickstart.yaml --output-dir runs/qs
+    accelerate launch recipes/continual_sentiment.py --config CONFIG training.learning_rate=1e-2 --output-dir DIR
 
 A thin script over ``classp_hf``: the config names the model, the tasks and the optimizer.
 """
@@ -11,23 +12,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from classp_hf.cli import run_command
+from classp_hf.cli import add_run_arguments, run_command
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="the run's YAML config")
-    parser.add_argument("--output-dir", required=True, help="where results, report, plots and the model go")
-    start = parser.add_mutually_exclusive_group()
-    start.add_argument("--overwrite", action="store_true", help="write into a non-empty output directory")
-    start.add_argument("--resume", action="store_true", help="continue the run in --output-dir after its last task")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_run_arguments(parser, config_option=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    return run_command(args.config, args.output_dir, args.overwrite, args.quiet, args.resume)
+    return run_command(args.config, args.output_dir, args.overwrite, args.quiet, args.resume, args.overrides)
 
 
 if __name__ == "__main__":

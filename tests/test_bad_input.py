@@ -21,10 +21,6 @@ from classp_hf.continual.model_check import check_model, looks_like_hub_id
 
 from .test_runner import raw_config, tiny_model_dir  # noqa: F401  (fixture)
 
-#: Cases whose message comes from check_model(), which the runner must call before loading anything.
-NEEDS_RUNNER_CHECK = pytest.mark.xfail(
-    strict=True, reason="the runner must call classp_hf.continual.model_check.check_model(config) first"
-)
 
 
 @dataclass(frozen=True)
@@ -193,7 +189,7 @@ def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny_mode
     assert_refused(tmp_path, tiny_model_dir, CASES[name], capsys)
 
 
-@pytest.mark.parametrize("name", [pytest.param(name, marks=NEEDS_RUNNER_CHECK) for name in MODEL_CASES])
+@pytest.mark.parametrize("name", MODEL_CASES)
 def test_bad_model_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny_model_dir, capsys, name):  # noqa: F811
     assert_refused(tmp_path, tiny_model_dir, MODEL_CASES[name], capsys)
 

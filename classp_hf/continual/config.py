@@ -127,8 +127,9 @@ class RunConfig:
         seed: the run's only seed (TrainingArguments.seed and the sampling of examples).
         training: any ``transformers.TrainingArguments`` field except the runner-owned ones.
         tasks: the queue.
-        method: continual method name (``none``; later: ``ewc``, ``replay``).
-        method_args: options of the method.
+        method: continual method name (``none``, ``ewc``, ``replay``, ``lwf``, ``olora`` or a registered one),
+            or a list of names applied in order (``[replay, ewc]``).
+        method_args: the method's arguments (its config dataclass's fields); for a list, keyed by method name.
         diagnostics: track which weights the optimizer updates in each task (CLASSP): per-step
             and ever-updated fractions and the overlap with earlier tasks, in results and report.
         validation_fraction: share of each task's training examples held out as a validation
@@ -147,7 +148,7 @@ class RunConfig:
     max_length: int = 128
     seed: int = 0
     training: dict[str, Any] = field(default_factory=dict)
-    method: str = "none"
+    method: str | list[str] = "none"
     method_args: dict[str, Any] = field(default_factory=dict)
     diagnostics: bool = False
     validation_fraction: float = 0.0
@@ -640,6 +641,24 @@ def _check_optimizer(training: dict[str, Any]) -> None:
         )
 
 
+def _check_method(method: Any, method_args: Any, peft_section: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+    """Validates ``method`` (a name or a list of names) and ``method_args`` against each method's config class,
+    and the methods against the ``peft`` section.
+
+    Returns:
+        ``(method, method_args)`` as the resolved config records them.
+    """
+    from classp_hf.methods import check_method_compatibility, parse_method_section
+
+    try:
+        parsed = parse_method_section(method, method_args)
+        check_method_compatibility([name for name, _ in parsed], peft_section)
+    except ValueError as error:
+        message = _first_line(error)
+        raise ConfigError(message if message.startswith("config.") else f"config.{message}") from None
+    return (list(method) if isinstance(method, list) else method), dict(method_args or {})
+
+
 def _check_optimizer_values(args: Any) -> None:
     """Builds the optimizer of a registry name on one dummy parameter, so its own checks run now.
 
@@ -768,13 +787,7 @@ def config_from_dict(
     _expect(isinstance(seed, int) and not isinstance(seed, bool), "config.seed: expected an integer")
     max_length = _positive_int(raw.get("max_length", 128), "config.max_length", allow_none=False)
     model_dtype = check_value(raw.get("model_dtype"), _field_types(RunConfig)["model_dtype"], "config.model_dtype")
-    method = raw.get("method", "none")
-    _expect(isinstance(method, str), "config.method: expected a method name")
-    from classp_hf.methods import list_methods
-
-    _expect(method in list_methods(), f"config.method: unknown method {method!r} (known: {', '.join(list_methods())})")
-    method_args = raw.get("method_args") or {}
-    _expect(isinstance(method_args, dict), "config.method_args: expected a mapping")
+    method, method_args = raw.get("method", "none"), raw.get("method_args") or {}
     diagnostics = raw.get("diagnostics", False)
     _expect(isinstance(diagnostics, bool), "config.diagnostics: expected true or false")
     validation_fraction = raw.get("validation_fraction", 0.0)
@@ -785,6 +798,7 @@ def config_from_dict(
         "config.validation_fraction: expected a number in [0, 1)",
     )
     peft_section = parse_peft_section(raw.get("peft"))
+    method, method_args = _check_method(method, method_args, peft_section)
     training = _check_training(raw.get("training"), "config.training", per_task=False)
     _check_optimizer(training)
     tasks_raw = raw["tasks"]
@@ -802,7 +816,7 @@ def config_from_dict(
         seed=seed,
         training=training,
         method=method,
-        method_args=dict(method_args),
+        method_args=method_args,
         diagnostics=diagnostics,
         validation_fraction=float(validation_fraction),
         peft=peft_section,

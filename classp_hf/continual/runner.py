@@ -30,10 +30,11 @@ from classp_hf.continual.checkpoint import (
     save_checkpoint,
     start_run_state,
 )
-from classp_hf.continual.config import ConfigError, RunConfig, resolve_model_path
+from classp_hf.continual.config import ConfigError, RunConfig, task_training_options
 from classp_hf.continual.evaluation import evaluate_own_adapters, evaluate_tasks
 from classp_hf.continual.io import write_text_atomic
 from classp_hf.continual.launch import Backend, accelerator_available, detect_backend
+from classp_hf.continual.model_check import check_model
 from classp_hf.continual.optimizer_state import StateCarryingTrainer, capture_optimizer_state, named_state_bytes
 from classp_hf.continual.outputs import OutputDirError, clear_run_outputs, prepare_output_dir, save_model_atomic
 from classp_hf.continual.results import RunResults
@@ -118,9 +119,7 @@ class ContinualRunner:
     def _training_arguments(self, index: int) -> TrainingArguments:
         """The ``classp_hf.TrainingArguments`` of task ``index`` (top-level options + its overrides)."""
         task = self.config.tasks[index]
-        options: dict[str, Any] = {"report_to": "none", "logging_steps": 10}
-        options.update(self.config.training)
-        options.update(task.training)
+        options = task_training_options(self.config, index)
         options.update(
             output_dir=str(self.output_dir / "trainer" / task.name),
             seed=self.config.seed,
@@ -141,7 +140,7 @@ class ContinualRunner:
         """Loads the tokenizer, every task and the model; raises before writing anything."""
         config = self.config
         transformers.set_seed(config.seed)
-        model_path = resolve_model_path(config.model)
+        model_path = check_model(config).path  # a missing, empty or broken model folder: one line, now
         self._print(f"[classp-hf] model {config.model} ({model_path})")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -162,6 +161,7 @@ class ContinualRunner:
             self.adapters = AdapterSetup(config.peft)
             self.model = self.adapters.wrap(self.model, config.tasks[0].name)
         self.method = build_method(config.method, config.method_args)
+        _check_optim_group_patterns(self.task_args[0], self.model)
 
     def _load_model(self, source: str) -> torch.nn.Module:
         id2label = dict(enumerate(self.config.labels))
@@ -446,6 +446,22 @@ class ContinualRunner:
         self._save_final_model(trainer)  # also when every task was done and only the final model was missing
         self._print("\n" + format_matrix_table(self.results.to_dict()))
         return self.results
+
+
+def _check_optim_group_patterns(args: TrainingArguments, model: torch.nn.Module) -> None:
+    """Every ``optim_groups`` pattern must match a trainable parameter (checked before anything is written)."""
+    import re
+
+    from classp_hf.optim.factory import parse_optim_groups
+
+    groups = parse_optim_groups(getattr(args, "optim_groups", None))
+    names = [name for name, param in model.named_parameters() if param.requires_grad]
+    for index, group in enumerate(groups):
+        if not any(re.search(group["params"], name) for name in names):
+            raise ConfigError(
+                f"config.training.optim_groups[{index}].params: {group['params']!r} matches no trainable parameter "
+                f"(e.g. {', '.join(names[:3])}, ...)"
+            )
 
 
 class _TrackUpdates(transformers.TrainerCallback):
