@@ -61,7 +61,7 @@ def _results(tasks: list[str], rows: int) -> dict:
     else:
         metrics = {"acc": None, "bwt": None, "fwt": None, "forgetting": None}
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "status": "complete" if rows == num_tasks else "running",
         "model": "sentence-transformers/all-MiniLM-L6-v2",
         "labels": ["negative", "positive"],
@@ -157,7 +157,7 @@ def test_missing_nested_key_fails_naming_its_path(complete):
         (("seed",), True, r"\$\.seed"),
         (("per_task", 2, "steps"), 2.5, r"\$\.per_task\[2\]\.steps"),
         (("status",), "done", r"\$\.status"),
-        (("schema_version",), 2, r"\$\.schema_version"),
+        (("schema_version",), 1, r"\$\.schema_version"),
         (("accuracy_matrix", 0, 0), 91.2, r"\$\.accuracy_matrix\[0\]\[0\]: 91\.2 is greater than the maximum of 1"),
         (("majority_accuracy", 2), -0.1, r"\$\.majority_accuracy\[2\]"),
         (("optimizer", "optim_args"), 3, r"\$\.optimizer\.optim_args"),

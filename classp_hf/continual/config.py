@@ -823,6 +823,9 @@ def config_from_dict(
         model_dtype=model_dtype,
         source=source,
     )
+    from classp_hf.continual.launch import detect_backend  # the launch first: it decides what the arguments mean
+
+    detect_backend(training, peft_section)
     _check_optimizer_values(_check_training_arguments(config))
     return config
 
