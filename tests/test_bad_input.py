@@ -22,7 +22,6 @@ from classp_hf.continual.model_check import check_model, looks_like_hub_id
 from .test_runner import raw_config, tiny_model_dir  # noqa: F401  (fixture)
 
 
-
 @dataclass(frozen=True)
 class Case:
     """A bad edit of the working config and the line it must give (a regex matching the start of the message)."""

@@ -129,11 +129,19 @@ class AdapterSetup:
             shutil.move(str(source), str(folder))
         return folder
 
-    def merged_copy(self, model: Any, task_name: str) -> torch.nn.Module:
-        """A full model with the task's adapter merged in; ``model`` (and its base weights) untouched."""
+    def merged_copy(self, model: Any, task_name: str, with_earlier: bool = False) -> torch.nn.Module:
+        """A full model with the task's adapter merged in; ``model`` (and its base weights) untouched.
+
+        Args:
+            model: the ``PeftModel``.
+            task_name: the task whose adapter (and head copy) the model gets.
+            with_earlier: also merge every earlier adapter (O-LoRA keeps them all active).
+        """
+        name = self.adapter_name(task_name)
+        names = self.names[: self.names.index(name) + 1] if with_earlier else [name]
         clone = copy.deepcopy(model)
-        clone.set_adapter(self.adapter_name(task_name))
-        return clone.merge_and_unload(adapter_names=[self.adapter_name(task_name)])
+        clone.set_adapter(name)
+        return clone.merge_and_unload(adapter_names=names)
 
 
 def _copy_entry(container: nn.ModuleDict | nn.ParameterDict, source: str, target: str) -> set[int]:

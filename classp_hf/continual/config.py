@@ -50,7 +50,10 @@ __all__ = [
     "RUNNER_TRAINING_DEFAULTS",
 ]
 
-_TRAINING_FIELDS = frozenset(f.name for f in dataclasses.fields(transformers.TrainingArguments) if f.init)
+_TRAINING_FIELDS = frozenset(f.name for f in dataclasses.fields(transformers.TrainingArguments) if f.init) | {
+    "optim_groups",  # classp_hf.TrainingArguments' own fields
+    "mask_absent_labels",
+}
 #: Keys a task's ``training`` section may override (``warmup_ratio`` exists in transformers < 5 only).
 TASK_TRAINING_KEYS = _TRAINING_FIELDS & {
     "learning_rate",
@@ -529,7 +532,7 @@ def _check_training(training: Any, where: str, *, per_task: bool) -> dict[str, A
             _expect(
                 key not in RUNNER_OWNED_TRAINING_KEYS, f"{where}.{key}: set by the runner, remove it from the config"
             )
-            _expect(key in _TRAINING_FIELDS, f"{where}.{key}: not a transformers.TrainingArguments field")
+            _expect(key in _TRAINING_FIELDS, f"{where}.{key}: not a classp_hf.TrainingArguments field")
         check_value(value, field_types.get(key, Any), f"{where}.{key}")
         if key in _TRAINING_RANGES:
             _TRAINING_RANGES[key].check(value, f"{where}.{key}")

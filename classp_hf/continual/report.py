@@ -162,6 +162,16 @@ def _md_matrix(results: dict[str, Any], matrix_key: str, initial_key: str, with_
     return _md_table(["after ↓ / on →", *results["tasks"]], table_rows)
 
 
+def _bytes(value: int | None) -> str:
+    """``1.29 MiB`` (binary units), or ``n/a``."""
+    if value is None:
+        return _NA
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value >= size:
+            return f"{value / size:.2f} {unit}"
+    return f"{value} B"
+
+
 def _float(value: float | None, spec: str) -> str:
     return _NA if value is None else format(value, spec)
 
@@ -248,6 +258,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                 record["eval_examples"],
                 f"{record['learning_rate']:g}",
                 _NA if update is None else f"{_pct(update, 2)}%",
+                _bytes(record.get("optimizer_state_bytes")),
+                _bytes(record.get("method_state_bytes")),
                 f"{_pct(majority[i])}%",
             ]
         )
@@ -260,13 +272,16 @@ def render_markdown(results: dict[str, Any]) -> str:
         "Eval examples",
         "Learning rate",
         "Update fraction",
+        "Optimizer state",
+        "Method state",
         "Majority acc.",
     ]
     out += ["## Per-task training", ""]
     out += [
         "Update fraction: share of the weights the optimizer changed at the last step (CLASSP diagnostics; "
-        f"`{_NA}` for other optimizers). Majority acc.: accuracy of always predicting the test split's most "
-        "frequent class.",
+        f"`{_NA}` for other optimizers). Optimizer state and method state: the memory the optimizer (CLASSP's S, "
+        "AdamW's moments) and the continual method (EWC's Fisher and anchor, replay's examples, ...) keep after the "
+        "task. Majority acc.: accuracy of always predicting the test split's most frequent class.",
         "",
         _md_table(header, per_task_rows) if per_task_rows else "*No task trained yet.*",
         "",

@@ -205,8 +205,10 @@ class ContinualRunner:
         """
         context = context or self._context(index)
         train_dataset = self.method.train_dataset(context)
-        if self.adapters is not None and self.adapters.start_task(self.model, self.tasks[index].name):
-            self.optimizer_state = None  # a new adapter's parameters start with fresh optimizer state
+        if self.adapters is not None:
+            transformers.set_seed(self.config.seed + index)  # a fresh adapter's initialisation, the same on resume
+            if self.adapters.start_task(self.model, self.tasks[index].name):
+                self.optimizer_state = None  # a new adapter's parameters start with fresh optimizer state
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.output_dir / "logs" / self.tasks[index].name)
         context.trainer = StateCarryingTrainer(
             model=self.model,
@@ -218,6 +220,12 @@ class ContinualRunner:
             carried_optimizer_state=self.optimizer_state,
         )
         return context.trainer
+
+    @property
+    def _stacks_adapters(self) -> bool:
+        """Whether earlier per-task adapters stay active (O-LoRA): the merged models then hold them all."""
+        methods = self.config.method if isinstance(self.config.method, list) else [self.config.method]
+        return "olora" in methods
 
     def _tracks_updates(self) -> bool:
         if not self.config.diagnostics:
@@ -312,7 +320,7 @@ class ContinualRunner:
         name = self.tasks[index].name
         self.adapters.save(self.model, self.output_dir / "adapters" / name, name)
         if self.adapters.section["merge"]:
-            merged = self.adapters.merged_copy(self.model, name)
+            merged = self.adapters.merged_copy(self.model, name, with_earlier=self._stacks_adapters)
             save_model_atomic(merged, self.tokenizer, self.output_dir / "merged" / name)
 
     def _model_state_dict(self, trainer: Any | None) -> dict[str, torch.Tensor] | None:
@@ -349,7 +357,7 @@ class ContinualRunner:
             return
         model = self.model
         if self.adapters is not None:  # loadable on its own: the last task's adapter merged into a copy
-            model = self.adapters.merged_copy(self.model, self.tasks[-1].name)
+            model = self.adapters.merged_copy(self.model, self.tasks[-1].name, with_earlier=self._stacks_adapters)
         if state_dict is not None:
             model = _WithStateDict(model, state_dict)
         save_model_atomic(model, self.tokenizer, self.output_dir / "model")
