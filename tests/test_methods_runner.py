@@ -145,10 +145,6 @@ def test_method_terms_are_logged(tmp_path, tiny_model_dir):  # noqa: F811
     raw = method_config(tiny_model_dir, "ewc")
     runner = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False)
     seen = []
-
-    class Keep(ContinualRunner):
-        pass
-
     original = runner._trainer
 
     def trainer_with_history(index, context=None):
@@ -161,3 +157,42 @@ def test_method_terms_are_logged(tmp_path, tiny_model_dir):  # noqa: F811
     logged = [entry for entry in seen[1].state.log_history if "method/ewc" in entry]
     assert logged and all(entry["method/ewc"] >= 0 for entry in logged)
     assert json.loads((tmp_path / "out" / "results.json").read_text())["per_task"][1]["method_state_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_replay_keeps_more_of_the_first_task_than_none_on_minilm(tmp_path, minilm_path):
+    """MiniLM, the quick-start sample, FPB then Amazon reviews (no `neutral`): replay keeps FPB (~+39 points here)."""
+    from .test_runner import SAMPLE
+
+    def config(method, method_args):
+        tasks = [
+            {"name": name, "data_files": {s: str(SAMPLE / name / f"{s}.csv") for s in ("train", "test")}}
+            for name in ("financial_phrasebank", "amazon_reviews")
+        ]
+        for task in tasks:
+            task["max_train_samples"] = 160
+        tasks[1]["label_map"] = {"negative": "negative", "positive": "positive"}
+        raw = {
+            "model": minilm_path,
+            "labels": ["negative", "neutral", "positive"],
+            "max_length": 64,
+            "seed": 0,
+            "training": {
+                "optim": "classp",
+                "learning_rate": 1e-3,
+                "num_train_epochs": 1,
+                "per_device_train_batch_size": 16,
+                "per_device_eval_batch_size": 64,
+                "disable_tqdm": True,
+            },
+            "tasks": tasks,
+            "method": method,
+            "method_args": method_args,
+        }
+        return config_from_dict(raw)
+
+    plain = ContinualRunner(config("none", {}), tmp_path / "none", log=False).run()
+    replay = ContinualRunner(config("replay", {"buffer_size": 100}), tmp_path / "replay", log=False).run()
+    assert plain.accuracy_matrix[0][0] == replay.accuracy_matrix[0][0]  # the same first task, the same seed
+    kept_plain, kept_replay = plain.accuracy_matrix[1][0], replay.accuracy_matrix[1][0]
+    assert kept_replay >= kept_plain + 0.05, (kept_plain, kept_replay)
