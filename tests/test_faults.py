@@ -226,3 +226,16 @@ def test_bf16_runs_on_the_cpu_with_autocast(tmp_path, tiny_model_dir):  # noqa: 
     assert results["status"] == "complete" and results["backend"]["mixed_precision"] == "bf16"
     assert all(task["train_loss"] is not None for task in results["per_task"])
     assert next(runner.model.parameters()).dtype == torch.float32  # autocast: the weights stay float32
+
+
+def test_model_dtype_bfloat16_with_stochastic_rounding(tmp_path, tiny_model_dir):  # noqa: F811
+    raw = raw_config(tiny_model_dir)
+    raw["model_dtype"] = "bfloat16"
+    raw["training"]["optim_args"] = "power=1,eps=1e-8,stochastic_rounding=true,seed=3"
+    runner = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False)
+    results = runner.run().to_dict()
+    assert results["status"] == "complete" and results["backend"]["model_dtype"] == "bfloat16"
+    assert {p.dtype for p in runner.model.parameters()} == {torch.bfloat16}
+    state = runner.optimizer_state
+    assert all(v["grad_sum"].dtype == torch.float32 for v in state["state"].values())  # S stays float32
+    assert "stochastic_rounding_rng" in state["extra"]  # the generator crosses tasks and checkpoints

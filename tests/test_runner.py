@@ -241,3 +241,25 @@ def test_pin_memory_off_without_accelerator_unless_asked(tmp_path, tiny_model_di
     accelerator(True)
     runner = ContinualRunner(config_from_dict(raw_config(tiny_model_dir)), tmp_path / "c", log=False)
     assert runner.task_args[0].dataloader_pin_memory is True  # transformers' default on GPUs
+
+
+def test_python_run_with_overrides_returns_the_results(tmp_path, tiny_model_dir):
+    from classp_hf.continual import RunResults, run
+
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(raw_config(tiny_model_dir)))
+    results = run(
+        config_path,
+        tmp_path / "out",
+        overrides={"training.learning_rate": 2e-3, "tasks.amazon_reviews.max_train_samples": 16},
+        log=False,
+    )
+    assert isinstance(results, RunResults) and results.status == "complete"
+    assert results.optimizer["learning_rate"] == 2e-3 and results.per_task[0]["learning_rate"] == 2e-3
+    assert results.per_task[1]["learning_rate"] == 5e-4  # the task's own learning rate still applies
+    assert results.per_task[1]["train_examples"] == 16
+    assert results.to_dict() == json.loads((tmp_path / "out" / "results.json").read_text())
+    stored = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert stored["training"]["learning_rate"] == 2e-3 and stored["tasks"][1]["max_train_samples"] == 16
+    # --resume reads the resolved config from the run folder: nothing to repeat
+    assert cli_main(["run", "--output-dir", str(tmp_path / "out"), "--resume", "--quiet"]) == 0
