@@ -32,6 +32,7 @@ from classp_hf.continual.config import ConfigError
 from .test_runner import raw_config, tiny_model_dir  # noqa: F401  (tiny_model_dir is a fixture)
 
 TASKS = ["financial_phrasebank", "amazon_reviews"]
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "recipes" / "experiments"
 
 
 @pytest.fixture
@@ -181,6 +182,32 @@ def test_every_shipped_preset_builds_a_valid_config(base_config):
     assert grid.run_config(by_name["adagrad"], by_name["adagrad"].points[0], 0).training["optim"] == "adagrad"
     only = by_name["classp_threshold_only"]
     assert "apply_decay=false" in grid.run_config(only, only.points[0], 0).training["optim_args"]
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in EXPERIMENTS.glob("*.yaml")))
+def test_shipped_grid_files_load_with_their_profiles(name):
+    path = EXPERIMENTS / name
+    profiles = [None, *(yaml.safe_load(path.read_text()).get("profiles") or {})]
+    for profile in profiles:
+        grid = load_grid(path, profile=profile)  # every grid point's config built and validated
+        setting = grid.settings[0]
+        config = grid.run_config(setting, setting.points[0], grid.seeds[0])
+        if name != "quickstart.yaml":
+            assert len(grid.seeds) >= 1 and config.validation_fraction == 0.2 and config.max_length in (64, 256)
+            assert config.training["per_device_train_batch_size"] == 16
+            samples = {task.max_train_samples for task in config.tasks}
+            assert samples <= {800, 1000} if profile is None else samples == {None}
+
+
+def test_experiment_files_cover_the_issue(tmp_path):
+    names = {setting.name for setting in load_grid(EXPERIMENTS / "fpb_imdb.yaml").settings}
+    assert names == {name for name, preset in load_presets().items() if not name.startswith(("lora", "olora"))}
+    assert load_grid(EXPERIMENTS / "fpb_imdb.yaml").seeds == [0, 1, 2]
+    lora = {setting.name for setting in load_grid(EXPERIMENTS / "lora.yaml").settings}
+    assert lora == {"lora_classp", "lora_adamw", "lora_per_task", "olora", "lora_replay"}
+    quickstart = load_grid(EXPERIMENTS / "quickstart.yaml")
+    assert [s.name for s in quickstart.settings] == ["classp", "adamw"] and quickstart.seeds == [0]
+    assert all(len(s.points) == 1 for s in quickstart.settings)
 
 
 @pytest.mark.parametrize(

@@ -384,21 +384,24 @@ def plot_accuracy_matrices(data: dict[str, Any], path: str | os.PathLike) -> Pat
     cols = min(4, len(settings))
     rows = math.ceil(len(settings) / cols)
     cell = 0.55 * len(tasks) + 1.6
-    fig = _new_figure(cols * cell + 1.0, rows * cell + 0.6)
+    fig = _new_figure(cols * cell + 1.0, rows * (cell + 0.6) + 0.6)
+    fig.set_layout_engine("constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     image = None
-    for ax, setting in zip(axes.flat, settings):
+    short = [task if len(task) <= 14 else task[:13] + "…" for task in tasks]
+    for index, (ax, setting) in enumerate(zip(axes.flat, settings)):
         matrix = np.asarray(setting["summary"]["accuracy_matrix"], dtype=float) * 100.0
         image = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=100.0)
         for i, j in np.ndindex(matrix.shape):
             color = "black" if matrix[i, j] >= 45 else "white"
             ax.text(j, i, f"{matrix[i, j]:.0f}", ha="center", va="center", color=color, fontsize=7)
         ax.set_title(f"{setting['name']} (n={setting['summary']['complete']})", fontsize=9)
-        ax.set_xticks(range(len(tasks)), labels=[t[:10] for t in tasks], rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(tasks)), labels=[f"after {t[:10]}" for t in tasks], fontsize=7)
+        ax.set_xticks(range(len(tasks)), labels=short, rotation=45, ha="right", fontsize=7)
+        first_column = index % cols == 0
+        ax.set_yticks(range(len(tasks)), labels=[f"after {t}" for t in short] if first_column else [], fontsize=7)
     for ax in list(axes.flat)[len(settings) :]:
         ax.set_visible(False)
-    fig.colorbar(image, ax=axes, fraction=0.02, pad=0.02, label="accuracy (%)")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy (%)")
     fig.suptitle("Accuracy after each task (row) on each task (column), mean over seeds")
     return _save_png(fig, path)
 
@@ -444,7 +447,11 @@ def plot_acc_vs_memory(data: dict[str, Any], path: str | os.PathLike) -> Path | 
             [x], [y], yerr=None if err is None else [err], fmt="o", color=color, capsize=3, label=setting["name"]
         )
         ax.annotate(setting["name"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    from matplotlib.ticker import FuncFormatter, SymmetricalLogLocator
+
     ax.set_xscale("symlog", linthresh=1.0)
+    ax.xaxis.set_major_locator(SymmetricalLogLocator(linthresh=1.0, base=10, subs=[1, 2, 5]))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.set_xlabel("extra memory after the last task: optimizer + method state (MiB)")
     ax.set_ylabel("ACC (%)")
     ax.set_title("Accuracy against memory")
