@@ -368,6 +368,9 @@ def test_report_only_runs_nothing_and_marks_pending(tmp_path, base_config):
     output = tmp_path / "out"
     compare(grid, output, launcher=FakeLauncher(lambda job: "boom" if learning_rate(job) == 1e-3 else (0.5, 0.5)),
             seeds=[0], log=False)  # fmt: skip
+    with pytest.raises(ConfigError, match="--report-only reads the comparison"):
+        compare(grid, tmp_path / "elsewhere", report_only=True, log=False)
+    assert not (tmp_path / "elsewhere").exists()
     comparison = compare(grid, output, report_only=True, log=False)
     setting = comparison.setting("classp")
     assert setting.chosen == "lr-3e-4"  # lr 1e-3 failed on seed 0 and is left out of the choice

@@ -18,33 +18,48 @@ planned now is skipped (another config is an error naming the run), a killed run
 failed one is tried again. Runs are subprocesses (``classp-hf run``), ``jobs`` at a time, each with
 ``OMP_NUM_THREADS = max(1, cores // jobs)`` unless the environment sets it; ``launcher="inprocess"`` runs them one
 by one in this process. A failed run is recorded with its error line and reported, never averaged.
+
+This module plans and schedules; the parts: :mod:`.compare_grid` (grid files and presets), :mod:`.compare_launch`
+(launching one run), :mod:`.compare_results` (a run's numbers, the choice of a grid point, the summary over seeds,
+the :class:`Comparison` object) and :mod:`.compare_report` (comparison.json, comparison.md, the figures).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import platform
-import resource
 import shutil
-import signal
-import subprocess
-import sys
-import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import yaml
 
 from classp_hf.continual.compare_grid import Grid, GridPoint, Setting, grid_from_presets, load_grid
+from classp_hf.continual.compare_launch import (
+    Attempt,
+    InProcessLauncher,
+    Launcher,
+    RunJob,
+    SubprocessLauncher,
+    available_cores,
+)
+from classp_hf.continual.compare_results import (
+    COMPARISON_SCHEMA_VERSION,
+    Comparison,
+    PointResult,
+    RunRecord,
+    SettingResult,
+    run_metrics,
+    select_point,
+    summarize,
+)
 from classp_hf.continual.config import ConfigError, RunConfig
 from classp_hf.continual.io import write_json_atomic, write_text_atomic
 from classp_hf.continual.outputs import OutputDirError, is_complete_model
@@ -70,499 +85,7 @@ PLAN_FILENAME = "compare_plan.json"
 COMPARISON_FILENAME = "comparison.json"
 #: Everything ``compare`` writes into its folder (``--overwrite`` removes these, nothing else).
 COMPARE_OUTPUTS = (PLAN_FILENAME, COMPARISON_FILENAME, "comparison.md", "figures", "runs", "configs", "logs")
-COMPARISON_SCHEMA_VERSION = 1
-RunStatus = Literal["complete", "failed", "pending"]
 _PREFIX = "[compare]"
-
-
-# -- one run ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunJob:
-    """One run of a comparison, ready to launch.
-
-    Args:
-        setting, point, seed: which run.
-        config: its validated config.
-        run_dir: its run folder.
-        config_path: where its resolved config is written (what a subprocess reads).
-        log_path: its output.
-        mode: ``start`` (new folder), ``resume`` (a killed run) or ``overwrite`` (a folder without a run state).
-    """
-
-    setting: str
-    point: GridPoint
-    seed: int
-    config: RunConfig
-    run_dir: Path
-    config_path: Path
-    log_path: Path
-    mode: Literal["start", "resume", "overwrite"]
-
-    @property
-    def title(self) -> str:
-        at = "" if self.point.name == "default" else f" {self.point.label}"
-        return f"{self.setting}{at} seed {self.seed}"
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """What one launch of a run gave.
-
-    Args:
-        ok: the run finished.
-        error: its error line when it did not.
-        wall_seconds, cpu_seconds: elapsed and CPU (user + system) time of the attempt.
-        returncode: the subprocess's exit code (`None` in process).
-    """
-
-    ok: bool
-    error: str | None
-    wall_seconds: float
-    cpu_seconds: float
-    returncode: int | None = None
-
-
-class Launcher(Protocol):
-    """Runs one :class:`RunJob` to its end (or failure) and says how it went."""
-
-    def launch(self, job: RunJob) -> Attempt: ...
-
-
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    return lines[0] if lines else ""
-
-
-def _error_line(error: BaseException) -> str:
-    line = _first_line(str(error))
-    if isinstance(error, ValueError) and line:
-        return line
-    return f"{type(error).__name__}: {line}" if line else type(error).__name__
-
-
-class InProcessLauncher:
-    """Runs each job in this process (:func:`classp_hf.continual.runner.run_continual`), one at a time.
-
-    The run's own output (the Trainer's logs and bars) goes to the job's log file; an exception is the attempt's
-    error (a traceback in the log), except ``KeyboardInterrupt``, which ends the comparison.
-    """
-
-    def launch(self, job: RunJob) -> Attempt:
-        from classp_hf.continual.runner import run_continual
-
-        started, cpu_before = time.perf_counter(), _self_cpu_seconds()
-        error = None
-        job.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(job.log_path, "a", encoding="utf-8") as log:
-            try:
-                with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                    run_continual(
-                        job.config,
-                        job.run_dir,
-                        overwrite=job.mode == "overwrite",
-                        resume=job.mode == "resume",
-                        log=True,
-                    )
-            except Exception as caught:  # any failure of one run is recorded, the comparison goes on
-                error = _error_line(caught)
-                log.write(traceback.format_exc())
-        return Attempt(error is None, error, time.perf_counter() - started, _self_cpu_seconds() - cpu_before)
-
-
-def _self_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def available_cores() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _package_root() -> str:
-    import classp_hf
-
-    return str(Path(classp_hf.__file__).resolve().parent.parent)
-
-
-class SubprocessLauncher:
-    """Runs each job as ``python -m classp_hf.cli run CONFIG --output-dir RUN``, output to its log file.
-
-    Args:
-        threads: ``OMP_NUM_THREADS`` of each run, unless the environment sets it.
-
-    CPU time is the child's own (``os.wait4``); the child imports the same ``classp_hf`` as this process.
-    """
-
-    def __init__(self, threads: int) -> None:
-        self.threads = threads
-        self._live: dict[int, subprocess.Popen] = {}
-        self._lock = threading.Lock()
-
-    def _environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.setdefault("OMP_NUM_THREADS", str(self.threads))
-        env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        env["TQDM_DISABLE"] = "1"
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH")) if p)
-        return env
-
-    def command(self, job: RunJob) -> list[str]:
-        """The command line of ``job``."""
-        command = [sys.executable, "-m", "classp_hf.cli", "run", str(job.config_path), "--output-dir", str(job.run_dir)]
-        if job.mode == "resume":
-            command.append("--resume")
-        elif job.mode == "overwrite":
-            command.append("--overwrite")
-        return command
-
-    def launch(self, job: RunJob) -> Attempt:
-        job.log_path.parent.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        with open(job.log_path, "ab") as log:
-            process = subprocess.Popen(
-                self.command(job), stdout=log, stderr=subprocess.STDOUT, env=self._environment(), cwd=os.getcwd()
-            )
-            with self._lock:
-                self._live[process.pid] = process
-            try:
-                _, status, usage = os.wait4(process.pid, 0)
-            except BaseException:  # Ctrl-C: end the run (it resumes later) before going on
-                with contextlib.suppress(ProcessLookupError):
-                    process.terminate()
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(process.pid, 0)
-                process.returncode = -signal.SIGTERM
-                raise
-            finally:
-                with self._lock:
-                    self._live.pop(process.pid, None)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        wall, cpu = time.perf_counter() - started, usage.ru_utime + usage.ru_stime
-        if process.returncode == 0:
-            return Attempt(True, None, wall, cpu, 0)
-        return Attempt(False, _log_error(job.log_path, process.returncode), wall, cpu, process.returncode)
-
-    def stop_all(self) -> None:
-        """Sends SIGTERM to every run still going (after Ctrl-C; a run resumes later)."""
-        with self._lock:
-            processes = list(self._live.values())
-        for process in processes:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-
-
-def _log_error(log_path: Path, returncode: int) -> str:
-    """The error line of a failed subprocess: its ``classp-hf: error:`` line, else its last line."""
-    if returncode < 0:
-        return f"killed by signal {signal.Signals(-returncode).name}"
-    try:
-        with open(log_path, "rb") as log:
-            log.seek(max(0, log_path.stat().st_size - 65536))
-            lines = [line.strip() for line in log.read().decode("utf-8", "replace").splitlines() if line.strip()]
-    except OSError:
-        lines = []
-    for line in reversed(lines):
-        if line.startswith("classp-hf: error:"):
-            return line[len("classp-hf: error:") :].strip()
-    if returncode == 130:
-        return "interrupted"
-    return lines[-1] if lines else f"exit code {returncode}"
-
-
-# -- what a finished run gives --------------------------------------------------------------------
-
-
-def _final_row(results: Mapping[str, Any]) -> list[float]:
-    return list(results["accuracy_matrix"][-1])
-
-
-def run_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The numbers a comparison keeps of one complete run's ``results.json``.
-
-    Returns:
-        ``acc``, ``bwt``, ``fwt``, ``forgetting`` (test split), ``final_accuracy`` (each task after the last one),
-        ``first_task_final`` and ``newest_task_final`` (the first and the last task after the last one),
-        ``first_task_curve`` (the first task after each task), ``accuracy_matrix``, ``validation_acc`` (`None`
-        without a validation split), ``trainable_parameters``, ``optimizer_state_bytes``, ``method_state_bytes``,
-        ``extra_memory_bytes`` (their sum), ``bytes_per_trainable_parameter`` and ``train_seconds``.
-    """
-    last = results["per_task"][-1]
-    final = _final_row(results)
-    validation = results.get("validation") or {}
-    trainable = int(last.get("trainable_parameters", 0))
-    optimizer_bytes = int(last.get("optimizer_state_bytes", 0))
-    method_bytes = int(last.get("method_state_bytes", 0))
-    extra = optimizer_bytes + method_bytes
-    return {
-        **{key: results["metrics"].get(key) for key in ("acc", "bwt", "fwt", "forgetting")},
-        "validation_acc": (validation.get("metrics") or {}).get("acc"),
-        "final_accuracy": final,
-        "first_task_final": final[0],
-        "newest_task_final": final[-1],
-        "first_task_curve": [row[0] for row in results["accuracy_matrix"]],
-        "accuracy_matrix": [list(row) for row in results["accuracy_matrix"]],
-        "trainable_parameters": trainable,
-        "optimizer_state_bytes": optimizer_bytes,
-        "method_state_bytes": method_bytes,
-        "extra_memory_bytes": extra,
-        "bytes_per_trainable_parameter": extra / trainable if trainable else None,
-        "train_seconds": round(sum(float(record.get("seconds", 0.0)) for record in results["per_task"]), 3),
-    }
-
-
-@dataclass
-class RunRecord:
-    """One run of a comparison and what it gave.
-
-    Args:
-        setting, point, seed: which run (``point`` is the grid point's folder name).
-        run_dir: its folder, relative to the comparison folder.
-        status: ``complete``, ``failed`` or ``pending`` (not run yet).
-        error: the last attempt's error line (a failed run).
-        wall_seconds, cpu_seconds: summed over the attempts this comparison made (`None`: none recorded).
-        attempts: launches recorded.
-        metrics: :func:`run_metrics` of a complete run.
-    """
-
-    setting: str
-    point: str
-    seed: int
-    run_dir: str
-    status: RunStatus = "pending"
-    error: str | None = None
-    wall_seconds: float | None = None
-    cpu_seconds: float | None = None
-    attempts: int = 0
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def complete(self) -> bool:
-        return self.status == "complete"
-
-    @property
-    def validation_acc(self) -> float | None:
-        """The validation ACC: what grid points are chosen on."""
-        return self.metrics.get("validation_acc") if self.complete else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-# -- selection ------------------------------------------------------------------------------------
-
-
-def select_point(candidates: Sequence[tuple[GridPoint, float | None]]) -> GridPoint | None:
-    """The grid point with the highest validation ACC (the first in grid order on a tie).
-
-    Args:
-        candidates: each grid point with its first-seed run's validation ACC (`None`: failed, left out).
-            Only validation numbers come in: the test split cannot influence the choice.
-
-    Returns:
-        The chosen point, or `None` when no point has a validation ACC.
-    """
-    best: tuple[GridPoint, float] | None = None
-    for point, value in candidates:
-        if value is not None and (best is None or value > best[1]):
-            best = (point, value)
-    return best[0] if best else None
-
-
-# -- aggregation ----------------------------------------------------------------------------------
-
-#: Scalars of :func:`run_metrics` (and of the run record) summarised over seeds.
-SUMMARY_SCALARS = (
-    "acc",
-    "bwt",
-    "fwt",
-    "forgetting",
-    "validation_acc",
-    "first_task_final",
-    "newest_task_final",
-    "trainable_parameters",
-    "optimizer_state_bytes",
-    "method_state_bytes",
-    "extra_memory_bytes",
-    "bytes_per_trainable_parameter",
-    "train_seconds",
-    "wall_seconds",
-    "cpu_seconds",
-)
-#: Vectors summarised element by element.
-SUMMARY_VECTORS = ("final_accuracy", "first_task_curve")
-
-
-def _stat(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean and sample standard deviation (n - 1; `None` below two values) of the values that are not `None`."""
-    kept = [float(v) for v in values if v is not None]
-    n = len(kept)
-    mean = sum(kept) / n if n else None
-    std = math.sqrt(sum((v - mean) ** 2 for v in kept) / (n - 1)) if n >= 2 else None
-    return {"mean": mean, "std": std, "n": n}
-
-
-def _value(record: RunRecord, key: str) -> Any:
-    return getattr(record, key) if key in ("wall_seconds", "cpu_seconds") else record.metrics.get(key)
-
-
-def summarize(records: Sequence[RunRecord]) -> dict[str, Any]:
-    """Mean ± std over the complete runs only (failed and pending runs are counted apart, never averaged).
-
-    Args:
-        records: one setting's runs of its chosen point, one per seed.
-
-    Returns:
-        ``{scalar: {mean, std, n}}`` for :data:`SUMMARY_SCALARS`, ``{vector: {mean: [...], std: [...]}}`` for
-        :data:`SUMMARY_VECTORS`, ``accuracy_matrix`` (the mean matrix), and ``complete`` / ``failed`` /
-        ``pending`` counts.
-    """
-    done = [record for record in records if record.complete]
-    summary: dict[str, Any] = {key: _stat([_value(record, key) for record in done]) for key in SUMMARY_SCALARS}
-    for key in SUMMARY_VECTORS:
-        columns = list(zip(*(record.metrics[key] for record in done)))
-        stats = [_stat(column) for column in columns]
-        summary[key] = {"mean": [s["mean"] for s in stats], "std": [s["std"] for s in stats]}
-    matrices = [record.metrics["accuracy_matrix"] for record in done]
-    summary["accuracy_matrix"] = (
-        [[_stat(cells)["mean"] for cells in zip(*rows)] for rows in zip(*matrices)] if matrices else None
-    )
-    for status in ("complete", "failed", "pending"):
-        summary[status] = sum(record.status == status for record in records)
-    return summary
-
-
-@dataclass
-class PointResult:
-    """A grid point and its run on the first seed."""
-
-    name: str
-    label: str
-    overrides: dict[str, Any]
-    run: RunRecord
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "label": self.label, "overrides": self.overrides, "run": self.run.to_dict()}
-
-
-@dataclass
-class SettingResult:
-    """One setting of a comparison: its grid points, the chosen one, its runs over the seeds and their summary.
-
-    Args:
-        name, description, preset, overrides, grid: the setting (see :class:`~.compare_grid.Setting`).
-        points: every grid point's first-seed run (one ``default`` point without a grid).
-        chosen: the chosen point's name (`None` while undecided, or when every point failed).
-        runs: the chosen point's runs, one per seed (the first-seed one is the grid's).
-        summary: :func:`summarize` of ``runs``.
-    """
-
-    name: str
-    description: str
-    preset: str | None
-    overrides: dict[str, Any]
-    grid: dict[str, list[Any]]
-    points: list[PointResult]
-    chosen: str | None
-    runs: list[RunRecord]
-    summary: dict[str, Any]
-
-    @property
-    def chosen_point(self) -> PointResult | None:
-        return next((point for point in self.points if point.name == self.chosen), None)
-
-    @property
-    def failed_runs(self) -> list[RunRecord]:
-        """Every failed run of the setting: grid points and seeds."""
-        seen, failed = set(), []
-        for record in [point.run for point in self.points] + self.runs:
-            key = (record.point, record.seed)
-            if record.status == "failed" and key not in seen:
-                seen.add(key)
-                failed.append(record)
-        return failed
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "description": self.description,
-            "preset": self.preset,
-            "overrides": self.overrides,
-            "grid": self.grid,
-            "selection": {"metric": "validation_acc", "seed": self.runs[0].seed if self.runs else None},
-            "points": [point.to_dict() for point in self.points],
-            "chosen": self.chosen,
-            "runs": [record.to_dict() for record in self.runs],
-            "summary": self.summary,
-        }
-
-
-@dataclass
-class Comparison:
-    """The outcome of :func:`compare` (``comparison.json`` is :meth:`to_dict`).
-
-    Args:
-        source: the grid file (or ``--config``).
-        description: the grid's description.
-        base_config: the base run config.
-        output_dir: the comparison folder.
-        seeds: the seeds (grids run on the first).
-        tasks: the queue's task names.
-        queue: sizes of the queue (per task: training examples and steps; max_length, batch size, epochs and the
-            validation fraction).
-        environment: hardware, jobs, threads and versions.
-        settings: one :class:`SettingResult` per setting, in grid order.
-        wall_seconds, cpu_seconds: summed over every recorded run attempt (grid points included).
-    """
-
-    source: str
-    description: str
-    base_config: str
-    output_dir: str
-    seeds: list[int]
-    tasks: list[str]
-    queue: dict[str, Any]
-    environment: dict[str, Any]
-    settings: list[SettingResult]
-    wall_seconds: float
-    cpu_seconds: float
-
-    def setting(self, name: str) -> SettingResult:
-        """The result of the setting called ``name``."""
-        for setting in self.settings:
-            if setting.name == name:
-                return setting
-        raise KeyError(name)
-
-    @property
-    def failed_runs(self) -> list[RunRecord]:
-        return [record for setting in self.settings for record in setting.failed_runs]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema_version": COMPARISON_SCHEMA_VERSION,
-            "source": self.source,
-            "description": self.description,
-            "base_config": self.base_config,
-            "seeds": self.seeds,
-            "tasks": self.tasks,
-            "queue": self.queue,
-            "environment": self.environment,
-            "wall_seconds": round(self.wall_seconds, 3),
-            "cpu_seconds": round(self.cpu_seconds, 3),
-            "settings": [setting.to_dict() for setting in self.settings],
-        }
-
-    def table(self) -> str:
-        """The console table (see :func:`classp_hf.continual.compare_report.format_table`)."""
-        from classp_hf.continual.compare_report import format_table
-
-        return format_table(self.to_dict())
 
 
 # -- the comparison folder --------------------------------------------------------------------------
@@ -697,11 +220,10 @@ def _record_from_disk(output_dir: Path, setting: str, point: str, seed: int) -> 
 
 
 class _Progress:
-    """Progress lines and a bar over the runs (silent when ``log`` is false)."""
+    """Progress lines (``[compare] 3/12 ...``) and a bar over the runs; silent when ``log`` is false."""
 
     def __init__(self, total: int, log: bool) -> None:
-        self.log = log
-        self.done = 0
+        self.log, self.total, self.done = log, total, 0
         self.bar = None
         if log:
             from tqdm.auto import tqdm
@@ -716,14 +238,18 @@ class _Progress:
         else:
             print(f"{_PREFIX} {message}", flush=True)
 
-    def advance(self) -> None:
+    def advance(self) -> str:
+        """Counts a finished run; returns ``done/total``."""
         self.done += 1
         if self.bar is not None:
             self.bar.update(1)
+        return f"{self.done}/{self.total}"
 
     def shrink(self, runs: int) -> None:
+        """``runs`` fewer runs than planned (a setting whose every grid point failed)."""
+        self.total -= runs
         if self.bar is not None and runs:
-            self.bar.total -= runs
+            self.bar.total = self.total
             self.bar.refresh()
 
     def close(self) -> None:
@@ -786,15 +312,14 @@ class _Execution:
         if attempt is not None and attempt.ok and not record.complete:  # the run said it finished; its folder not
             record.status, record.error = "failed", "the run ended without complete results"
         self.records[(setting.name, point.name, seed)] = record
-        self.progress.advance()
-        self._report(record, point, attempt)
+        self._report(record, point, attempt, self.progress.advance())
         if seed == self.grid.seeds[0] and len(setting.points) > 1:
             self._maybe_select(setting)
         return record
 
-    def _report(self, record: RunRecord, point: GridPoint, attempt: Attempt | None) -> None:
+    def _report(self, record: RunRecord, point: GridPoint, attempt: Attempt | None, count: str) -> None:
         at = "" if point.name == "default" else f" {point.label}"
-        title = f"{self.progress.done} {record.setting}{at} seed {record.seed}"
+        title = f"{count} {record.setting}{at} seed {record.seed}"
         if record.complete:
             how = "already finished" if attempt is None else f"done in {attempt.wall_seconds:.0f} s"
             validation = record.metrics.get("validation_acc")
@@ -1063,14 +588,16 @@ def compare(
     runner, launcher_name, threads = _make_launcher(launcher, jobs)
     output_dir = Path(output_dir)
     check_output_dir(output_dir)
-    if overwrite and report_only:
-        raise ConfigError("--report-only reads an existing comparison; it cannot go with --overwrite")
+    if report_only and (overwrite or not _is_comparison_folder(output_dir)):
+        raise ConfigError(
+            f"--report-only reads the comparison in --output-dir {output_dir}: there is none (or --overwrite was given)"
+        )
     if not overwrite:
         _check_existing_runs(grid, output_dir)
     if overwrite and output_dir.is_dir():
         clear_outputs(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if not report_only:
+    if not report_only:  # marks the folder as a comparison before any run starts
         write_json_atomic(output_dir / PLAN_FILENAME, _plan(grid))
     expected = sum(len(s.points) + len(grid.seeds) - 1 if len(s.points) > 1 else len(grid.seeds) for s in grid.settings)
     progress = _Progress(expected, log)
