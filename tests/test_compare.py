@@ -81,6 +81,7 @@ def crafted_results(config, test_acc: float, validation_acc: float) -> dict:
                 "steps": 3,
                 "train_examples": 24,
                 "trainable_parameters": 1000,
+                "total_parameters": 5000 + 1000 * index,
                 "optimizer_state_bytes": 4000,
                 "method_state_bytes": 1000 * index,
             }
@@ -305,6 +306,7 @@ def test_aggregation_mean_std_and_a_failed_seed_reported_not_averaged(tmp_path, 
     assert summary["final_accuracy"]["mean"] == pytest.approx([0.65, 0.65])
     assert summary["forgetting"]["mean"] == pytest.approx(0.7 - 0.65)
     assert summary["extra_memory_bytes"]["mean"] == 5000 and summary["bytes_per_trainable_parameter"]["mean"] == 5.0
+    assert summary["total_parameters"]["mean"] == 6000
     assert summary["wall_seconds"] == {"mean": 2.0, "std": 0.0, "n": 2}
     failed = comparison.failed_runs
     assert [(r.seed, r.error) for r in failed] == [(2, "RuntimeError: out of memory")]

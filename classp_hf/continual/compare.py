@@ -49,6 +49,7 @@ from classp_hf.continual.compare_launch import (
     RunJob,
     SubprocessLauncher,
     available_cores,
+    error_line,
 )
 from classp_hf.continual.compare_results import (
     COMPARISON_SCHEMA_VERSION,
@@ -335,7 +336,7 @@ class _Execution:
             return
         point = select_point([(p, r.validation_acc) for p, r in zip(setting.points, records)])
         self.chosen[setting.name] = point.name if point else None
-        others = [seed for seed in self.grid.seeds[1:]]
+        others = list(self.grid.seeds[1:])
         if point is None:
             self.progress.line(f"{setting.name}: every grid point failed; its other seeds are not run")
             self.progress.shrink(len(others))
@@ -367,8 +368,15 @@ class _Execution:
         how = {"start": "start", "resume": "resume (killed earlier)", "overwrite": "start afresh"}[job.mode]
         self.progress.line(f"{job.title}: {how}")
         if run_now:
-            self._finish(setting, point, seed, self.launcher.launch(job))
+            self._finish(setting, point, seed, self._launch(job))
         return job
+
+    def _launch(self, job: RunJob) -> Attempt:
+        """The launcher's attempt; a launcher that raises (no log file, no interpreter) gives a failed attempt."""
+        try:
+            return self.launcher.launch(job)
+        except Exception as error:  # KeyboardInterrupt still ends the comparison
+            return Attempt(False, error_line(error), 0.0, 0.0)
 
     def _run_parallel(self) -> None:
         running: dict[Future, tuple[Setting, GridPoint, int]] = {}
@@ -379,7 +387,7 @@ class _Execution:
                         item = self.queue.popleft()
                         job = self._step(*item, run_now=False)
                         if job is not None:
-                            running[pool.submit(self.launcher.launch, job)] = item
+                            running[pool.submit(self._launch, job)] = item
                     if not running:
                         continue
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)

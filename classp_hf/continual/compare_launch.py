@@ -24,7 +24,7 @@ from typing import Literal, Protocol
 from classp_hf.continual.compare_grid import GridPoint
 from classp_hf.continual.config import RunConfig
 
-__all__ = ["RunJob", "Attempt", "Launcher", "InProcessLauncher", "SubprocessLauncher", "available_cores"]
+__all__ = ["RunJob", "Attempt", "Launcher", "InProcessLauncher", "SubprocessLauncher", "available_cores", "error_line"]
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,8 @@ def _first_line(text: str) -> str:
     return lines[0] if lines else ""
 
 
-def _error_line(error: BaseException) -> str:
+def error_line(error: BaseException) -> str:
+    """One line for an exception: a ``ValueError``'s message (bad input), else ``Type: message``."""
     line = _first_line(str(error))
     if isinstance(error, ValueError) and line:
         return line
@@ -115,7 +116,7 @@ class InProcessLauncher:
                         log=True,
                     )
             except Exception as caught:  # any failure of one run is recorded, the comparison goes on
-                error = _error_line(caught)
+                error = error_line(caught)
                 log.write(traceback.format_exc())
         return Attempt(error is None, error, time.perf_counter() - started, _self_cpu_seconds() - cpu_before)
 

@@ -236,6 +236,7 @@ def _cost_section(data: dict[str, Any]) -> list[str]:
     header = [
         "setting",
         "trainable parameters",
+        "total parameters",
         "extra memory (MiB)",
         "bytes / trainable parameter",
         "optimizer state (MiB)",
@@ -250,6 +251,7 @@ def _cost_section(data: dict[str, Any]) -> list[str]:
             [
                 setting["name"],
                 _count(s["trainable_parameters"]),
+                _count(s["total_parameters"]),
                 _pm(s["extra_memory_bytes"], 1 / _MIB, 2),
                 _pm(s["bytes_per_trainable_parameter"], 1.0, 2),
                 _pm(s["optimizer_state_bytes"], 1 / _MIB, 2),
@@ -261,8 +263,9 @@ def _cost_section(data: dict[str, Any]) -> list[str]:
     return [
         "## Cost",
         "",
-        "Extra memory: what the optimizer and the continual method keep after the last task (optimizer state + "
-        "method state), beyond the model. Wall and CPU time per run (user + system, the run's process).",
+        "Trainable parameters: on the last task; total: the model after the last task (per-task adapters add "
+        "theirs). Extra memory: what the optimizer and the continual method keep after the last task (optimizer "
+        "state + method state), beyond the model. Wall and CPU time per run (user + system, the run's process).",
         "",
         _md_table(header, rows),
         "",

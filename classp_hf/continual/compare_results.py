@@ -40,7 +40,8 @@ def run_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
         ``acc``, ``bwt``, ``fwt``, ``forgetting`` (test split), ``final_accuracy`` (each task after the last one),
         ``first_task_final`` and ``newest_task_final`` (the first and the last task after the last one),
         ``first_task_curve`` (the first task after each task), ``accuracy_matrix``, ``validation_acc`` (`None`
-        without a validation split), ``trainable_parameters``, ``optimizer_state_bytes``, ``method_state_bytes``,
+        without a validation split), ``trainable_parameters``, ``total_parameters`` (the model after the last task:
+        per-task adapters add theirs), ``optimizer_state_bytes``, ``method_state_bytes``,
         ``extra_memory_bytes`` (their sum), ``bytes_per_trainable_parameter`` and ``train_seconds``.
     """
     last = results["per_task"][-1]
@@ -59,6 +60,7 @@ def run_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
         "first_task_curve": [row[0] for row in results["accuracy_matrix"]],
         "accuracy_matrix": [list(row) for row in results["accuracy_matrix"]],
         "trainable_parameters": trainable,
+        "total_parameters": int(last.get("total_parameters", 0)),
         "optimizer_state_bytes": optimizer_bytes,
         "method_state_bytes": method_bytes,
         "extra_memory_bytes": extra,
@@ -137,6 +139,7 @@ SUMMARY_SCALARS = (
     "first_task_final",
     "newest_task_final",
     "trainable_parameters",
+    "total_parameters",
     "optimizer_state_bytes",
     "method_state_bytes",
     "extra_memory_bytes",
