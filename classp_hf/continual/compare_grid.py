@@ -133,12 +133,15 @@ _SHORT_KEYS = {"learning_rate": "lr"}
 
 
 def _value_text(value: Any) -> str:
-    """``5e-05`` -> ``5e-5``, ``0.001`` -> ``1e-3``, ``100.0`` -> ``100``, a mapping or list in YAML flow style."""
+    """``5e-05`` -> ``5e-5``, ``0.001`` -> ``1e-3``, ``10000.0`` -> ``1e4``, ``100.0`` -> ``100``; a mapping or
+    list in YAML flow style."""
     if isinstance(value, float):
-        if value != 0 and abs(value) < 1e-2:
-            mantissa, exponent = f"{value:.3e}".split("e")
-            return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-        return f"{value:.4g}"
+        text = f"{value:.3e}" if value != 0 and abs(value) < 1e-2 else f"{value:.4g}"
+        if "e" in text:
+            mantissa, exponent = text.split("e")
+            mantissa = mantissa.rstrip("0").rstrip(".") if "." in mantissa else mantissa
+            text = f"{mantissa}e{int(exponent)}"
+        return text
     if isinstance(value, (dict, list)):
         return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
     return "null" if value is None else str(value)
