@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export CLASSP_HF_DATA ?= $(abspath ../shared/data/sentiment)
-OUTPUT_DIR ?= runs/quickstart
+OUTPUT_DIR ?= runs/quickstart_compare
 
 .PHONY: setup quickstart test lint benchmark clean gpu-wheels
 
@@ -23,7 +23,9 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 quickstart: setup
-	$(BIN)/classp-hf run recipes/configs/quickstart.yaml --output-dir $(OUTPUT_DIR) --overwrite
+	$(BIN)/classp-hf compare recipes/experiments/quickstart.yaml --output-dir $(OUTPUT_DIR) --overwrite --jobs 2
+	@echo "Smoke test: 20 steps per task on a small embedded sample, one seed. For the comparison that counts see"
+	@echo "experiment 1's table in docs/results.md (classp-hf compare recipes/experiments/fpb_imdb.yaml)."
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,4 +1,5 @@
-"""The ``classp-hf`` command line: ``classp-hf run CONFIG --output-dir DIR`` and ``classp-hf probe CONFIG``."""
+"""The ``classp-hf`` command line: ``classp-hf run CONFIG --output-dir DIR``, ``classp-hf compare GRID --output-dir
+DIR`` and ``classp-hf probe CONFIG``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ def make_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="fine-tune over a queue of tasks described by a YAML config")
     add_run_arguments(run)
+    compare = commands.add_parser(
+        "compare",
+        help="run settings side by side over seeds (grids chosen on validation accuracy) and compare them",
+    )
+    add_compare_arguments(compare)
     probe = commands.add_parser(
         "probe", help="measure per-element g^2 on a few batches of the first task and suggest a CLASSP threshold"
     )
@@ -58,6 +64,32 @@ def add_run_arguments(parser: argparse.ArgumentParser, config_option: bool = Fal
         "is given)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines (the Trainer's bars stay)")
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the ``compare`` options."""
+    parser.add_argument("grid", nargs="?", default=None, help="a grid file (see recipes/experiments/)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted-key overrides for every setting, e.g. validation_fraction=0.2 tasks.*.max_train_samples=200",
+    )
+    parser.add_argument(
+        "--output-dir", required=True, help="the comparison folder (runs, comparison.json/.md, figures)"
+    )
+    parser.add_argument("--config", default=None, help="instead of a grid file: a run config, with --presets")
+    parser.add_argument(
+        "--presets", default=None, help="comma-separated presets (classp_hf/presets.yaml), e.g. classp,adamw"
+    )
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2 (grids run on the first)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, as subprocesses (default 1)")
+    parser.add_argument("--profile", default=None, help="a profiles: entry of the grid file (e.g. gpu)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="start afresh: remove what an earlier comparison wrote")
+    mode.add_argument("--report-only", action="store_true", help="run nothing; report what the folder holds")
+    parser.add_argument("--in-process", action="store_true", help="run in this process, one run at a time")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines and no table")
 
 
 def _split_config_and_overrides(config: str | None, overrides: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -105,6 +137,46 @@ def run_command(
     return 0
 
 
+def compare_command(args: argparse.Namespace) -> int:
+    """Runs (or continues) a comparison and prints its table.
+
+    Exit status: 0 when every run finished, 1 when some failed (they are reported in comparison.md, never
+    averaged), 2 on bad input (one line naming the culprit, before anything runs), 130 on Ctrl-C.
+    """
+    from classp_hf.continual.compare import compare
+    from classp_hf.continual.config import parse_override_args
+
+    grid, overrides = args.grid, list(args.overrides)
+    if grid is not None and "=" in grid and not Path(grid).is_file():
+        grid, overrides = None, [grid, *overrides]
+    try:
+        comparison = compare(
+            grid,
+            args.output_dir,
+            config=args.config,
+            presets=args.presets,
+            seeds=args.seeds,
+            overrides=parse_override_args(overrides),
+            profile=args.profile,
+            jobs=args.jobs,
+            launcher="inprocess" if args.in_process else "subprocess",
+            overwrite=args.overwrite,
+            report_only=args.report_only,
+            log=not args.quiet,
+        )
+    except ValueError as error:
+        print(f"classp-hf: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "classp-hf: interrupted; run the same command again (without --overwrite) to continue: finished runs are "
+            "kept and unfinished ones resume",
+            file=sys.stderr,
+        )
+        return 130
+    return 1 if comparison.failed_runs else 0
+
+
 def probe_command(config_path: str, batches: int, mode: str, target_fraction: float, json_path: str | None) -> int:
     """Runs the gradient probe and prints its table.
 
@@ -134,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if args.command == "run":
         return run_command(args.config, args.output_dir, args.overwrite, args.quiet, args.resume, args.overrides)
+    if args.command == "compare":
+        return compare_command(args)
     if args.command == "probe":
         return probe_command(args.config, args.batches, args.mode, args.target_fraction, args.json)
     return 2

@@ -1,0 +1,636 @@
+"""``classp-hf compare``: settings side by side over seeds, grids chosen on validation accuracy.
+
+A comparison (:class:`~classp_hf.continual.compare_grid.Grid`: a base config, settings, seeds) runs in one folder::
+
+    DIR/compare_plan.json                          what is compared (marks DIR as a comparison folder)
+    DIR/runs/<setting>/<grid point>/seed<k>/       ordinary run folders (classp-hf run)
+    DIR/configs/<setting>/<grid point>/seed<k>.yaml   each run's resolved config
+    DIR/logs/<setting>/<grid point>/seed<k>.log|.json  its output, and the wall and CPU time of each attempt
+    DIR/comparison.json, comparison.md, figures/   the comparison (schema: classp_hf/schemas/comparison.schema.json)
+
+Selection: a setting with a grid runs every grid point on the first seed; the point with the best validation ACC
+(``results.json`` → ``validation.metrics.acc``: the mean final accuracy on the validation splits held out of the
+training data; never the test split) is kept, its run reused, and run on the other seeds. Ties go to the first
+point in grid order; failed points are left out.
+
+Running again in the same folder continues the comparison: a finished run whose ``config.yaml`` equals the one
+planned now is skipped (another config is an error naming the run), a killed run is resumed (``--resume``), a
+failed one is tried again. Runs are subprocesses (``classp-hf run``), ``jobs`` at a time, each with
+``OMP_NUM_THREADS = max(1, cores // jobs)`` unless the environment sets it; ``launcher="inprocess"`` runs them one
+by one in this process. A failed run is recorded with its error line and reported, never averaged.
+
+This module plans and schedules; the parts: :mod:`.compare_grid` (grid files and presets), :mod:`.compare_launch`
+(launching one run), :mod:`.compare_results` (a run's numbers, the choice of a grid point, the summary over seeds,
+the :class:`Comparison` object) and :mod:`.compare_report` (comparison.json, comparison.md, the figures).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from classp_hf.continual.compare_grid import Grid, GridPoint, Setting, grid_from_presets, load_grid
+from classp_hf.continual.compare_launch import (
+    Attempt,
+    InProcessLauncher,
+    Launcher,
+    RunJob,
+    SubprocessLauncher,
+    available_cores,
+    error_line,
+)
+from classp_hf.continual.compare_results import (
+    COMPARISON_SCHEMA_VERSION,
+    Comparison,
+    PointResult,
+    RunRecord,
+    SettingResult,
+    run_metrics,
+    select_point,
+    summarize,
+)
+from classp_hf.continual.config import ConfigError, RunConfig
+from classp_hf.continual.io import write_json_atomic, write_text_atomic
+from classp_hf.continual.outputs import OutputDirError, is_complete_model
+
+__all__ = [
+    "COMPARISON_FILENAME",
+    "PLAN_FILENAME",
+    "Attempt",
+    "Comparison",
+    "InProcessLauncher",
+    "Launcher",
+    "RunJob",
+    "RunRecord",
+    "SettingResult",
+    "SubprocessLauncher",
+    "compare",
+    "run_metrics",
+    "select_point",
+    "summarize",
+]
+
+PLAN_FILENAME = "compare_plan.json"
+COMPARISON_FILENAME = "comparison.json"
+#: Everything ``compare`` writes into its folder (``--overwrite`` removes these, nothing else).
+COMPARE_OUTPUTS = (PLAN_FILENAME, COMPARISON_FILENAME, "comparison.md", "figures", "runs", "configs", "logs")
+_PREFIX = "[compare]"
+
+
+# -- the comparison folder --------------------------------------------------------------------------
+
+
+def _is_comparison_folder(path: Path) -> bool:
+    return (path / PLAN_FILENAME).is_file()
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Refuses a file, or a non-empty folder that is not a comparison folder (nothing is written).
+
+    Raises:
+        OutputDirError: naming the folder.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputDirError(f"--output-dir {output_dir} exists and is not a directory")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not _is_comparison_folder(output_dir):
+        raise OutputDirError(
+            f"--output-dir {output_dir} is not empty and holds no comparison ({PLAN_FILENAME}); choose another folder"
+        )
+
+
+def clear_outputs(output_dir: Path) -> None:
+    """``--overwrite``: removes what a comparison wrote (:data:`COMPARE_OUTPUTS`), nothing else; the plan first."""
+    for name in COMPARE_OUTPUTS:
+        path = output_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+@dataclass(frozen=True)
+class _RunPaths:
+    run_dir: Path
+    config_path: Path
+    log_path: Path
+    timing_path: Path
+
+
+def _paths(output_dir: Path, setting: str, point: str, seed: int) -> _RunPaths:
+    tail = Path(setting) / point
+    return _RunPaths(
+        run_dir=output_dir / "runs" / tail / f"seed{seed}",
+        config_path=output_dir / "configs" / tail / f"seed{seed}.yaml",
+        log_path=output_dir / "logs" / tail / f"seed{seed}.log",
+        timing_path=output_dir / "logs" / tail / f"seed{seed}.json",
+    )
+
+
+def _normalised(config: RunConfig) -> dict[str, Any]:
+    """The config as its ``config.yaml`` reads back."""
+    return yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _differences(wanted: Any, stored: Any, prefix: str = "") -> list[str]:
+    if isinstance(wanted, dict) and isinstance(stored, dict) and prefix.count(".") < 2:
+        keys = sorted(set(wanted) | set(stored), key=str)
+        return [d for key in keys for d in _differences(wanted.get(key), stored.get(key), f"{prefix}{key}.")]
+    return [] if wanted == stored else [prefix.rstrip(".")]
+
+
+def _check_existing_config(paths: _RunPaths, config: RunConfig, output_dir: Path) -> None:
+    stored_path = paths.run_dir / "config.yaml"
+    if not stored_path.is_file():
+        return
+    try:
+        stored = yaml.safe_load(stored_path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        stored = None
+    differ = _differences(_normalised(config), stored)
+    if differ:
+        where = paths.run_dir.relative_to(output_dir)
+        raise ConfigError(
+            f"run {where} in {output_dir} was made with another config (differs in {', '.join(differ[:4])}); "
+            "remove that run folder to run it again, or pass --overwrite to start the comparison afresh"
+        )
+
+
+_RunState = Literal["absent", "finished", "unfinished", "broken"]
+
+
+def _run_state(run_dir: Path) -> _RunState:
+    from classp_hf.continual.checkpoint import ResumeError, read_run_state
+
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return "absent"
+    try:
+        state = read_run_state(run_dir)
+    except ResumeError:
+        return "broken"
+    if state.completed_tasks == len(state.tasks) and is_complete_model(run_dir / "model"):
+        results = _read_results(run_dir)
+        if results is not None and results.get("status") == "complete":
+            return "finished"
+    return "unfinished"
+
+
+def _read_results(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _read_timing(path: Path) -> list[dict[str, Any]]:
+    try:
+        attempts = json.loads(path.read_text(encoding="utf-8")).get("attempts", [])
+        return attempts if isinstance(attempts, list) else []
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def _record_from_disk(output_dir: Path, setting: str, point: str, seed: int) -> RunRecord:
+    """A run's record as its folder and timing file say (``pending`` unless it finished or its last attempt failed)."""
+    paths = _paths(output_dir, setting, point, seed)
+    attempts = _read_timing(paths.timing_path)
+    record = RunRecord(setting, point, seed, str(paths.run_dir.relative_to(output_dir)), attempts=len(attempts))
+    if attempts:
+        record.wall_seconds = round(sum(float(a.get("wall_seconds", 0.0)) for a in attempts), 3)
+        record.cpu_seconds = round(sum(float(a.get("cpu_seconds", 0.0)) for a in attempts), 3)
+    if _run_state(paths.run_dir) == "finished":
+        results = _read_results(paths.run_dir)
+        record.status, record.metrics = "complete", run_metrics(results)
+    elif attempts and not attempts[-1].get("ok", False):
+        record.status, record.error = "failed", attempts[-1].get("error") or "failed"
+    return record
+
+
+# -- running --------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Progress lines (``[compare] 3/12 ...``) and a bar over the runs; silent when ``log`` is false."""
+
+    def __init__(self, total: int, log: bool) -> None:
+        self.log, self.total, self.done = log, total, 0
+        self.bar = None
+        if log:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="runs", unit="run", dynamic_ncols=True, leave=False)
+
+    def line(self, message: str) -> None:
+        if not self.log:
+            return
+        if self.bar is not None:
+            self.bar.write(f"{_PREFIX} {message}")
+        else:
+            print(f"{_PREFIX} {message}", flush=True)
+
+    def advance(self) -> str:
+        """Counts a finished run; returns ``done/total``."""
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        return f"{self.done}/{self.total}"
+
+    def shrink(self, runs: int) -> None:
+        """``runs`` fewer runs than planned (a setting whose every grid point failed)."""
+        self.total -= runs
+        if self.bar is not None and runs:
+            self.bar.total = self.total
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100.0 * value:.1f}%"
+
+
+class _Execution:
+    """Schedules the runs: grids on the first seed, then the chosen points on the other seeds."""
+
+    def __init__(self, grid: Grid, output_dir: Path, launcher: Launcher | None, jobs: int, progress: _Progress) -> None:
+        self.grid, self.output_dir, self.launcher, self.jobs = grid, output_dir, launcher, jobs
+        self.progress = progress
+        self.records: dict[tuple[str, str, int], RunRecord] = {}
+        self.chosen: dict[str, str | None] = {}
+        self.queue: deque[tuple[Setting, GridPoint, int]] = deque()
+
+    # -- what to run
+    def initial_runs(self) -> list[tuple[Setting, GridPoint, int]]:
+        first = self.grid.seeds[0]
+        runs = []
+        for setting in self.grid.settings:
+            if len(setting.points) > 1:
+                runs += [(setting, point, first) for point in setting.points]
+            else:
+                self.chosen[setting.name] = setting.points[0].name
+                runs += [(setting, setting.points[0], seed) for seed in self.grid.seeds]
+        return runs
+
+    def _job(self, setting: Setting, point: GridPoint, seed: int) -> RunJob | None:
+        """The job of a run, or `None` when it finished already (its record is then filled from disk)."""
+        paths = _paths(self.output_dir, setting.name, point.name, seed)
+        state = _run_state(paths.run_dir)
+        if state == "finished":
+            return None
+        config = self.grid.run_config(setting, point, seed)
+        mode = {"absent": "start", "unfinished": "resume", "broken": "overwrite"}[state]
+        return RunJob(setting.name, point, seed, config, paths.run_dir, paths.config_path, paths.log_path, mode)
+
+    # -- after a run
+    def _finish(self, setting: Setting, point: GridPoint, seed: int, attempt: Attempt | None) -> RunRecord:
+        paths = _paths(self.output_dir, setting.name, point.name, seed)
+        if attempt is not None:
+            attempts = _read_timing(paths.timing_path) + [
+                {
+                    "ok": attempt.ok,
+                    "error": attempt.error,
+                    "wall_seconds": round(attempt.wall_seconds, 3),
+                    "cpu_seconds": round(attempt.cpu_seconds, 3),
+                    "returncode": attempt.returncode,
+                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                }
+            ]
+            write_json_atomic(paths.timing_path, {"attempts": attempts})
+        record = _record_from_disk(self.output_dir, setting.name, point.name, seed)
+        if attempt is not None and attempt.ok and not record.complete:  # the run said it finished; its folder not
+            record.status, record.error = "failed", "the run ended without complete results"
+        self.records[(setting.name, point.name, seed)] = record
+        self._report(record, point, attempt, self.progress.advance())
+        if seed == self.grid.seeds[0] and len(setting.points) > 1:
+            self._maybe_select(setting)
+        return record
+
+    def _report(self, record: RunRecord, point: GridPoint, attempt: Attempt | None, count: str) -> None:
+        at = "" if point.name == "default" else f" {point.label}"
+        title = f"{count} {record.setting}{at} seed {record.seed}"
+        if record.complete:
+            how = "already finished" if attempt is None else f"done in {attempt.wall_seconds:.0f} s"
+            validation = record.metrics.get("validation_acc")
+            extra = "" if validation is None else f", validation ACC {_percent(validation)}"
+            self.progress.line(f"{title}: {how}, ACC {_percent(record.metrics.get('acc'))}{extra}")
+        elif record.status == "failed":
+            self.progress.line(f"{title}: FAILED: {record.error}")
+
+    def _maybe_select(self, setting: Setting) -> None:
+        first = self.grid.seeds[0]
+        records = [self.records.get((setting.name, point.name, first)) for point in setting.points]
+        if any(record is None or record.status == "pending" for record in records):
+            return
+        point = select_point([(p, r.validation_acc) for p, r in zip(setting.points, records)])
+        self.chosen[setting.name] = point.name if point else None
+        others = list(self.grid.seeds[1:])
+        if point is None:
+            self.progress.line(f"{setting.name}: every grid point failed; its other seeds are not run")
+            self.progress.shrink(len(others))
+            return
+        scores = ", ".join(f"{p.label} {_percent(r.validation_acc)}" for p, r in zip(setting.points, records))
+        self.progress.line(f"{setting.name}: chose {point.label} by validation ACC on seed {first} ({scores})")
+        self.queue.extend((setting, point, seed) for seed in others)
+
+    # -- the loop
+    def run(self) -> None:
+        self.queue.extend(self.initial_runs())
+        if self.launcher is None:  # report only: read what is on disk
+            while self.queue:
+                setting, point, seed = self.queue.popleft()
+                self._finish(setting, point, seed, None)
+            return
+        if self.jobs == 1:
+            while self.queue:
+                self._step(*self.queue.popleft(), run_now=True)
+            return
+        self._run_parallel()
+
+    def _step(self, setting: Setting, point: GridPoint, seed: int, run_now: bool) -> RunJob | None:
+        job = self._job(setting, point, seed)
+        if job is None:
+            self._finish(setting, point, seed, None)
+            return None
+        _write_config(job)
+        how = {"start": "start", "resume": "resume (killed earlier)", "overwrite": "start afresh"}[job.mode]
+        self.progress.line(f"{job.title}: {how}")
+        if run_now:
+            self._finish(setting, point, seed, self._launch(job))
+        return job
+
+    def _launch(self, job: RunJob) -> Attempt:
+        """The launcher's attempt; a launcher that raises (no log file, no interpreter) gives a failed attempt."""
+        try:
+            return self.launcher.launch(job)
+        except Exception as error:  # KeyboardInterrupt still ends the comparison
+            return Attempt(False, error_line(error), 0.0, 0.0)
+
+    def _run_parallel(self) -> None:
+        running: dict[Future, tuple[Setting, GridPoint, int]] = {}
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            try:
+                while self.queue or running:
+                    while self.queue and len(running) < self.jobs:
+                        item = self.queue.popleft()
+                        job = self._step(*item, run_now=False)
+                        if job is not None:
+                            running[pool.submit(self._launch, job)] = item
+                    if not running:
+                        continue
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        self._finish(*running.pop(future), future.result())
+            except BaseException:
+                stop = getattr(self.launcher, "stop_all", None)
+                if stop is not None:
+                    stop()
+                raise
+
+
+def _write_config(job: RunJob) -> None:
+    write_text_atomic(job.config_path, yaml.safe_dump(job.config.to_dict(), sort_keys=False))
+
+
+# -- the comparison -------------------------------------------------------------------------------
+
+
+def _environment(jobs: int, threads: int | None, launcher: str) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    import classp_hf
+
+    accelerator = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_cores": available_cores(),
+        "accelerator": accelerator,
+        "launcher": launcher,
+        "jobs": jobs,
+        "threads_per_job": threads,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "classp_hf": classp_hf.__version__,
+        },
+    }
+
+
+def _queue_sizes(grid: Grid, output_dir: Path, settings: Sequence[SettingResult]) -> dict[str, Any]:
+    """The queue's sizes: from the first setting's config, and per task from the first complete run."""
+    first = grid.settings[0]
+    config = grid.run_config(first, first.points[0], grid.seeds[0])
+    tasks: list[dict[str, Any]] = [{"name": task.name} for task in config.tasks]
+    complete = [r for s in settings for r in [p.run for p in s.points] + s.runs if r.complete]
+    results = _read_results(output_dir / complete[0].run_dir) if complete else None
+    if results is not None:
+        for task, record in zip(tasks, results["per_task"]):
+            task.update(train_examples=record.get("train_examples"), steps=record.get("steps"))
+    return {
+        "max_length": config.max_length,
+        "batch_size": config.training.get("per_device_train_batch_size", 8),
+        "num_train_epochs": config.training.get("num_train_epochs", 3),
+        "validation_fraction": config.validation_fraction,
+        "tasks": tasks,
+    }
+
+
+def _setting_result(grid: Grid, setting: Setting, execution: _Execution) -> SettingResult:
+    first = grid.seeds[0]
+    points = [
+        PointResult(p.name, p.label, p.overrides, execution.records[(setting.name, p.name, first)])
+        for p in setting.points
+    ]
+    chosen = execution.chosen.get(setting.name)
+    runs = []
+    if chosen is not None:
+        for seed in grid.seeds:
+            record = execution.records.get((setting.name, chosen, seed))
+            if record is None:  # not run yet (report only)
+                record = _record_from_disk(execution.output_dir, setting.name, chosen, seed)
+            runs.append(record)
+    return SettingResult(
+        name=setting.name,
+        description=setting.description,
+        preset=setting.preset,
+        overrides=dict(setting.overrides),
+        grid={key: list(values) for key, values in setting.grid.items()},
+        points=points,
+        chosen=chosen,
+        runs=runs,
+        summary=summarize(runs),
+    )
+
+
+def _plan(grid: Grid) -> dict[str, Any]:
+    return {
+        "schema_version": COMPARISON_SCHEMA_VERSION,
+        "source": grid.source,
+        "base_config": str(grid.base_config),
+        "seeds": grid.seeds,
+        "overrides": grid.overrides,
+        "command_overrides": grid.command_overrides,
+        "settings": [
+            {
+                "name": setting.name,
+                "preset": setting.preset,
+                "overrides": setting.overrides,
+                "points": [{"name": p.name, "label": p.label, "overrides": p.overrides} for p in setting.points],
+            }
+            for setting in grid.settings
+        ],
+    }
+
+
+def _check_existing_runs(grid: Grid, output_dir: Path) -> None:
+    """Every run folder already there must hold the config planned now (a mismatch names the run)."""
+    for setting in grid.settings:
+        for point in setting.points:
+            for seed in grid.seeds:
+                paths = _paths(output_dir, setting.name, point.name, seed)
+                if (paths.run_dir / "config.yaml").is_file():
+                    _check_existing_config(paths, grid.run_config(setting, point, seed), output_dir)
+
+
+def _resolve_grid(
+    grid: Grid | str | os.PathLike | None,
+    config: str | os.PathLike | None,
+    presets: Sequence[str] | str | None,
+    seeds: Sequence[int] | str | None,
+    overrides: Mapping[str, Any] | None,
+    profile: str | None,
+) -> Grid:
+    if (grid is None) == (config is None):
+        raise ConfigError("give a grid file, or --config with --presets (not both)")
+    if config is not None:
+        if presets is None:
+            raise ConfigError("--config needs --presets (e.g. --presets classp,adamw)")
+        if profile is not None:
+            raise ConfigError("--profile: profiles belong to grid files, not to --config")
+        return grid_from_presets(config, presets, seeds=seeds, overrides=overrides)
+    if presets is not None:
+        raise ConfigError("--presets goes with --config; a grid file names its settings itself")
+    if isinstance(grid, Grid):
+        if seeds is not None or overrides or profile is not None:
+            raise ConfigError("seeds, overrides and profile apply to a grid file; set them on the Grid itself")
+        grid.check()
+        return grid
+    return load_grid(grid, profile=profile, seeds=seeds, overrides=overrides)
+
+
+def _make_launcher(launcher: str | Launcher, jobs: int) -> tuple[Launcher, str, int | None]:
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ConfigError(f"--jobs: expected a positive integer, got {jobs!r}")
+    if launcher == "subprocess":
+        threads = max(1, available_cores() // jobs)
+        if "OMP_NUM_THREADS" in os.environ:
+            with contextlib.suppress(ValueError):
+                threads = int(os.environ["OMP_NUM_THREADS"])
+        return SubprocessLauncher(threads), "subprocess", threads
+    if launcher == "inprocess":
+        if jobs != 1:
+            raise ConfigError("--jobs: runs in this process go one at a time; use subprocesses for --jobs > 1")
+        return InProcessLauncher(), "inprocess", None
+    if isinstance(launcher, str):
+        raise ConfigError(f"launcher: expected subprocess or inprocess, got {launcher!r}")
+    return launcher, type(launcher).__name__, None
+
+
+def compare(
+    grid: Grid | str | os.PathLike | None,
+    output_dir: str | os.PathLike,
+    *,
+    config: str | os.PathLike | None = None,
+    presets: Sequence[str] | str | None = None,
+    seeds: Sequence[int] | str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    profile: str | None = None,
+    jobs: int = 1,
+    launcher: Literal["subprocess", "inprocess"] | Launcher = "subprocess",
+    overwrite: bool = False,
+    report_only: bool = False,
+    log: bool = True,
+) -> Comparison:
+    """Runs a comparison (or continues one) and writes ``comparison.json``, ``comparison.md`` and the figures.
+
+    Args:
+        grid: a grid file, a :class:`~classp_hf.continual.compare_grid.Grid`, or `None` with ``config``.
+        output_dir: the comparison folder (absent, empty, or a comparison folder to continue).
+        config, presets: instead of a grid file: a base run config and shipped preset names (``"classp,adamw"``).
+        seeds: replace the grid's seeds (``[0, 1, 2]`` or ``"0,1,2"``); grids run on the first.
+        overrides: dotted keys applied over every setting's own (``{"validation_fraction": 0.2}``); a grid point's
+            values still win.
+        profile: a ``profiles:`` entry of the grid file (e.g. ``gpu``).
+        jobs: runs at once (subprocesses, each with ``OMP_NUM_THREADS = max(1, cores // jobs)`` unless set).
+        launcher: ``subprocess`` (default), ``inprocess`` (one at a time, in this process), or a :class:`Launcher`.
+        overwrite: remove what an earlier comparison wrote into ``output_dir`` and start afresh.
+        report_only: run nothing; report what the folder holds (runs not finished are ``pending``).
+        log: progress lines and a bar over the runs, and the table at the end.
+
+    Returns:
+        The :class:`Comparison` (also in ``output_dir/comparison.json``).
+
+    Raises:
+        ConfigError, OutputDirError: bad input in one line (the grid, a preset, a key, a folder, a run made with
+            another config), before anything is written or run.
+    """
+    from classp_hf.continual.compare_report import write_comparison
+
+    grid = _resolve_grid(grid, config, presets, seeds, overrides, profile)
+    runner, launcher_name, threads = _make_launcher(launcher, jobs)
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir)
+    if report_only and (overwrite or not _is_comparison_folder(output_dir)):
+        raise ConfigError(
+            f"--report-only reads the comparison in --output-dir {output_dir}: there is none (or --overwrite was given)"
+        )
+    if not overwrite:
+        _check_existing_runs(grid, output_dir)
+    if overwrite and output_dir.is_dir():
+        clear_outputs(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not report_only:  # marks the folder as a comparison before any run starts
+        write_json_atomic(output_dir / PLAN_FILENAME, _plan(grid))
+    expected = sum(len(s.points) + len(grid.seeds) - 1 if len(s.points) > 1 else len(grid.seeds) for s in grid.settings)
+    progress = _Progress(expected, log)
+    execution = _Execution(grid, output_dir, None if report_only else runner, jobs, progress)
+    try:
+        execution.run()
+    finally:
+        progress.close()
+    settings = [_setting_result(grid, setting, execution) for setting in grid.settings]
+    records = list(execution.records.values())
+    queue = _queue_sizes(grid, output_dir, settings)
+    comparison = Comparison(
+        source=grid.source,
+        description=grid.description,
+        base_config=str(grid.base_config),
+        output_dir=str(output_dir),
+        seeds=list(grid.seeds),
+        tasks=[task["name"] for task in queue["tasks"]],
+        queue=queue,
+        environment=_environment(jobs, threads, launcher_name),
+        settings=settings,
+        wall_seconds=sum(r.wall_seconds or 0.0 for r in records),
+        cpu_seconds=sum(r.cpu_seconds or 0.0 for r in records),
+    )
+    write_comparison(comparison.to_dict(), output_dir)
+    if log:
+        print("\n" + comparison.table(), flush=True)
+    return comparison

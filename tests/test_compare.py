@@ -1,0 +1,450 @@
+"""``classp-hf compare``: grid files and presets, selection on validation only, aggregation, resuming, outputs.
+
+Most tests run a :class:`FakeLauncher` that writes finished run folders with crafted results (so the numbers are
+known and nothing trains); the resume test trains a tiny random BERT in process, and one test runs real
+subprocesses two at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from classp_hf.cli import main as cli_main
+from classp_hf.continual.compare import (
+    Attempt,
+    InProcessLauncher,
+    RunRecord,
+    compare,
+    run_metrics,
+    select_point,
+    summarize,
+)
+from classp_hf.continual.compare_grid import GridPoint, grid_from_presets, load_grid, load_presets, merge_overrides
+from classp_hf.continual.compare_report import FIGURES, load_comparison_schema
+from classp_hf.continual.config import ConfigError
+
+from .test_runner import raw_config, tiny_model_dir  # noqa: F401  (tiny_model_dir is a fixture)
+
+TASKS = ["financial_phrasebank", "amazon_reviews"]
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "recipes" / "experiments"
+
+
+@pytest.fixture
+def base_config(tmp_path, tiny_model_dir):  # noqa: F811
+    """The tiny two-task run config, with a validation split, as a YAML file."""
+    raw = raw_config(tiny_model_dir, validation_fraction=0.25)
+    raw["tasks"][1].pop("training")  # one learning rate for the whole queue
+    path = tmp_path / "configs" / "base.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def write_grid(folder: Path, settings, **extra) -> Path:
+    path = folder / "grid.yaml"
+    path.write_text(yaml.safe_dump({"base": "configs/base.yaml", "seeds": [0], "settings": settings, **extra}))
+    return path
+
+
+# -- a launcher that writes crafted results ------------------------------------------------------
+
+
+def crafted_results(config, test_acc: float, validation_acc: float) -> dict:
+    """A complete results.json whose final test row is ``test_acc`` and validation row ``validation_acc``."""
+    names = [task.name for task in config.tasks]
+    first_task_final = test_acc
+    last = [test_acc, test_acc]
+    matrix = [[0.7, 0.3], last]
+    return {
+        "schema_version": 2,
+        "status": "complete",
+        "tasks": names,
+        "seed": config.seed,
+        "accuracy_matrix": matrix,
+        "metrics": {"acc": test_acc, "bwt": first_task_final - 0.7, "fwt": None, "forgetting": 0.7 - first_task_final},
+        "validation": {
+            "fraction": config.validation_fraction,
+            "initial_accuracy": [0.3, 0.3],
+            "accuracy_matrix": [[0.6, 0.3], [validation_acc, validation_acc]],
+            "metrics": {"acc": validation_acc, "bwt": None, "fwt": None, "forgetting": None},
+        },
+        "per_task": [
+            {
+                "name": name,
+                "seconds": 1.5,
+                "steps": 3,
+                "train_examples": 24,
+                "trainable_parameters": 1000,
+                "total_parameters": 5000 + 1000 * index,
+                "optimizer_state_bytes": 4000,
+                "method_state_bytes": 1000 * index,
+            }
+            for index, name in enumerate(names)
+        ],
+    }
+
+
+class FakeLauncher:
+    """Writes a finished run folder with the numbers ``outcome(job)`` gives: ``(test_acc, validation_acc)``, or an
+    error string for a failed run."""
+
+    def __init__(self, outcome):
+        self.outcome = outcome
+        self.launched = []
+
+    def launch(self, job):
+        self.launched.append((job.setting, job.point.name, job.seed, job.mode))
+        result = self.outcome(job)
+        if isinstance(result, str):
+            return Attempt(False, result, 0.5, 0.25)
+        run = job.run_dir
+        (run / "model").mkdir(parents=True)
+        (run / "model" / "config.json").write_text("{}")
+        (run / "model" / "model.safetensors").write_text("")
+        (run / "checkpoints" / "last").mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump(job.config.to_dict(), sort_keys=False))
+        names = [task.name for task in job.config.tasks]
+        state = {"completed_tasks": len(names), "tasks": names, "checkpoint": "checkpoints/last", "num_processes": 1}
+        (run / "run_state.json").write_text(json.dumps(state))
+        (run / "results.json").write_text(json.dumps(crafted_results(job.config, *result)))
+        return Attempt(True, None, 2.0, 3.0)
+
+
+def comparison_config(folder: Path):
+    """The run config of the setting ``plain`` in ``folder``'s grid."""
+    grid = load_grid(folder / "grid.yaml")
+    setting = grid.settings[0]
+    return grid.run_config(setting, setting.points[0], 0)
+
+
+def learning_rate(job) -> float:
+    return job.config.training["learning_rate"]
+
+
+# -- grid files and presets -----------------------------------------------------------------------
+
+
+def test_grid_file_settings_presets_wildcards_and_seeds(tmp_path, base_config):
+    grid_path = write_grid(
+        tmp_path,
+        [
+            "classp",
+            {"preset": "ewc", "grid": {"method_args.lambda_": [10.0, 20.0]}, "overrides": {"method_args.gamma": 1.0}},
+            {
+                "name": "mine",
+                "overrides": {"training.learning_rate": 3e-4, "tasks.amazon_reviews.max_train_samples": 16},
+            },
+        ],
+        overrides={"tasks.*.max_train_samples": 24},
+        seeds=[3, 1],
+    )
+    grid = load_grid(grid_path, overrides={"max_length": 16})
+    assert grid.seeds == [3, 1] and grid.base_config.resolve() == base_config.resolve()
+    classp, ewc, mine = grid.settings
+    assert [p.label for p in classp.points] == ["lr=3e-4", "lr=1e-3"]
+    assert [p.name for p in classp.points] == ["lr-3e-4", "lr-1e-3"]
+    config = grid.run_config(classp, classp.points[1], 3)
+    assert config.seed == 3 and config.training["learning_rate"] == 1e-3 and config.max_length == 16
+    assert config.training["optim"] == "classp" and config.training["optim_args"] == "threshold=0"
+    assert [task.max_train_samples for task in config.tasks] == [24, 24]  # tasks.* set every task
+    ewc_config = grid.run_config(ewc, ewc.points[0], 3)
+    assert ewc_config.method == "ewc" and ewc_config.training["optim"] == "adamw_torch"  # method presets: AdamW
+    assert ewc_config.method_args == {"lambda_": 10.0, "gamma": 1.0}  # the preset's lambda_ replaced by the grid's
+    assert mine.points == [GridPoint("default")]
+    mine_config = grid.run_config(mine, mine.points[0], 1)
+    assert [task.max_train_samples for task in mine_config.tasks] == [24, 16]  # the setting's key wins over tasks.*
+    assert mine_config.training["optim"] == "classp"  # a setting of its own keeps the base optimizer
+
+
+def test_merge_overrides_later_layers_win_whole_keys():
+    merged = merge_overrides({"method_args.lambda_": 1.0, "seed": 1}, {"method_args": {"buffer_size": 5}})
+    assert merged == {"seed": 1, "method_args": {"buffer_size": 5}}
+    merged = merge_overrides({"method_args": {"lambda_": 1.0}}, {"method_args.lambda_": 2.0})
+    assert list(merged.items()) == [("method_args", {"lambda_": 1.0}), ("method_args.lambda_", 2.0)]
+
+
+def test_every_shipped_preset_builds_a_valid_config(base_config):
+    presets = load_presets()
+    expected = {"sgd", "adamw", "adagrad", "classp", "classp_sparse", "classp_threshold_only", "classp_p2", "ewc"}
+    expected |= {"ewc_online", "replay", "lwf", "classp+replay", "classp+ewc", "classp_head", "lora_classp"}
+    expected |= {"lora_adamw", "lora_per_task", "olora", "lora_replay"}
+    assert expected <= set(presets)
+    grid = grid_from_presets(base_config, ",".join(presets))  # builds and validates every grid point's config
+    by_name = {setting.name: setting for setting in grid.settings}
+    assert all(1 <= len(setting.points) <= 3 for setting in grid.settings)
+    olora = grid.run_config(by_name["olora"], by_name["olora"].points[0], 0)
+    assert olora.peft["adapters"] == "per_task" and olora.peft["init"] == "fresh"
+    assert grid.run_config(by_name["adagrad"], by_name["adagrad"].points[0], 0).training["optim"] == "adagrad"
+    assert [point.name for point in by_name["ewc"].points] == ["lambda_-1e6", "lambda_-1e7", "lambda_-1e8"]
+    only = by_name["classp_threshold_only"]
+    assert "apply_decay=false" in grid.run_config(only, only.points[0], 0).training["optim_args"]
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in EXPERIMENTS.glob("*.yaml")))
+def test_shipped_grid_files_load_with_their_profiles(name):
+    path = EXPERIMENTS / name
+    profiles = [None, *(yaml.safe_load(path.read_text()).get("profiles") or {})]
+    for profile in profiles:
+        grid = load_grid(path, profile=profile)  # every grid point's config built and validated
+        setting = grid.settings[0]
+        config = grid.run_config(setting, setting.points[0], grid.seeds[0])
+        if name != "quickstart.yaml":
+            assert len(grid.seeds) >= 1 and config.validation_fraction == 0.2 and config.max_length in (64, 256)
+            assert config.training["per_device_train_batch_size"] == 16
+            samples = {task.max_train_samples for task in config.tasks}
+            assert samples <= {800, 1000} if profile is None else samples == {None}
+
+
+def test_experiment_files_cover_the_issue(tmp_path):
+    names = {setting.name for setting in load_grid(EXPERIMENTS / "fpb_imdb.yaml").settings}
+    assert names == {name for name, preset in load_presets().items() if not name.startswith(("lora", "olora"))}
+    assert load_grid(EXPERIMENTS / "fpb_imdb.yaml").seeds == [0, 1, 2]
+    lora = {setting.name for setting in load_grid(EXPERIMENTS / "lora.yaml").settings}
+    assert lora == {"lora_classp", "lora_adamw", "lora_per_task", "olora", "lora_replay"}
+    quickstart = load_grid(EXPERIMENTS / "quickstart.yaml")
+    assert [s.name for s in quickstart.settings] == ["classp", "adamw"] and quickstart.seeds == [0]
+    assert all(len(s.points) == 1 for s in quickstart.settings)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"settigs": []}, "grid.yaml.settigs: unknown key (did you mean 'settings'?)"),
+        ({"settings": ["clasp"]}, "settings[0].preset: unknown preset 'clasp' (did you mean 'classp'?"),
+        (
+            {"settings": [{"name": "x", "overrides": {"training.learnin_rate": 1e-3}}]},
+            "setting x: config.training.learnin_rate",
+        ),
+        (
+            {"settings": [{"name": "x", "overrides": {"training.learning_rate": "fast"}}]},
+            "setting x: config.training.learning_rate",
+        ),
+        ({"settings": [{"name": "x", "grid": {"seed": 3}}]}, "settings[0] (x).grid.seed: expected a non-empty list"),
+        ({"settings": ["classp", "classp"]}, "the name 'classp' is used twice"),
+        ({"settings": [{"name": "a/b"}]}, "settings[0].name: 'a/b': use letters"),
+        ({"seeds": [0, 0]}, "seeds: a seed is listed twice"),
+        ({"seeds": "x"}, "seeds: expected comma-separated integers"),
+        ({"base": "configs/missing.yaml"}, "base: config file not found"),
+        (
+            {"settings": [{"preset": "classp", "overrides": {"validation_fraction": 0.0}}]},
+            "set validation_fraction > 0",
+        ),
+    ],
+)
+def test_bad_grid_is_one_line_naming_the_key(tmp_path, base_config, change, message):
+    raw = {"base": "configs/base.yaml", "seeds": [0], "settings": ["classp"], **change}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as caught:
+        load_grid(path)
+    text = str(caught.value)
+    assert message in text and "\n" not in text
+
+
+def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, base_config, capsys):
+    grid = write_grid(tmp_path, ["classp"])
+    output = tmp_path / "out"
+    args = ["compare", str(grid), "--output-dir", str(output)]
+    assert cli_main(["compare", str(grid), "training.weight_decay=fast", "--output-dir", str(output)]) == 2
+    assert cli_main([*args, "--presets", "classp"]) == 2
+    assert (
+        cli_main(["compare", "--config", str(base_config), "--presets", "classp,adamx", "--output-dir", str(output)])
+        == 2
+    )
+    assert cli_main([*args, "--seeds", "0,x"]) == 2
+    assert cli_main([*args, "--jobs", "0"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 5 and all(line.startswith("classp-hf: error:") for line in errors)
+    assert "config.training.weight_decay" in errors[0] and "did you mean 'adamw'" in errors[2]
+    assert "--seeds" in errors[3] and "--jobs" in errors[4]
+    assert not output.exists()
+
+
+# -- selection and aggregation --------------------------------------------------------------------
+
+
+def test_selection_uses_validation_accuracy_and_never_the_test_split(tmp_path, base_config):
+    # lr 1e-3 is better on the test split, lr 3e-4 on validation: the choice must follow validation.
+    def outcome(job):
+        best_on_test = learning_rate(job) == 1e-3
+        return (0.9, 0.5) if best_on_test else (0.4, 0.8)
+
+    launcher = FakeLauncher(outcome)
+    grid = write_grid(tmp_path, ["classp"], seeds=[0, 1, 2])
+    comparison = compare(grid, tmp_path / "out", launcher=launcher, log=False)
+    setting = comparison.setting("classp")
+    assert setting.chosen == "lr-3e-4"
+    assert [(p, s) for _, p, s, _ in launcher.launched] == [
+        ("lr-3e-4", 0),
+        ("lr-1e-3", 0),
+        ("lr-3e-4", 1),
+        ("lr-3e-4", 2),
+    ]
+    assert [run.point for run in setting.runs] == ["lr-3e-4"] * 3  # the grid's seed-0 run is reused
+    assert setting.summary["acc"]["mean"] == pytest.approx(0.4)
+    assert select_point([(GridPoint("a"), 0.5), (GridPoint("b"), None), (GridPoint("c"), 0.5)]).name == "a"  # ties
+    assert select_point([(GridPoint("a"), None)]) is None
+
+
+def test_aggregation_mean_std_and_a_failed_seed_reported_not_averaged(tmp_path, base_config, capsys):
+    accuracies = {0: 0.6, 1: 0.7, 2: None}
+
+    def outcome(job):
+        acc = accuracies[job.seed]
+        return "RuntimeError: out of memory" if acc is None else (acc, acc)
+
+    grid = write_grid(tmp_path, [{"name": "plain"}], seeds=[0, 1, 2])
+    comparison = compare(grid, tmp_path / "out", launcher=FakeLauncher(outcome), log=False)
+    summary = comparison.setting("plain").summary
+    assert summary["acc"] == {"mean": pytest.approx(0.65), "std": pytest.approx(math.sqrt(0.005)), "n": 2}
+    assert (summary["complete"], summary["failed"], summary["pending"]) == (2, 1, 0)
+    assert summary["final_accuracy"]["mean"] == pytest.approx([0.65, 0.65])
+    assert summary["forgetting"]["mean"] == pytest.approx(0.7 - 0.65)
+    assert summary["extra_memory_bytes"]["mean"] == 5000 and summary["bytes_per_trainable_parameter"]["mean"] == 5.0
+    assert summary["total_parameters"]["mean"] == 6000
+    assert summary["wall_seconds"] == {"mean": 2.0, "std": 0.0, "n": 2}
+    failed = comparison.failed_runs
+    assert [(r.seed, r.error) for r in failed] == [(2, "RuntimeError: out of memory")]
+    markdown = (tmp_path / "out" / "comparison.md").read_text()
+    assert "## Failed runs" in markdown and "seed 2: RuntimeError: out of memory" in markdown
+    assert "65.0 ± 7.1" in markdown and "2 (1 failed)" in markdown
+    config = comparison_config(tmp_path)
+    records = [RunRecord("s", "p", 0, "r", "complete", metrics=run_metrics(crafted_results(config, 0.5, 0.5)))]
+    records.append(RunRecord("s", "p", 1, "r", "failed", error="x"))
+    records.append(RunRecord("s", "p", 2, "r", "pending"))
+    partial = summarize(records)
+    assert partial["acc"] == {"mean": 0.5, "std": None, "n": 1}  # one complete run: no spread
+    assert (partial["complete"], partial["failed"], partial["pending"]) == (1, 1, 1)
+
+
+def test_outputs_figures_and_schema(tmp_path, base_config):
+    grid = write_grid(
+        tmp_path,
+        ["classp", {"preset": "adamw", "grid": None}],
+        seeds=[0, 1],
+        description="two settings",
+    )
+    output = tmp_path / "out"
+    compare(grid, output, launcher=FakeLauncher(lambda job: (0.6 + job.seed / 10, 0.5)), log=False)
+    data = json.loads((output / "comparison.json").read_text())
+    jsonschema.Draft202012Validator(load_comparison_schema()).validate(data)
+    assert data["tasks"] == TASKS and data["seeds"] == [0, 1]
+    assert data["queue"]["tasks"][0] == {"name": TASKS[0], "train_examples": 24, "steps": 3}
+    for name in FIGURES.values():
+        assert (output / "figures" / name).stat().st_size > 1000
+    markdown = (output / "comparison.md").read_text()
+    for heading in ("# Comparison: two settings", "## Accuracy", "## Cost", "## Each seed", "## Grids (seed 0)"):
+        assert heading in markdown
+    assert "controlled plasticity" in markdown
+    assert (output / "compare_plan.json").is_file()
+    configs = sorted(p.relative_to(output).as_posix() for p in (output / "configs").rglob("*.yaml"))
+    assert "configs/adamw/default/seed1.yaml" in configs
+
+
+def test_output_dir_that_is_not_a_comparison_is_refused_and_overwrite_clears_only_ours(tmp_path, base_config):
+    grid = write_grid(tmp_path, [{"name": "plain"}])
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="not empty and holds no comparison"):
+            compare(grid, foreign, launcher=FakeLauncher(lambda job: (0.5, 0.5)), overwrite=overwrite, log=False)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    output = tmp_path / "out"
+    launcher = FakeLauncher(lambda job: (0.5, 0.5))
+    compare(grid, output, launcher=launcher, log=False)
+    (output / "mine.txt").write_text("keep")
+    compare(grid, output, launcher=launcher, log=False)
+    assert len(launcher.launched) == 1  # the finished run was skipped
+    compare(grid, output, launcher=launcher, overwrite=True, log=False)
+    assert len(launcher.launched) == 2 and (output / "mine.txt").read_text() == "keep"
+
+
+def test_report_only_runs_nothing_and_marks_pending(tmp_path, base_config):
+    grid = write_grid(tmp_path, ["classp"], seeds=[0, 1])
+    output = tmp_path / "out"
+    compare(grid, output, launcher=FakeLauncher(lambda job: "boom" if learning_rate(job) == 1e-3 else (0.5, 0.5)),
+            seeds=[0], log=False)  # fmt: skip
+    with pytest.raises(ConfigError, match="--report-only reads the comparison"):
+        compare(grid, tmp_path / "elsewhere", report_only=True, log=False)
+    assert not (tmp_path / "elsewhere").exists()
+    comparison = compare(grid, output, report_only=True, log=False)
+    setting = comparison.setting("classp")
+    assert setting.chosen == "lr-3e-4"  # lr 1e-3 failed on seed 0 and is left out of the choice
+    assert [run.status for run in setting.runs] == ["complete", "pending"]
+    assert [p.run.status for p in setting.points] == ["complete", "failed"]
+
+
+# -- real runs --------------------------------------------------------------------------------------
+
+
+class Recording(InProcessLauncher):
+    def __init__(self):
+        self.launched = []
+
+    def launch(self, job):
+        self.launched.append((job.seed, job.mode))
+        return super().launch(job)
+
+
+def test_resume_a_half_finished_comparison(tmp_path, base_config, monkeypatch):
+    import classp_hf.continual.runner as runner_module
+
+    grid = write_grid(tmp_path, [{"name": "plain"}], seeds=[0, 1])
+    output = tmp_path / "out"
+    save = runner_module.ContinualRunner._save_checkpoint
+
+    def killed_after_first_task(self, index, trainer, tracking):  # seed 1 dies once its first task is saved
+        save(self, index, trainer, tracking)
+        if self.config.seed == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner_module.ContinualRunner, "_save_checkpoint", killed_after_first_task)
+    with pytest.raises(KeyboardInterrupt):
+        compare(grid, output, launcher="inprocess", log=False)
+    monkeypatch.undo()
+    seed0 = output / "runs" / "plain" / "default" / "seed0"
+    seed1 = output / "runs" / "plain" / "default" / "seed1"
+    assert json.loads((seed1 / "run_state.json").read_text())["completed_tasks"] == 1
+    finished_at = (seed0 / "results.json").stat().st_mtime_ns
+
+    launcher = Recording()
+    comparison = compare(grid, output, launcher=launcher, log=False)
+    assert launcher.launched == [(1, "resume")]  # seed 0 finished: skipped; seed 1 continues
+    assert (seed0 / "results.json").stat().st_mtime_ns == finished_at
+    assert json.loads((seed1 / "results.json").read_text())["resumed_after_tasks"] == [1]
+    assert comparison.setting("plain").summary["complete"] == 2
+
+    changed = write_grid(tmp_path, [{"name": "plain", "overrides": {"training.learning_rate": 5e-4}}], seeds=[0, 1])
+    with pytest.raises(ConfigError) as caught:
+        compare(changed, output, launcher=launcher, log=False)
+    assert "run runs/plain/default/seed0" in str(caught.value) and "training.learning_rate" in str(caught.value)
+    assert launcher.launched == [(1, "resume")]
+
+
+def test_subprocess_runs_two_at_a_time_and_a_failure_is_recorded(tmp_path, base_config, capsys):
+    grid = write_grid(
+        tmp_path,
+        [
+            {"name": "good", "overrides": {"tasks.*.max_train_samples": 16}},
+            {"name": "bad", "overrides": {"model": str(tmp_path / "nope")}},
+        ],
+    )
+    output = tmp_path / "out"
+    code = cli_main(["compare", str(grid), "--output-dir", str(output), "--jobs", "2"])
+    out = capsys.readouterr().out
+    assert code == 1  # a run failed: reported, exit status 1
+    data = json.loads((output / "comparison.json").read_text())
+    good, bad = data["settings"]
+    assert good["runs"][0]["status"] == "complete" and good["runs"][0]["cpu_seconds"] > 0
+    assert bad["runs"][0]["status"] == "failed" and "config.model" in bad["runs"][0]["error"]
+    assert data["environment"]["jobs"] == 2 and data["environment"]["threads_per_job"] >= 1
+    assert "good" in out and "1 run(s) failed" in out
+    log = (output / "logs" / "bad" / "default" / "seed0.log").read_text()
+    assert "classp-hf: error: config.model" in log
