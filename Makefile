@@ -24,8 +24,8 @@ setup: $(BIN)/.installed
 
 quickstart: setup
 	$(BIN)/classp-hf compare recipes/experiments/quickstart.yaml --output-dir $(OUTPUT_DIR) --overwrite --jobs 2
-	@echo "Smoke test: 20 steps per task on a small embedded sample, one seed. For the comparison that counts see"
-	@echo "experiment 1's table in docs/results.md (classp-hf compare recipes/experiments/fpb_imdb.yaml)."
+	@echo "Smoke test: 20 steps per task on a small embedded sample, one seed. The comparison that counts is"
+	@echo "experiment 1, classp-hf compare recipes/experiments/fpb_imdb.yaml (~2 h on 2 cores; docs/results.md)."
 
 lint: setup
 	$(BIN)/ruff check .
