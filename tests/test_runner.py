@@ -111,6 +111,7 @@ def test_results_are_complete_and_valid(finished_run):
     task = results["per_task"][0]
     assert task["steps"] == 4 and task["train_examples"] == 32 and task["seconds"] > 0
     assert 0 < task["optimizer_diagnostics"]["update_fraction"] <= 1
+    assert task["optimizer_diagnostics_scope"] == "global"
     assert results["versions"]["torch"] == torch.__version__
 
 

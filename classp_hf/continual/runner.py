@@ -293,6 +293,8 @@ class ContinualRunner:
             "eval_examples": sum(len(t.test) for t in self.tasks),
             "learning_rate": float(args.learning_rate),
             "optimizer_diagnostics": optimizer_diagnostics(self.optimizer),
+            # under FSDP and ZeRO each process sees its own shard: the main process's numbers
+            "optimizer_diagnostics_scope": "rank" if self.backend.sharded else "global",
             "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             # per-task adapters add parameters task by task: counted after each task
             "total_parameters": sum(p.numel() for p in self.model.parameters()),
