@@ -86,7 +86,7 @@ def train_file_with_label(label: str):
 
 CASES = {
     # the config's keys and values
-    "unknown key": Case(top(modle="x"), r"config\.modle: unknown key \(allowed: .*\)"),
+    "unknown key": Case(top(modle="x"), r"config\.modle: unknown key \(did you mean .model.\?\)"),
     "model_dtype": Case(top(model_dtype="fp16"), r"config\.model_dtype: expected one of float32, bfloat16, float16"),
     "max_train_samples": Case(
         task(0, max_train_samples=1.5), r"tasks\[0\] \(financial_phrasebank\)\.max_train_samples"

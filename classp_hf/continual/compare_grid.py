@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from classp_hf.continual.config import ConfigError, RunConfig, _parse_yaml, config_from_dict
+from classp_hf.continual.config import ConfigError, RunConfig, _check_keys, _expect, _parse_yaml, config_from_dict
 
 __all__ = [
     "PRESETS_RESOURCE",
@@ -65,19 +65,6 @@ _PROFILE_KEYS = {"base", "seeds", "overrides"}
 #: The optimizer of a preset that names none (method presets train with AdamW unless they say otherwise).
 DEFAULT_PRESET_OPTIMIZER = "adamw_torch"
 _MAX_SLUG = 60
-
-
-def _expect(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-def _check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    for key in data:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(allowed))})"
-            raise ConfigError(f"{where}.{key}: unknown key{hint}")
 
 
 # -- overrides ---------------------------------------------------------------------------------

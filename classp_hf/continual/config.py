@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections.abc
 import copy
 import dataclasses
+import difflib
 import enum
 import functools
 import math
@@ -373,7 +374,9 @@ def _expect(condition: bool, message: str) -> None:
 def _check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
     for key in data:
         if key not in allowed:
-            raise ConfigError(f"{where}.{key}: unknown key (allowed: {', '.join(sorted(allowed))})")
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(sorted(allowed))}"
+            raise ConfigError(f"{where}.{key}: unknown key ({hint})")
 
 
 def _positive_int(value: Any, where: str, *, allow_none: bool = True) -> int | None:
