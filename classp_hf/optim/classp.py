@@ -15,11 +15,22 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach
 
+from classp_hf.optim._rows import (
+    RowPlan,
+    compute_dtype,
+    eligible,
+    finite_magnitude,
+    kth_smallest,
+    plan_rows,
+    pow_rows,
+    quantile_cutoff,
+    relative_cutoff,
+    relative_norm,
+)
 from classp_hf.optim._sharded import is_dtensor, local_tensor, match_layout, sum_over_shards
 
 __all__ = ["CLASSP", "classp", "DEFAULT_LR", "DEFAULT_EPS", "THRESHOLD_MODES"]
@@ -38,6 +49,8 @@ STATE_KEY = "grad_sum"
 RNG_KEY = "stochastic_rounding_rng"
 #: Use the accelerator's flat-buffer mask on the CPU too (tests check both give the same result).
 _FLAT_MASK_ON_CPU = False
+#: Let :meth:`CLASSP.step` skip the rows that cannot change (tests turn it off to compare with the dense step).
+_SKIP_ROWS = True
 #: What ``threshold`` means: see :class:`CLASSP`.
 THRESHOLD_MODES = ("absolute", "relative", "quantile")
 
@@ -104,9 +117,12 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
     _check_flag("stochastic_rounding", group.get("stochastic_rounding", False))
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype CLASSP computes in, and keeps ``S`` in, for a parameter of ``dtype``."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+#: The dtype CLASSP computes in, and keeps a float ``S`` in, for a parameter of a dtype.
+_compute_dtype = compute_dtype
+#: Kept under its old name for callers and tests.
+_kth_smallest = kth_smallest
+_relative_cutoff = relative_cutoff
+_finite_magnitude = finite_magnitude
 
 
 def _check_no_quantile_on_dtensors(param_groups: list[dict[str, Any]]) -> None:
@@ -162,6 +178,12 @@ class CLASSP(Optimizer):
     Non-finite gradient elements (``nan``, ``inf``) are skipped: neither :math:`w` nor
     :math:`S` changes there, so one bad batch cannot poison the accumulated state; they are not
     counted as updated in :meth:`diagnostics`. The check needs no device synchronisation.
+
+    Rows that cannot change are skipped: on the CPU, a large 2-D tensor whose gradient rows are
+    mostly zero or masked (an embedding on a real batch: the rows of the tokens absent from it)
+    is updated on the rows that can change only, gathered and scattered back in a few kernels
+    (``index_select``/``index_copy_``). The result is bit for bit the dense update's (the relative
+    and quantile cut-offs still come from the whole tensor); see :mod:`classp_hf.optim._rows`.
 
     Precision: float64 parameters are updated in float64 with a float64 :math:`S`; every other
     dtype is updated in float32 with a float32 :math:`S` (a bfloat16 or float16 parameter is
@@ -439,6 +461,7 @@ class CLASSP(Optimizer):
                 foreach=group["foreach"],
                 cutoffs=_sharded_cutoffs(sharded_grads, group["threshold"], group["threshold_mode"]),
                 generators=self._rounding_generators(group, params),
+                skip_rows=_SKIP_ROWS,
             )
             self._last_update_counts[index] = updated
             if self._tracking:
@@ -612,6 +635,7 @@ def classp(
     foreach: bool | None = None,
     cutoffs: list[Tensor | None] | None = None,
     generators: Mapping[torch.device, torch.Generator] | None = None,
+    skip_rows: bool = True,
 ) -> Tensor:
     """Functional CLASSP: updates ``params`` and ``grad_sums`` in place.
 
@@ -629,6 +653,9 @@ def classp(
         generators (`Mapping[torch.device, torch.Generator]`, *optional*): round bfloat16 and float16
             parameters stochastically, with the generator of their device; `None` rounds to nearest.
             Parameters draw in the order of :func:`_by_device_and_dtype` on both paths.
+        skip_rows (`bool`, defaults to `True`): update only the rows that can change of large 2-D CPU
+            tensors whose gradient rows are mostly zero or masked (see :mod:`classp_hf.optim._rows`);
+            bit for bit the same result as updating them whole.
 
     Returns:
         A 0-dim tensor on the first parameter's device: the number of elements updated.
@@ -636,13 +663,20 @@ def classp(
     if foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
     impl = _multi_tensor_classp if foreach else _single_tensor_classp
-    return impl(
-        params,
-        grads,
-        grad_sums,
-        update_masks,
-        cutoffs,
+    if skip_rows:
+        plans = plan_rows(grads, threshold, threshold_mode, cutoffs, power)
+    else:
+        plans = [None] * len(params)
+    work_params, work_grads, work_sums = (_gather_rows(tensors, plans) for tensors in (params, grads, grad_sums))
+    work_masks = None if update_masks is None else _gather_rows(update_masks, plans)
+    updated = impl(
+        work_params,
+        work_grads,
+        work_sums,
+        work_masks,
+        _work_cutoffs(cutoffs, plans),
         generators,
+        plans,
         lr=lr,
         threshold=threshold,
         threshold_mode=threshold_mode,
@@ -652,40 +686,51 @@ def classp(
         weight_decay=weight_decay,
         maximize=maximize,
     )
+    _scatter_rows_(params, work_params, plans)
+    _scatter_rows_(grad_sums, work_sums, plans)
+    if update_masks is not None:
+        _scatter_rows_(update_masks, work_masks, plans)
+    return updated
 
 
-def _relative_cutoff(norm: Tensor, threshold: float, numel: int, dtype: torch.dtype) -> Tensor:
-    """``g^2 > t * mean(g^2)  <=>  |g| > sqrt(t / n) * ||g||``, from the float64 norm of the whole tensor."""
-    return (norm * math.sqrt(threshold / max(numel, 1))).to(dtype)
+def _gather_rows(tensors: list[Tensor], plans: list[RowPlan | None]) -> list[Tensor]:
+    """Each tensor itself, or a copy of the rows its plan keeps."""
+    return [tensor if plan is None else tensor.index_select(0, plan.rows) for tensor, plan in zip(tensors, plans)]
+
+
+def _scatter_rows_(tensors: list[Tensor], rows: list[Tensor], plans: list[RowPlan | None]) -> None:
+    """Writes gathered rows back into their tensors."""
+    for tensor, part, plan in zip(tensors, rows, plans):
+        if plan is not None:
+            tensor.index_copy_(0, plan.rows, part)
+
+
+def _work_cutoffs(
+    cutoffs: list[Tensor | float | None] | None, plans: list[RowPlan | None]
+) -> list[Tensor | float | None] | None:
+    """The cut-off of each tensor the update sees: a gathered tensor's is its whole tensor's."""
+    if cutoffs is None and all(plan is None for plan in plans):
+        return None
+    given = cutoffs if cutoffs is not None else [None] * len(plans)
+    return [cutoff if plan is None else plan.cutoff for cutoff, plan in zip(given, plans)]
 
 
 def _cutoff(magnitude: Tensor, threshold: float, mode: str) -> float | Tensor:
-    """The value ``|g|`` must exceed: a float (absolute mode) or a 0-dim tensor (no device sync)."""
+    """The value ``|g|`` must exceed: a float (absolute mode, or 0) or a 0-dim tensor (no device sync)."""
     if mode == "absolute":
         return math.sqrt(threshold)
     if mode == "relative":
-        # Accumulated in float64, so that CPU and CUDA (different summation orders) agree on the cut-off.
-        norm = torch.linalg.vector_norm(magnitude, dtype=torch.float64)
+        # Accumulated in float64, so that CPU and CUDA (different summation orders) agree on the cut-off;
+        # row by row for a tensor that may skip rows, so that skipping them gives the same cut-off.
+        if eligible(magnitude):
+            norm = relative_norm(magnitude)
+        else:
+            norm = torch.linalg.vector_norm(magnitude, dtype=torch.float64)
         return _relative_cutoff(norm, threshold, magnitude.numel(), magnitude.dtype)
-    numel = magnitude.numel()
-    keep = math.ceil(threshold * numel)
-    if keep >= numel:
-        return 0.0
-    return _kth_smallest(magnitude.reshape(-1), numel - keep)
+    return quantile_cutoff(magnitude, threshold, magnitude.numel())
 
 
-def _kth_smallest(values: Tensor, k: int) -> Tensor:
-    """The ``k``-th smallest element (1-based) of a 1-D tensor, as a 0-dim tensor on its device.
-
-    On the CPU, numpy's introselect (``np.partition``) picks the same element as ``torch.kthvalue`` about
-    twice as fast; elsewhere, and for dtypes numpy lacks (bfloat16), ``torch.kthvalue``.
-    """
-    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64) and not values.requires_grad:
-        return torch.from_numpy(np.partition(values.numpy(), k - 1)[k - 1 : k]).reshape(())
-    return torch.kthvalue(values, k).values
-
-
-def _apply_cutoff_(magnitude: Tensor, threshold: float, mode: str, cutoff: Tensor | None = None) -> None:
+def _apply_cutoff_(magnitude: Tensor, threshold: float, mode: str, cutoff: Tensor | float | None = None) -> None:
     """Zeroes, in place, the elements of one tensor's ``|g|`` that do not pass (``cutoff`` overrides the mode's)."""
     if threshold <= 0.0:
         return
@@ -697,14 +742,7 @@ def _apply_cutoff_(magnitude: Tensor, threshold: float, mode: str, cutoff: Tenso
         torch.threshold_(magnitude, cutoff, 0.0)
 
 
-def _finite_magnitude(grad: Tensor) -> Tensor:
-    """``|g|`` in the compute dtype (:func:`_compute_dtype`), 0 wherever ``g`` is non-finite."""
-    dtype = _compute_dtype(grad.dtype)
-    magnitude = grad.abs() if grad.dtype == dtype else grad.to(dtype).abs_()
-    return magnitude.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _masked_magnitude(grad: Tensor, threshold: float, mode: str, cutoff: Tensor | None = None) -> Tensor:
+def _masked_magnitude(grad: Tensor, threshold: float, mode: str, cutoff: Tensor | float | None = None) -> Tensor:
     """``|g|`` of one tensor in the compute dtype, 0 wherever ``g`` is non-finite or does not pass the threshold.
 
     An element passes when ``|g|`` exceeds the mode's cut-off (absolute mode: ``sqrt(threshold)``,
@@ -717,7 +755,7 @@ def _masked_magnitude(grad: Tensor, threshold: float, mode: str, cutoff: Tensor 
 
 
 def _masked_magnitudes(
-    grads: list[Tensor], threshold: float, mode: str, cutoffs: list[Tensor | None] | None
+    grads: list[Tensor], threshold: float, mode: str, cutoffs: list[Tensor | float | None] | None
 ) -> tuple[list[Tensor], Tensor | None, list[Tensor] | None]:
     """:func:`_masked_magnitude` for many tensors of one dtype, elementwise identical.
 
@@ -744,11 +782,21 @@ def _masked_magnitudes(
         if mode == "absolute":
             torch.threshold_(flat, math.sqrt(threshold), 0.0)
         else:
-            for view, cutoff in zip(flat.split(sizes), cutoffs):
-                _apply_cutoff_(view, threshold, mode, cutoff)
+            for view, grad, cutoff in zip(flat.split(sizes), grads, cutoffs):
+                _apply_cutoff_(view.view_as(grad), threshold, mode, cutoff)
     signed = torch.copysign(flat, raw, out=raw)
     shaped = [[view.view_as(grad) for view, grad in zip(buffer.split(sizes), grads)] for buffer in (flat, signed)]
     return shaped[0], flat, shaped[1]
+
+
+def _foreach_pow(tensors: list[Tensor], exponent: float, in_place: bool = False) -> list[Tensor]:
+    """``torch._foreach_pow``; on the CPU tensor by tensor with :func:`pow_rows` (the single-tensor path's bits)."""
+    if tensors and tensors[0].device.type == "cpu":
+        return [pow_rows(t, exponent, out=t if in_place else None) for t in tensors]
+    if in_place:
+        torch._foreach_pow_(tensors, exponent)
+        return tensors
+    return torch._foreach_pow(tensors, exponent)
 
 
 #: Integer dtypes of the same width as the float dtypes CLASSP computes in.
@@ -769,19 +817,27 @@ def _signed_denominator_(denom: Tensor, grad: Tensor) -> Tensor:
     return torch.copysign(denom, grad, out=denom)
 
 
-def _round_to_bfloat16_stochastically_(param: Tensor, weight: Tensor, generator: torch.Generator) -> None:
+def _round_to_bfloat16_stochastically_(
+    param: Tensor, weight: Tensor, generator: torch.Generator, plan: RowPlan | None = None
+) -> None:
     """Writes float32 ``weight`` (overwritten) into bfloat16 ``param``, rounding stochastically.
 
     bfloat16 is float32 without its 16 low mantissa bits: adding 16 uniform random bits to the
     integer view and truncating rounds the magnitude up with probability equal to the discarded
     fraction (exactly unbiased). A value already representable in bfloat16 is left unchanged.
     """
-    noise = torch.randint(0, 1 << 16, weight.shape, generator=generator, device=weight.device, dtype=torch.int32)
+    noise = _rounding_noise(
+        lambda shape: torch.randint(0, 1 << 16, shape, generator=generator, device=weight.device, dtype=torch.int32),
+        weight.shape,
+        plan,
+    )
     weight.view(torch.int32).add_(noise).bitwise_and_(-(1 << 16))
     param.copy_(weight)
 
 
-def _round_to_float16_stochastically_(param: Tensor, weight: Tensor, generator: torch.Generator) -> None:
+def _round_to_float16_stochastically_(
+    param: Tensor, weight: Tensor, generator: torch.Generator, plan: RowPlan | None = None
+) -> None:
     """Writes float32 ``weight`` into float16 ``param``, rounding stochastically between its two neighbours.
 
     float16's range and subnormals differ from float32's, so the neighbours come from the integer
@@ -794,7 +850,10 @@ def _round_to_float16_stochastically_(param: Tensor, weight: Tensor, generator: 
     low = toward_zero.view(torch.float16).float().abs()
     high = (toward_zero + 1).view(torch.float16).float().abs()
     fraction = (weight.abs() - low).div_(high - low)
-    away = torch.rand(weight.shape, generator=generator, device=weight.device) < fraction
+    noise = _rounding_noise(
+        lambda shape: torch.rand(shape, generator=generator, device=weight.device), weight.shape, plan
+    )
+    away = noise < fraction
     param.copy_(toward_zero.add_(away).view(torch.float16))
 
 
@@ -805,15 +864,29 @@ _STOCHASTIC_ROUNDERS = {
 
 
 def _write_back(
-    params: list[Tensor], weights: list[Tensor], generators: Mapping[torch.device, torch.Generator] | None
+    params: list[Tensor],
+    weights: list[Tensor],
+    generators: Mapping[torch.device, torch.Generator] | None,
+    plans: list[RowPlan | None],
 ) -> None:
-    """Copies the updated ``weights`` (the compute dtype) into low-precision ``params`` of one dtype."""
+    """Copies the updated ``weights`` (the compute dtype) into low-precision ``params`` of one dtype.
+
+    A tensor gathered from some rows (``plans``) draws its stochastic-rounding noise for the whole
+    tensor and keeps those rows' share, so that it rounds as the dense step would.
+    """
     rounder = _STOCHASTIC_ROUNDERS.get(params[0].dtype) if generators is not None else None
     if rounder is None:
         torch._foreach_copy_(params, weights)
         return
-    for param, weight in zip(params, weights, strict=True):
-        rounder(param, weight, generators[param.device])
+    for param, weight, plan in zip(params, weights, plans, strict=True):
+        rounder(param, weight, generators[param.device], plan)
+
+
+def _rounding_noise(draw: Callable[[tuple[int, ...]], Tensor], shape: torch.Size, plan: RowPlan | None) -> Tensor:
+    """Noise for a tensor of ``shape``: drawn for the whole tensor, and only the rows of ``plan`` kept."""
+    if plan is None:
+        return draw(tuple(shape))
+    return draw((plan.num_rows, *shape[1:])).index_select(0, plan.rows)
 
 
 def _by_device_and_dtype(tensors: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
@@ -829,8 +902,9 @@ def _single_tensor_classp(
     grads: list[Tensor],
     grad_sums: list[Tensor],
     update_masks: list[Tensor] | None,
-    cutoffs: list[Tensor | None] | None,
+    cutoffs: list[Tensor | float | None] | None,
     generators: Mapping[torch.device, torch.Generator] | None,
+    plans: list[RowPlan | None],
     *,
     lr: float,
     threshold: float,
@@ -856,18 +930,18 @@ def _single_tensor_classp(
         if power == 2.0:
             grad_sum.addcmul_(magnitude, magnitude)
         else:
-            grad_sum.add_(magnitude if power == 1.0 else magnitude.pow(power))
+            grad_sum.add_(magnitude if power == 1.0 else pow_rows(magnitude, power))
         if apply_decay:
             denom = grad_sum.add(eps)
             if power == 2.0:
                 denom.sqrt_()
             elif power != 1.0:
-                denom.pow_(1.0 / power)
+                pow_rows(denom, 1.0 / power, out=denom)
         else:
             denom = torch.ones_like(magnitude)
         weight.addcdiv_(magnitude, _signed_denominator_(denom, grad), value=step_size)
         if weight is not param:
-            _write_back([param], [weight], generators)
+            _write_back([param], [weight], generators, [plans[index]])
     return updated
 
 
@@ -901,8 +975,9 @@ def _multi_tensor_classp(
     grads: list[Tensor],
     grad_sums: list[Tensor],
     update_masks: list[Tensor] | None,
-    cutoffs: list[Tensor | None] | None,
+    cutoffs: list[Tensor | float | None] | None,
     generators: Mapping[torch.device, torch.Generator] | None,
+    plans: list[RowPlan | None],
     *,
     lr: float,
     threshold: float,
@@ -940,13 +1015,13 @@ def _multi_tensor_classp(
         elif power == 1.0:
             torch._foreach_add_(device_sums, magnitudes)
         else:
-            torch._foreach_add_(device_sums, torch._foreach_pow(magnitudes, power))
+            torch._foreach_add_(device_sums, _foreach_pow(magnitudes, power))
         if apply_decay:
             denoms = torch._foreach_add(device_sums, eps)
             if power == 2.0:
                 torch._foreach_sqrt_(denoms)
             elif power != 1.0:
-                torch._foreach_pow_(denoms, 1.0 / power)
+                _foreach_pow(denoms, 1.0 / power, in_place=True)
         else:
             denoms = [torch.ones_like(m) for m in magnitudes]
         if signed is not None:  # the sign is on the numerator: the same quotient, bit for bit
@@ -956,5 +1031,5 @@ def _multi_tensor_classp(
                 _signed_denominator_(denom, grad)
             torch._foreach_addcdiv_(weights, magnitudes, denoms, value=step_size)
         if weights is not device_params:
-            _write_back(device_params, weights, generators)
+            _write_back(device_params, weights, generators, [plans[i] for i in indices])
     return updated
