@@ -112,8 +112,8 @@ def _classp_factory(cls: type[CLASSP] = CLASSP, **kwargs: Any) -> Callable[[list
 
 
 def classp_specs(threshold: float = DEFAULT_THRESHOLD) -> list[OptimizerSpec]:
-    """CLASSP's rows: every path (single-tensor, foreach, fused) in every threshold mode, and the dense
-    (no row skipping) foreach step at threshold 0."""
+    """CLASSP's rows: every path (single-tensor, foreach, fused: compiled at its first, untimed step) in every
+    threshold mode, and the dense (no row skipping) foreach step at threshold 0."""
     modes = [
         ("", "threshold 0", dict(threshold=0.0)),
         ("_absolute", f"absolute {threshold:g}", dict(threshold=threshold)),
@@ -124,13 +124,18 @@ def classp_specs(threshold: float = DEFAULT_THRESHOLD) -> list[OptimizerSpec]:
         ),
         ("_quantile", f"quantile {QUANTILE_FRACTION:g}", dict(threshold=QUANTILE_FRACTION, threshold_mode="quantile")),
     ]
-    paths = [("single", "single-tensor", dict(foreach=False)), ("foreach", "foreach", dict(foreach=True))]
+    paths = [
+        ("single", "single-tensor", dict(foreach=False)),
+        ("foreach", "foreach", dict(foreach=True)),
+        ("fused", "fused", dict(fused=True)),
+    ]
     specs = [
         OptimizerSpec(
             f"classp_{path}{suffix}",
             f"CLASSP {path_label}, {mode_label}",
             _classp_factory(**path_kwargs, **mode_kwargs),
             mode_kwargs["threshold"],
+            compiles=path == "fused",
         )
         for path, path_label, path_kwargs in paths
         for suffix, mode_label, mode_kwargs in modes

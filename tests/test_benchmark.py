@@ -166,8 +166,12 @@ def test_memory_groups_keep_the_baseline_in_every_group(bench: ModuleType) -> No
 
 
 def test_every_path_and_mode_is_listed(bench: ModuleType) -> None:
-    names = {spec.name for spec in bench.optimizer_specs(torch.device("cpu"))}
-    assert CLASSP_ROWS | BASELINE_ROWS <= names
+    specs = {spec.name: spec for spec in bench.optimizer_specs(torch.device("cpu"))}
+    fused = {f"classp_fused{mode}" for mode in MODES}
+    assert CLASSP_ROWS | BASELINE_ROWS | fused <= set(specs)
+    assert {name for name, spec in specs.items() if spec.compiles} == fused
+    optimizer = specs["classp_fused_relative"].factory([torch.nn.Parameter(torch.zeros(2))])
+    assert optimizer.param_groups[0]["fused"] is True and optimizer.param_groups[0]["threshold_mode"] == "relative"
 
 
 def test_real_batch_comes_from_the_embedded_sample() -> None:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach
 
+from classp_hf.optim import _fused
 from classp_hf.optim._rows import (
     RowPlan,
     compute_dtype,
@@ -93,7 +94,7 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
 
     Args:
         group (`dict`): holds ``lr``, ``threshold``, ``threshold_mode``, ``power``, ``eps``, ``weight_decay``,
-            ``apply_decay``, ``foreach``, ``maximize`` and ``stochastic_rounding``.
+            ``apply_decay``, ``foreach``, ``fused``, ``maximize`` and ``stochastic_rounding``.
 
     Raises:
         ValueError: naming the first invalid hyperparameter.
@@ -114,6 +115,9 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
     _check_flag("apply_decay", group["apply_decay"])
     _check_flag("maximize", group["maximize"])
     _check_flag("foreach", group["foreach"], allow_none=True)
+    _check_flag("fused", group.get("fused"), allow_none=True)
+    if group.get("fused") and group["foreach"]:
+        raise ValueError("Invalid fused value: fused=True and foreach=True are exclusive (pick one path)")
     _check_flag("stochastic_rounding", group.get("stochastic_rounding", False))
 
 
@@ -228,6 +232,12 @@ class CLASSP(Optimizer):
             AdamW, applied only to elements that pass the mask.
         foreach (`bool`, *optional*): use the multi-tensor (``torch._foreach_*``) path. By
             default chosen as torch.optim chooses it: on for CUDA tensors, off on CPU.
+        fused (`bool`, *optional*): use the compiled path (opt-in; not with ``foreach=True``): each
+            tensor's update is one kernel made by ``torch.compile`` (C++ through inductor on the CPU,
+            which needs a C++ compiler; Triton on CUDA), compiled at the first step for flat tensors of
+            any length. The learning rate, weight decay, eps, power and threshold are passed to it as
+            0-dim tensors, so a learning-rate schedule does not recompile it. Equal to the foreach path
+            up to float rounding (the compiler may fuse or reorder operations).
         maximize (`bool`, defaults to `False`): maximize the objective instead of minimizing.
         stochastic_rounding (`bool`, defaults to `False`): round the float32 result of the update
             of a bfloat16 or float16 parameter stochastically (up with probability equal to the
@@ -271,6 +281,7 @@ class CLASSP(Optimizer):
         threshold_mode: str = "absolute",
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
         maximize: bool = False,
         stochastic_rounding: bool = False,
         seed: int = 0,
@@ -284,6 +295,7 @@ class CLASSP(Optimizer):
             apply_decay=apply_decay,
             weight_decay=weight_decay,
             foreach=foreach,
+            fused=fused,
             maximize=maximize,
             stochastic_rounding=stochastic_rounding,
         )
@@ -321,6 +333,7 @@ class CLASSP(Optimizer):
         for group in self.param_groups:
             group.setdefault("threshold_mode", "absolute")
             group.setdefault("foreach", None)
+            group.setdefault("fused", None)
             group.setdefault("maximize", False)
             group.setdefault("apply_decay", True)
             group.setdefault("weight_decay", 0.0)
@@ -459,6 +472,7 @@ class CLASSP(Optimizer):
                 weight_decay=group["weight_decay"],
                 maximize=group["maximize"],
                 foreach=group["foreach"],
+                fused=bool(group["fused"]),
                 cutoffs=_sharded_cutoffs(sharded_grads, group["threshold"], group["threshold_mode"]),
                 generators=self._rounding_generators(group, params),
                 skip_rows=_SKIP_ROWS,
@@ -633,6 +647,7 @@ def classp(
     threshold_mode: str = "absolute",
     update_masks: list[Tensor] | None = None,
     foreach: bool | None = None,
+    fused: bool = False,
     cutoffs: list[Tensor | None] | None = None,
     generators: Mapping[torch.device, torch.Generator] | None = None,
     skip_rows: bool = True,
@@ -647,6 +662,7 @@ def classp(
             :class:`CLASSP`.
         update_masks (`list[Tensor]`, *optional*): bool tensors, or-ed with the elements updated.
         foreach (`bool`, *optional*): use the multi-tensor path; `None` chooses as torch.optim.
+        fused (`bool`, defaults to `False`): use the compiled path (see :class:`CLASSP`).
         cutoffs (`list`, *optional*): per tensor, a 0-dim tensor that ``|g|`` must exceed instead of
             the one ``threshold_mode`` computes from the tensor itself, or `None` (used for shards,
             whose relative-mode cut-off comes from the whole tensor).
@@ -660,9 +676,11 @@ def classp(
     Returns:
         A 0-dim tensor on the first parameter's device: the number of elements updated.
     """
-    if foreach is None:
+    if fused and foreach:
+        raise ValueError("Invalid fused value: fused=True and foreach=True are exclusive (pick one path)")
+    if foreach is None and not fused:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
-    impl = _multi_tensor_classp if foreach else _single_tensor_classp
+    impl = _fused_classp if fused else _multi_tensor_classp if foreach else _single_tensor_classp
     if skip_rows:
         plans = plan_rows(grads, threshold, threshold_mode, cutoffs, power)
     else:
@@ -1035,3 +1053,110 @@ def _multi_tensor_classp(
         if weights is not device_params:
             _write_back(device_params, weights, generators, [plans[i] for i in indices])
     return updated
+
+
+def _fused_cutoff(
+    grad: Tensor, threshold: float, mode: str, given: Tensor | float | None, dtype: torch.dtype
+) -> Tensor:
+    """The cut-off the fused kernel compares ``|g|`` with, as a 0-dim tensor: the one the other paths use."""
+    if threshold <= 0.0:
+        cutoff: Tensor | float = 0.0
+    elif given is not None:
+        cutoff = given
+    elif mode == "absolute":
+        cutoff = math.sqrt(threshold)
+    else:
+        cutoff = _cutoff(_finite_magnitude(grad), threshold, mode)
+    return torch.as_tensor(cutoff, dtype=dtype, device=grad.device)
+
+
+def _flat_alias(tensor: Tensor) -> Tensor:
+    """A 1-D tensor on ``tensor``'s memory that is not a view (``torch.compile`` guards on a view's base, whose
+    shape differs from tensor to tensor, and would recompile)."""
+    alias = tensor.new_empty(0)
+    return alias.set_(tensor.untyped_storage(), tensor.storage_offset(), (tensor.numel(),), (1,))
+
+
+def _fusable(*tensors: Tensor | None) -> bool:
+    """Whether the tensors can be seen as flat views (the fused kernel writes through them)."""
+    return all(t is None or t.is_contiguous() for t in tensors)
+
+
+def _fused_classp(
+    params: list[Tensor],
+    grads: list[Tensor],
+    grad_sums: list[Tensor],
+    update_masks: list[Tensor] | None,
+    cutoffs: list[Tensor | float | None] | None,
+    generators: Mapping[torch.device, torch.Generator] | None,
+    plans: list[RowPlan | None],
+    *,
+    lr: float,
+    threshold: float,
+    threshold_mode: str,
+    power: float,
+    eps: float,
+    apply_decay: bool,
+    weight_decay: float,
+    maximize: bool,
+) -> Tensor:
+    """The compiled path: one :func:`~classp_hf.optim._fused.fused_update` kernel per tensor, in the
+    other paths' order (so stochastic rounding draws alike); a non-contiguous tensor takes the single-tensor
+    path."""
+    hyperparameters = dict(
+        lr=lr,
+        threshold=threshold,
+        threshold_mode=threshold_mode,
+        power=power,
+        eps=eps,
+        apply_decay=apply_decay,
+        weight_decay=weight_decay,
+        maximize=maximize,
+    )
+    update = _fused.compiled_update()
+    device = params[0].device
+    counts = []
+    for (param_device, _), indices in _by_device_and_dtype(params).items():
+        dtype = grad_sums[indices[0]].dtype
+        scalars = [torch.tensor(value, dtype=dtype, device=param_device) for value in (lr, weight_decay, eps, power)]
+        rounder = _STOCHASTIC_ROUNDERS.get(params[indices[0]].dtype) if generators is not None else None
+        for index in indices:
+            param, grad, grad_sum, plan = params[index], grads[index], grad_sums[index], plans[index]
+            mask = None if update_masks is None else update_masks[index]
+            given = None if cutoffs is None else cutoffs[index]
+            if not _fusable(param, grad, grad_sum, mask):
+                counts.append(
+                    _single_tensor_classp(
+                        [param],
+                        [grad],
+                        [grad_sum],
+                        None if mask is None else [mask],
+                        [given],
+                        generators,
+                        [plan],
+                        **hyperparameters,
+                    ).to(device)
+                )
+                continue
+            if param.numel() == 0:  # nothing to update; a gathered tensor still draws its whole tensor's noise
+                if rounder is not None:
+                    rounder(param, param.to(dtype), generators[param_device], plan)
+                continue
+            count, weight = update(
+                _flat_alias(param.detach()),
+                _flat_alias(grad.detach()),
+                _flat_alias(grad_sum),
+                None if mask is None else _flat_alias(mask),
+                *scalars,
+                _fused_cutoff(grad, threshold, threshold_mode, given, dtype),
+                kind=_fused.power_kind(power),
+                apply_decay=apply_decay,
+                maximize=maximize,
+                write_weight=rounder is None,
+            )
+            if weight is not None:
+                rounder(param, weight.view_as(param), generators[param_device], plan)
+            counts.append(count.to(device))
+    if not counts:
+        return torch.zeros((), dtype=torch.int64, device=device)
+    return torch.stack(counts).sum()

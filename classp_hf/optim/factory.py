@@ -483,6 +483,7 @@ register_optimizer(
         "apply_decay": bool,
         "stochastic_rounding": bool,
         "seed": int,
+        "fused": bool,
         **_COMMON,
     },
 )
