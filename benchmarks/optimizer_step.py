@@ -113,7 +113,8 @@ def _classp_factory(cls: type[CLASSP] = CLASSP, **kwargs: Any) -> Callable[[list
 
 def classp_specs(threshold: float = DEFAULT_THRESHOLD) -> list[OptimizerSpec]:
     """CLASSP's rows: every path (single-tensor, foreach, fused: compiled at its first, untimed step) in every
-    threshold mode, and the dense (no row skipping) foreach step at threshold 0."""
+    threshold mode, the foreach and fused paths with S in bfloat16 and 8 bits, and the dense (no row
+    skipping) foreach step at threshold 0."""
     modes = [
         ("", "threshold 0", dict(threshold=0.0)),
         ("_absolute", f"absolute {threshold:g}", dict(threshold=threshold)),
@@ -140,6 +141,18 @@ def classp_specs(threshold: float = DEFAULT_THRESHOLD) -> list[OptimizerSpec]:
         for path, path_label, path_kwargs in paths
         for suffix, mode_label, mode_kwargs in modes
     ]
+    for path, path_kwargs, compiles in (("foreach", dict(foreach=True), False), ("fused", dict(fused=True), True)):
+        for state_dtype, nbytes in (("bfloat16", 2.0), ("8bit", 1.02)):
+            specs.append(
+                OptimizerSpec(
+                    f"classp_{path}_{state_dtype}",
+                    f"CLASSP {path}, threshold 0, {state_dtype} S",
+                    _classp_factory(**path_kwargs, threshold=0.0, state_dtype=state_dtype),
+                    0.0,
+                    nbytes,
+                    compiles,
+                )
+            )
     specs.append(
         OptimizerSpec(
             "classp_foreach_dense",

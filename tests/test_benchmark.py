@@ -16,7 +16,12 @@ import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 MODES = ("", "_absolute", "_relative", "_quantile")
-CLASSP_ROWS = {f"classp_{path}{mode}" for path in ("single", "foreach") for mode in MODES} | {"classp_foreach_dense"}
+CLASSP_ROWS = {f"classp_{path}{mode}" for path in ("single", "foreach") for mode in MODES} | {
+    "classp_foreach_dense",
+    "classp_foreach_bfloat16",
+    "classp_foreach_8bit",
+}
+FLOAT32_STATE_ROWS = CLASSP_ROWS - {"classp_foreach_bfloat16", "classp_foreach_8bit"}
 BASELINE_ROWS = {"adagrad_foreach", "adamw_foreach", "sgd_foreach"}
 
 
@@ -87,8 +92,12 @@ def test_quick_state_bytes_per_parameter(quick_result: dict[str, Any]) -> None:
     rows = _rows(quick_result)
     num_params, num_tensors = rows["sgd_foreach"]["num_params"], rows["sgd_foreach"]["num_tensors"]
     assert num_params == 22_714_371  # all-MiniLM-L6-v2 with a 3-label head
-    for name in CLASSP_ROWS:
+    for name in FLOAT32_STATE_ROWS:
         assert rows[name]["state_bytes_per_param"] == 4.0  # one float32 grad_sum per parameter
+    assert rows["classp_foreach_bfloat16"]["state_bytes_per_param"] == 2.0
+    # 8 bits: one code per element (MiniLM's rows of 384 and 1536 elements need no padding; its vectors pad at most
+    # one element per block) plus a float32 scale per block of at most 256.
+    assert 1.0 < rows["classp_foreach_8bit"]["state_bytes_per_param"] < 1.0 + 4 / 180
     # Adagrad: a float32 sum per parameter plus a 0-dim float32 step tensor per parameter tensor.
     assert rows["adagrad_foreach"]["state_bytes_per_param"] == pytest.approx(4.0 + 4 * num_tensors / num_params)
     assert 8.0 < rows["adamw_foreach"]["state_bytes_per_param"] < 8.001
@@ -105,7 +114,8 @@ def test_quick_update_fractions_on_real_gradients(quick_result: dict[str, Any]) 
     assert rows["classp_single"]["update_fraction"] == pytest.approx(1.0 - zero_fraction, abs=1e-12)
     for mode in MODES:
         assert rows[f"classp_foreach{mode}"]["update_fraction"] == rows[f"classp_single{mode}"]["update_fraction"]
-    assert rows["classp_foreach_dense"]["update_fraction"] == rows["classp_foreach"]["update_fraction"]
+    for name in ("classp_foreach_dense", "classp_foreach_bfloat16", "classp_foreach_8bit"):
+        assert rows[name]["update_fraction"] == rows["classp_foreach"]["update_fraction"]
     assert 0.0 < rows["classp_single_absolute"]["update_fraction"] < rows["classp_single"]["update_fraction"]
     assert 0.0 < rows["classp_single_relative"]["update_fraction"] < rows["classp_single"]["update_fraction"]
     assert 0.0 < rows["classp_single_quantile"]["update_fraction"] <= 0.1 + 1e-4  # ceil() per tensor
@@ -167,7 +177,7 @@ def test_memory_groups_keep_the_baseline_in_every_group(bench: ModuleType) -> No
 
 def test_every_path_and_mode_is_listed(bench: ModuleType) -> None:
     specs = {spec.name: spec for spec in bench.optimizer_specs(torch.device("cpu"))}
-    fused = {f"classp_fused{mode}" for mode in MODES}
+    fused = {f"classp_fused{mode}" for mode in MODES} | {"classp_fused_bfloat16", "classp_fused_8bit"}
     assert CLASSP_ROWS | BASELINE_ROWS | fused <= set(specs)
     assert {name for name, spec in specs.items() if spec.compiles} == fused
     optimizer = specs["classp_fused_relative"].factory([torch.nn.Parameter(torch.zeros(2))])

@@ -33,8 +33,16 @@ from classp_hf.optim._rows import (
     relative_norm,
 )
 from classp_hf.optim._sharded import is_dtensor, local_tensor, match_layout, sum_over_shards
+from classp_hf.optim._state import (
+    CODES_KEY,
+    SCALES_KEY,
+    STATE_DTYPES,
+    EncodedSum,
+    block_layout,
+    stored_format,
+)
 
-__all__ = ["CLASSP", "classp", "DEFAULT_LR", "DEFAULT_EPS", "THRESHOLD_MODES"]
+__all__ = ["CLASSP", "classp", "DEFAULT_LR", "DEFAULT_EPS", "THRESHOLD_MODES", "STATE_DTYPES"]
 
 #: Default learning rate: with ``power=1`` the first step on a weight is about ``lr * sign(g)``,
 #: so ``lr`` behaves like Adam's step size. 1e-3 fine-tunes MiniLM; see ``docs/hyperparameters.md``.
@@ -94,7 +102,7 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
 
     Args:
         group (`dict`): holds ``lr``, ``threshold``, ``threshold_mode``, ``power``, ``eps``, ``weight_decay``,
-            ``apply_decay``, ``foreach``, ``fused``, ``maximize`` and ``stochastic_rounding``.
+            ``apply_decay``, ``foreach``, ``fused``, ``maximize``, ``stochastic_rounding`` and ``state_dtype``.
 
     Raises:
         ValueError: naming the first invalid hyperparameter.
@@ -119,6 +127,9 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
     if group.get("fused") and group["foreach"]:
         raise ValueError("Invalid fused value: fused=True and foreach=True are exclusive (pick one path)")
     _check_flag("stochastic_rounding", group.get("stochastic_rounding", False))
+    state_dtype = group.get("state_dtype", "float32")
+    if state_dtype not in STATE_DTYPES:
+        raise ValueError(f"Invalid state_dtype value: {state_dtype!r} (one of {', '.join(STATE_DTYPES)})")
 
 
 #: The dtype CLASSP computes in, and keeps a float ``S`` in, for a parameter of a dtype.
@@ -202,7 +213,8 @@ class CLASSP(Optimizer):
     runs on each rank's local shard. ``"absolute"`` mode gives exactly the unsharded result;
     ``"relative"`` mode all-reduces each tensor's sum of :math:`g^2` (float64) over the shards, so
     it matches the unsharded cut-off up to summation order; ``"quantile"`` mode is refused at the
-    first step. ``set_optimizer_state_dict`` makes a new optimizer's state with a zero-gradient
+    first step; a low-precision ``state_dtype`` is refused at the first step (float32 only).
+    ``set_optimizer_state_dict`` makes a new optimizer's state with a zero-gradient
     step, which it skips while any parameter has a gradient: zero them (``set_to_none=True``)
     first. Under DeepSpeed ZeRO the optimizer sees each rank's flat float32 partition of all
     parameters as one tensor: ``"absolute"`` mode is exact, but ``"relative"`` and ``"quantile"``
@@ -251,16 +263,29 @@ class CLASSP(Optimizer):
             rounds as an uninterrupted one. Every data-parallel (DDP) rank with the same seed draws
             the same stream, which keeps replicated weights identical; FSDP2 ranks draw the same
             stream for different shards.
+        state_dtype (`str`, defaults to ``"float32"``): how :math:`S` is stored: ``"float32"`` (float64
+            for a float64 parameter), ``"bfloat16"`` (2 bytes per element) or ``"8bit"`` (block-wise,
+            about 1 byte per element plus a float32 scale per block of at most 256 elements of a row, a
+            4-bit-exponent 4-bit-mantissa code; see :mod:`classp_hf.optim._state`). A low-precision
+            :math:`S` is decoded for each step (the update computes in float32) and rounded back
+            stochastically with the seeded generator of ``seed`` (so that the many increments far below
+            its rounding step still add up: rounding to nearest would freeze it); the generator's state
+            is saved with the optimizer's. Not with FSDP (DTensor) parameters.
 
     State:
-        ``grad_sum``: :math:`S`, one tensor per parameter, created at the parameter's first step
-        with a gradient (a parameter that never had one has no state and counts as :math:`S=0`).
-        It is float64 for a float64 parameter and float32 for any other dtype (kept so by
-        :meth:`load_state_dict`), and a DTensor with the parameter's placements for a DTensor.
-        With stochastic rounding, :meth:`state_dict` also holds the generators' states under
-        the top-level key ``"stochastic_rounding_rng"`` (device name to ``uint8`` tensor; plain
-        tensors, loadable with ``torch.load(weights_only=True)``). ``torch.distributed.checkpoint``
-        keeps only ``state`` and ``param_groups``: a run resumed through it draws a new stream.
+        :math:`S`, per parameter, created at the parameter's first step with a gradient (a parameter
+        that never had one has no state and counts as :math:`S=0`); :meth:`grad_sum` gives it as a
+        float tensor in every format. With ``state_dtype="float32"``, ``grad_sum``: float64 for a
+        float64 parameter and float32 for any other dtype, a DTensor with the parameter's placements
+        for a DTensor. With ``"bfloat16"``, ``grad_sum`` in bfloat16. With ``"8bit"``,
+        ``grad_sum_codes`` (uint8, rows of the last dimension in blocks) and ``grad_sum_scales``
+        (float32, one power of two per block). :meth:`load_state_dict` keeps each format (and a group
+        whose ``state_dtype`` changes converts its state at the next step). With stochastic rounding
+        (of the weights or of a low-precision :math:`S`), :meth:`state_dict` also holds the
+        generators' states under the top-level key ``"stochastic_rounding_rng"`` (device name to
+        ``uint8`` tensor; plain tensors, loadable with ``torch.load(weights_only=True)``).
+        ``torch.distributed.checkpoint`` keeps only ``state`` and ``param_groups``: a run resumed
+        through it draws a new stream.
 
     Example:
         >>> optimizer = CLASSP(model.parameters(), lr=1e-3)
@@ -285,6 +310,7 @@ class CLASSP(Optimizer):
         maximize: bool = False,
         stochastic_rounding: bool = False,
         seed: int = 0,
+        state_dtype: str = "float32",
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -298,6 +324,7 @@ class CLASSP(Optimizer):
             fused=fused,
             maximize=maximize,
             stochastic_rounding=stochastic_rounding,
+            state_dtype=state_dtype,
         )
         validate_hyperparameters(defaults)
         self._seed = _check_seed(seed)
@@ -338,17 +365,69 @@ class CLASSP(Optimizer):
             group.setdefault("apply_decay", True)
             group.setdefault("weight_decay", 0.0)
             group.setdefault("stochastic_rounding", self.defaults.get("stochastic_rounding", False))
+            group.setdefault("state_dtype", "float32")
 
-    def _grad_sum(self, p: Tensor) -> Tensor:
-        """``S`` of ``p``, created (zeros, laid out as ``p``) at its first step or moved to ``p``'s device."""
+    def _grad_sum(self, p: Tensor, state_dtype: str = "float32") -> Tensor | EncodedSum:
+        """``S`` of ``p`` for a step: the local float tensor, or an :class:`EncodedSum` (bfloat16 or 8-bit).
+
+        Made (zeros, laid out as ``p``) at ``p``'s first step, moved to ``p``'s device if the model moved,
+        and converted if it is stored in another format than ``state_dtype``.
+
+        Raises:
+            ValueError: for a low-precision ``state_dtype`` on a DTensor (FSDP) parameter.
+        """
+        if state_dtype != "float32" and is_dtensor(p):
+            raise ValueError(
+                f"Invalid state_dtype value: {state_dtype!r} is not supported with FSDP (DTensor) parameters; "
+                "use 'float32'"
+            )
         state = self.state[p]
-        grad_sum = state.get(STATE_KEY)
-        if grad_sum is None:
-            grad_sum = torch.zeros_like(p, dtype=_compute_dtype(p.dtype), memory_format=torch.preserve_format)
-            state[STATE_KEY] = grad_sum
-        elif grad_sum.device != p.device:  # the model moved after the state was made
-            grad_sum = state[STATE_KEY] = grad_sum.to(p.device)
-        return grad_sum
+        local = local_tensor(p)
+        stored = stored_format(state)
+        if stored is None:
+            if state_dtype == "float32":
+                state[STATE_KEY] = torch.zeros_like(
+                    p, dtype=_compute_dtype(p.dtype), memory_format=torch.preserve_format
+                )
+            else:
+                state.update(EncodedSum.zeros(state_dtype, local))
+        elif stored != state_dtype:
+            self._convert_state(p, stored, state_dtype)
+        else:
+            for key in (STATE_KEY, CODES_KEY, SCALES_KEY):
+                if key in state and state[key].device != p.device:  # the model moved after the state was made
+                    state[key] = state[key].to(p.device)
+        if state_dtype == "float32":
+            return local_tensor(state[STATE_KEY])
+        return EncodedSum(state, state_dtype, local.shape, _compute_dtype(p.dtype), self._generator(local.device))
+
+    def _convert_state(self, p: Tensor, stored: str, state_dtype: str) -> None:
+        """Re-stores ``p``'s ``S`` in ``state_dtype`` (rounding stochastically into a low-precision format)."""
+        state = self.state[p]
+        values = self.grad_sum(p).to(device=p.device, dtype=_compute_dtype(p.dtype))
+        for key in (STATE_KEY, CODES_KEY, SCALES_KEY):
+            state.pop(key, None)
+        if state_dtype == "float32":
+            state[STATE_KEY] = values
+        else:
+            state.update(EncodedSum.encode(state_dtype, values, self._generator(p.device)))
+
+    def grad_sum(self, param: Tensor) -> Tensor | None:
+        """The accumulated :math:`S` of a parameter as a float tensor, or `None` before its first gradient.
+
+        The state tensor itself when ``S`` is kept in float32 (float64 for a float64 parameter; a DTensor
+        for a DTensor parameter); a decoded copy (float32) when it is kept in bfloat16 or 8 bits.
+
+        Args:
+            param (`Tensor`): one of the optimizer's parameters.
+        """
+        state = self.state.get(param, {})
+        stored = stored_format(state)
+        if stored is None:
+            return None
+        if stored == "float32":
+            return state[STATE_KEY]
+        return EncodedSum(state, stored, local_tensor(param).shape, _compute_dtype(param.dtype)).decode()
 
     def _generator(self, device: torch.device) -> torch.Generator:
         """The stochastic-rounding generator of ``device``: restored from a loaded state, else seeded."""
@@ -383,41 +462,39 @@ class CLASSP(Optimizer):
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Loads the optimizer state, keeping ``grad_sum`` in float32 (float64 for float64 parameters).
+        """Loads the optimizer state, keeping :math:`S` in the format it was saved in.
 
-        :class:`torch.optim.Optimizer` casts floating-point state to each parameter's dtype;
-        for a bfloat16 parameter that would round :math:`S` to 8 bits of mantissa. The state is
-        moved to each parameter's device and layout (sharded like a DTensor parameter) and kept in
-        float32, or float64 for a float64 parameter, instead. Saved stochastic-rounding generator
-        states replace the current ones (without any, the generators restart from ``seed``).
+        :class:`torch.optim.Optimizer` casts floating-point state to each parameter's dtype; for a
+        bfloat16 parameter that would round a float32 :math:`S` to 8 bits of mantissa. Instead, the
+        state is moved to each parameter's device and layout (sharded like a DTensor parameter) and
+        keeps its format: a float ``grad_sum`` stays in float32 (float64 for a float64 parameter), a
+        bfloat16 one (``state_dtype="bfloat16"``) in bfloat16, and the 8-bit codes and scales as they
+        are. A group whose ``state_dtype`` differs from the format of its loaded state converts it at
+        its next step. Saved stochastic-rounding generator states replace the current ones (without
+        any, the generators restart from ``seed``).
 
         Args:
             state_dict (`dict`): as returned by :meth:`state_dict`.
 
         Raises:
-            ValueError: if the dict is malformed, a ``grad_sum`` tensor's shape does not match its
-                parameter, or a generator state is not a tensor.
+            ValueError: if the dict is malformed, a state tensor's shape does not match its parameter,
+                or a generator state is not a tensor.
         """
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
             raise ValueError("Invalid CLASSP state_dict: expected a dict with 'state' and 'param_groups'")
         rng_states = _checked_rng_states(state_dict.get(RNG_KEY, {}))
         states = {key: dict(value) for key, value in state_dict["state"].items()}
-        held_back = {key: value.pop(STATE_KEY) for key, value in states.items() if STATE_KEY in value}
+        held_back = {
+            key: {name: value.pop(name) for name in (STATE_KEY, CODES_KEY, SCALES_KEY) if name in value}
+            for key, value in states.items()
+        }
         plain = {key: value for key, value in state_dict.items() if key != RNG_KEY}
         super().load_state_dict({**plain, "state": states})
         saved_ids = [pid for group in state_dict["param_groups"] for pid in group["params"]]
         params = [p for group in self.param_groups for p in group["params"]]
         for pid, p in zip(saved_ids, params, strict=True):
-            if pid not in held_back:
-                continue
-            grad_sum = held_back[pid]
-            if not isinstance(grad_sum, Tensor) or grad_sum.shape != p.shape:
-                shape = tuple(grad_sum.shape) if isinstance(grad_sum, Tensor) else type(grad_sum).__name__
-                raise ValueError(
-                    f"Invalid CLASSP state_dict: grad_sum of parameter {pid} has shape {shape}, "
-                    f"the parameter has {tuple(p.shape)}"
-                )
-            self.state[p][STATE_KEY] = match_layout(grad_sum, p, _compute_dtype(p.dtype))
+            if held_back.get(pid):
+                self.state[p].update(_loaded_sum(pid, p, held_back[pid]))
         self._generators = {}
         self._pending_rng_states = rng_states
         self._last_update_counts = {}
@@ -448,10 +525,9 @@ class CLASSP(Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("CLASSP does not support sparse gradients; use a dense embedding")
-                grad_sum = self._grad_sum(p)
                 params.append(local_tensor(p))
                 grads.append(local_tensor(p.grad))
-                grad_sums.append(local_tensor(grad_sum))
+                grad_sums.append(self._grad_sum(p, group["state_dtype"]))
                 sharded_grads.append(p.grad if is_dtensor(p.grad) else None)
                 if self._tracking:
                     masks.append(self._update_mask(p))
@@ -580,7 +656,7 @@ class CLASSP(Optimizer):
             return dict(
                 numel=0, update_fraction=0.0, grad_sum_mean=0.0, grad_sum_max=0.0, grad_sum_nonzero_fraction=0.0
             )
-        sums = [local_tensor(self.state[p][STATE_KEY]) for p in group["params"] if self._has_state(p)]
+        sums = [local_tensor(self.grad_sum(p)) for p in group["params"] if self._has_state(p)]
         sums = [s for s in sums if s.numel()]  # an FSDP2 rank may hold an empty shard
         total = sum(s.sum(dtype=torch.float64).cpu() for s in sums)
         largest = max((s.max().cpu() for s in sums), default=0.0)
@@ -597,7 +673,34 @@ class CLASSP(Optimizer):
 
     def _has_state(self, p: Tensor) -> bool:
         """Whether ``p`` has ``S`` yet (without adding an empty entry to ``self.state``)."""
-        return STATE_KEY in self.state.get(p, {})
+        return stored_format(self.state.get(p, {})) is not None
+
+
+def _checked_shape(pid: Any, name: str, value: Any, expected: tuple[int, ...], what: str = "the parameter has") -> None:
+    """Raises ``ValueError`` unless ``value`` is a tensor of shape ``expected``."""
+    if not isinstance(value, Tensor) or tuple(value.shape) != tuple(expected):
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(
+            f"Invalid CLASSP state_dict: {name} of parameter {pid} has shape {shape}, {what} {tuple(expected)}"
+        )
+
+
+def _loaded_sum(pid: Any, p: Tensor, entries: dict[str, Any]) -> dict[str, Tensor]:
+    """The ``S`` entries of a loaded state for parameter ``p``, checked and placed (:meth:`CLASSP.load_state_dict`)."""
+    if STATE_KEY in entries:
+        grad_sum = entries[STATE_KEY]
+        _checked_shape(pid, STATE_KEY, grad_sum, tuple(p.shape))
+        dtype = torch.bfloat16 if grad_sum.dtype == torch.bfloat16 else _compute_dtype(p.dtype)
+        return {STATE_KEY: match_layout(grad_sum, p, dtype)}
+    rows, _, blocks, length = block_layout(p.shape)
+    codes, scales = entries.get(CODES_KEY), entries.get(SCALES_KEY)
+    _checked_shape(pid, CODES_KEY, codes, (rows, blocks * length), "expected")
+    _checked_shape(pid, SCALES_KEY, scales, (rows, blocks), "expected")
+    device = local_tensor(p).device
+    return {
+        CODES_KEY: codes.to(device=device, dtype=torch.uint8, copy=True),
+        SCALES_KEY: scales.to(device=device, dtype=torch.float32, copy=True),
+    }
 
 
 def _checked_rng_states(value: Any) -> dict[str, Tensor]:
@@ -635,7 +738,7 @@ def _sharded_cutoffs(sharded_grads: list[Tensor | None], threshold: float, mode:
 def classp(
     params: list[Tensor],
     grads: list[Tensor],
-    grad_sums: list[Tensor],
+    grad_sums: list[Tensor | EncodedSum],
     *,
     lr: float,
     threshold: float,
@@ -655,9 +758,11 @@ def classp(
     """Functional CLASSP: updates ``params`` and ``grad_sums`` in place.
 
     Args:
-        params, grads, grad_sums (`list[Tensor]`): parameters, their gradients and their
-            accumulators :math:`S` (float64 for float64 parameters, else float32); plain tensors
-            (pass a DTensor's local shard).
+        params, grads, grad_sums (`list`): parameters, their gradients and their accumulators
+            :math:`S` (float64 for float64 parameters, else float32, or an
+            :class:`~classp_hf.optim._state.EncodedSum` for an :math:`S` kept in bfloat16 or 8 bits,
+            rounded back in the order of :func:`_draw_order`); plain tensors (pass a DTensor's local
+            shard).
         lr, threshold, threshold_mode, power, eps, apply_decay, weight_decay, maximize: see
             :class:`CLASSP`.
         update_masks (`list[Tensor]`, *optional*): bool tensors, or-ed with the elements updated.
@@ -685,7 +790,11 @@ def classp(
         plans = plan_rows(grads, threshold, threshold_mode, cutoffs, power)
     else:
         plans = [None] * len(params)
-    work_params, work_grads, work_sums = (_gather_rows(tensors, plans) for tensors in (params, grads, grad_sums))
+    work_params, work_grads = _gather_rows(params, plans), _gather_rows(grads, plans)
+    work_sums = [
+        grad_sum.decode(plan) if isinstance(grad_sum, EncodedSum) else _gather_rows([grad_sum], [plan])[0]
+        for grad_sum, plan in zip(grad_sums, plans)
+    ]
     work_masks = None if update_masks is None else _gather_rows(update_masks, plans)
     updated = impl(
         work_params,
@@ -705,7 +814,12 @@ def classp(
         maximize=maximize,
     )
     _scatter_rows_(params, work_params, plans)
-    _scatter_rows_(grad_sums, work_sums, plans)
+    for index in _draw_order(params):  # an encoded S rounds stochastically: in the same order on every path
+        grad_sum, plan = grad_sums[index], plans[index]
+        if isinstance(grad_sum, EncodedSum):
+            grad_sum.encode_(work_sums[index], plan)
+        elif plan is not None:
+            grad_sum.index_copy_(0, plan.rows, work_sums[index])
     if update_masks is not None:
         _scatter_rows_(update_masks, work_masks, plans)
     return updated
@@ -907,6 +1021,11 @@ def _rounding_noise(draw: Callable[[tuple[int, ...]], Tensor], shape: torch.Size
     return draw((plan.num_rows, *shape[1:])).index_select(0, plan.rows)
 
 
+def _draw_order(tensors: list[Tensor]) -> list[int]:
+    """Indices of ``tensors`` in the order every path rounds them stochastically (by device and dtype)."""
+    return [index for indices in _by_device_and_dtype(tensors).values() for index in indices]
+
+
 def _by_device_and_dtype(tensors: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
     """Indices of ``tensors`` grouped by device and dtype, groups in order of first appearance."""
     grouped: dict[tuple[torch.device, torch.dtype], list[int]] = {}
@@ -936,7 +1055,7 @@ def _single_tensor_classp(
     step_size = lr if maximize else -lr
     updated = torch.zeros((), dtype=torch.int64, device=params[0].device)
     # In the multi-tensor path's order, so that stochastic rounding draws the same numbers.
-    for index in [index for indices in _by_device_and_dtype(params).values() for index in indices]:
+    for index in _draw_order(params):
         param, grad, grad_sum = params[index], grads[index], grad_sums[index]
         magnitude = _masked_magnitude(grad, threshold, threshold_mode, None if cutoffs is None else cutoffs[index])
         updated += _count_updated(magnitude)

@@ -484,6 +484,7 @@ register_optimizer(
         "stochastic_rounding": bool,
         "seed": int,
         "fused": bool,
+        "state_dtype": str,
         **_COMMON,
     },
 )
