@@ -157,9 +157,11 @@ def test_fused_skips_rows_and_handles_strided_parameters(backend, monkeypatch):
         strided = torch.nn.Parameter(torch.randn(16, 6, generator=generator).t())  # not contiguous
         optimizer = CLASSP([embedding, strided], lr=0.05, threshold=0.5, threshold_mode="relative", fused=fused)
         grad_generator = torch.Generator().manual_seed(1)
-        for _ in range(3):
+        for step in range(3):
             grad = torch.zeros(200, 16)
-            grad[torch.randint(0, 200, (8,), generator=grad_generator)] = torch.randn(8, 16, generator=grad_generator)
+            if step < 2:  # the last step's gradient is all zero: no row can change, the gathered tensor is empty
+                rows = torch.randint(0, 200, (8,), generator=grad_generator)
+                grad[rows] = torch.randn(8, 16, generator=grad_generator)
             embedding.grad = grad
             strided.grad = torch.randn(16, 6, generator=grad_generator).t()
             optimizer.step()

@@ -288,3 +288,23 @@ def test_low_precision_state_is_refused_on_dtensor_parameters(tmp_path):
         assert optimizer.grad_sum(param).full_tensor().sum().item() == 12.0
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "8bit"])
+@pytest.mark.parametrize("shape", [(200, 64), (5, 0), (), (3, 0, 4)], ids=["rows", "empty-rows", "scalar", "3d-empty"])
+def test_edge_shapes_and_steps_that_change_no_row(state_dtype, shape, monkeypatch):
+    monkeypatch.setattr(_rows, "MIN_NUMEL", 256)  # (200, 64) skips rows: with a zero gradient, all of them
+    weight = nn.Parameter(torch.randn(shape))
+    optimizer = CLASSP([weight], threshold=2.0, threshold_mode="relative", state_dtype=state_dtype)
+    weight.grad = torch.zeros(shape)
+    optimizer.step()
+    assert torch.equal(optimizer.grad_sum(weight), torch.zeros(shape))
+    weight.grad = torch.ones(shape)
+    optimizer.step()
+    assert optimizer.grad_sum(weight).shape == weight.shape
+    assert torch.equal(optimizer.grad_sum(weight), torch.zeros(shape))  # g^2 = mean(g^2) < 2 mean(g^2): nothing passes
+    weight.grad = torch.arange(weight.numel(), dtype=torch.float32).reshape(shape)
+    optimizer.step()
+    reloaded = CLASSP([nn.Parameter(weight.detach().clone())], state_dtype=state_dtype)
+    reloaded.load_state_dict(optimizer.state_dict())
+    assert torch.equal(reloaded.grad_sum(reloaded.param_groups[0]["params"][0]), optimizer.grad_sum(weight))

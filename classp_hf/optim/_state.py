@@ -80,15 +80,9 @@ def code_values(device: torch.device | str = "cpu") -> Tensor:
 def block_layout(shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int, int]:
     """``(rows, columns, blocks per row, block length)`` of a tensor's 8-bit layout (rows of its last dimension)."""
     columns = shape[-1] if len(shape) else 1
-    rows = math.prod(shape) // max(columns, 1) if columns else 0
+    rows = math.prod(shape[:-1])
     blocks = max(1, math.ceil(columns / BLOCK_SIZE))
-    return rows, columns, blocks, math.ceil(columns / blocks) if columns else 0
-
-
-def _as_rows(values: Tensor) -> Tensor:
-    """``values`` as a 2-D tensor of rows of its last dimension (a 0-dim or 1-D tensor is one row)."""
-    columns = values.shape[-1] if values.dim() else 1
-    return values.reshape(-1, columns)
+    return rows, columns, blocks, math.ceil(columns / blocks)
 
 
 def _random_bits(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
@@ -107,7 +101,10 @@ def encode_8bit(values: Tensor, generator: torch.Generator) -> tuple[Tensor, Ten
         ``codes`` (uint8, ``(rows, blocks * block_length)``) and ``scales`` (float32, ``(rows, blocks)``).
     """
     rows, columns, blocks, length = block_layout(values.shape)
-    data = _as_rows(values).to(torch.float32)
+    if values.numel() == 0:
+        empty = torch.zeros(rows, blocks * length, dtype=torch.uint8, device=values.device)
+        return empty, torch.ones(rows, blocks, dtype=torch.float32, device=values.device)
+    data = values.reshape(rows, columns).to(torch.float32)
     if blocks * length != columns:
         data = torch.nn.functional.pad(data, (0, blocks * length - columns))
     data = data.view(rows, blocks, length)
@@ -127,9 +124,12 @@ def encode_8bit(values: Tensor, generator: torch.Generator) -> tuple[Tensor, Ten
 def decode_8bit(codes: Tensor, scales: Tensor, columns: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """The values of 8-bit codes, ``(rows, columns)`` in ``dtype``: :func:`encode_8bit` undone up to rounding."""
     rows, blocks = scales.shape
+    length = codes.shape[1] // blocks
+    if codes.numel() == 0:
+        return torch.zeros(rows, columns, dtype=dtype, device=codes.device)
     table = code_values(codes.device)
-    values = table.index_select(0, codes.reshape(-1).to(torch.int32)).view(rows, blocks, -1)
-    values = (values * scales.unsqueeze(2)).view(rows, -1)
+    values = table.index_select(0, codes.reshape(-1).to(torch.int32)).view(rows, blocks, length)
+    values = (values * scales.unsqueeze(2)).view(rows, blocks * length)
     if values.shape[1] != columns:
         values = values[:, :columns]
     return values.to(dtype)
