@@ -33,15 +33,14 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler that measures peak memory: no banner per step
-
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+import torch
+from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 try:
@@ -60,8 +59,10 @@ DEFAULT_THRESHOLD = 1e-10
 RELATIVE_THRESHOLD = 1.0
 QUANTILE_FRACTION = 0.1
 RELATIVE, QUANTILE = "relative", "quantile"
-#: Name of the row the ratios are taken against, and of the second reference.
+#: Name of the row the ratios are taken against, of the steadier second anchor (a fused step allocates
+#: nothing, so its time does not swing with page faults as the foreach step's does), and of AdamW.
 BASELINE = "adagrad_foreach"
+FUSED_BASELINE = "adagrad_fused"
 ADAMW = "adamw_foreach"
 #: Informational targets: CLASSP foreach row -> at most this ratio to Adagrad foreach (CPU).
 TARGETS = {
@@ -230,11 +231,25 @@ def time_step(optimizer: torch.optim.Optimizer, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def peak_step_bytes(optimizer: torch.optim.Optimizer, device: torch.device) -> int:
-    """The most memory one step holds on top of what existed before it (temporaries, new state).
+@contextmanager
+def _silenced_stderr() -> Iterator[None]:
+    """Sends the C++ side's stderr (the profiler's banner at every start and stop) to /dev/null."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
-    On CUDA from ``torch.cuda.max_memory_allocated``; on the CPU from ``torch.profiler``'s allocation
-    records (an operator's own allocations when it ends, frees in between, in time order).
+
+def peak_step_bytes(optimizer: torch.optim.Optimizer, device: torch.device) -> int | None:
+    """The most memory one step holds at once on top of what existed before it (temporaries, new state).
+
+    On CUDA from ``torch.cuda.max_memory_allocated``; on the CPU from the allocation and free records of
+    ``torch.profiler`` in time order (`None` where this torch does not expose them).
     """
     if device.type == "cuda":
         _synchronize(device)
@@ -245,36 +260,35 @@ def peak_step_bytes(optimizer: torch.optim.Optimizer, device: torch.device) -> i
         return torch.cuda.max_memory_allocated(device) - before
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _silenced_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         optimizer.step()
-    events = []
-    for event in prof.events():
-        if event.name == "[memory]":
-            events.append((event.time_range.start, event.cpu_memory_usage))
-        elif event.self_cpu_memory_usage:
-            events.append((event.time_range.end, event.self_cpu_memory_usage))
+    try:
+        records = [event for event in prof.profiler.kineto_results.events() if event.name() == "[memory]"]
+    except AttributeError:
+        return None
     live = peak = 0
-    for _, change in sorted(events, key=lambda item: item[0]):
-        live += change
+    for record in sorted(records, key=lambda event: event.start_ns()):
+        live += record.nbytes()
         peak = max(peak, live)
     return peak
 
 
 def memory_groups(specs: Sequence[OptimizerSpec], num_params: int, budget_bytes: float) -> list[list[OptimizerSpec]]:
-    """Splits the rows into groups whose states fit in ``budget_bytes``, the Adagrad baseline in each group.
+    """Splits the rows into groups whose states fit in ``budget_bytes``, the anchors (Adagrad foreach, and
+    Adagrad fused where torch has it) first in each group.
 
-    Every group is timed round-robin on its own, and its rows' ratios are taken to its own baseline.
+    Every group is timed round-robin on its own, and its rows' ratios are taken to its own anchors.
     """
-    baseline = next(spec for spec in specs if spec.name == BASELINE)
-    others = [spec for spec in specs if spec.name != BASELINE]
+    anchors = [spec for spec in specs if spec.name in (BASELINE, FUSED_BASELINE)]
+    others = [spec for spec in specs if spec.name not in (BASELINE, FUSED_BASELINE)]
+    anchor_bytes = sum(spec.state_bytes_per_param for spec in anchors) * num_params
     groups: list[list[OptimizerSpec]] = []
-    current: list[OptimizerSpec] = [baseline]
-    used = baseline.state_bytes_per_param * num_params
+    current, used = list(anchors), anchor_bytes
     for spec in others:
         need = spec.state_bytes_per_param * num_params
-        if len(current) > 1 and used + need > budget_bytes:
+        if len(current) > len(anchors) and used + need > budget_bytes:
             groups.append(current)
-            current, used = [baseline], baseline.state_bytes_per_param * num_params
+            current, used = list(anchors), anchor_bytes
         current.append(spec)
         used += need
     groups.append(current)
@@ -340,17 +354,25 @@ def benchmark_model(
         f"{recorded.forward_backward_ms:.1f} ms"
     )
     rows: list[dict[str, Any]] = []
-    for group in memory_groups(specs, num_params, memory_budget_bytes):
+    for group_index, group in enumerate(memory_groups(specs, num_params, memory_budget_bytes)):
         group_rows = _time_group(group, params, device, warmup=warmup, repeats=repeats)
         gc.collect()  # the group's optimizers and their state
-        baseline = group_rows[0]["ms_per_step"]
+        anchors = {row["optimizer"]: row["ms_per_step"] for row in group_rows}
         for row in group_rows:
-            row["ratio_to_adagrad"] = row["ms_per_step"] / baseline
-            if row["optimizer"] == BASELINE and any(r["optimizer"] == BASELINE for r in rows):
-                continue  # the baseline of a later group: only its ratios anchor that group
+            row.update(
+                group=group_index,
+                group_baseline_ms=anchors[BASELINE],
+                ratio_to_adagrad=row["ms_per_step"] / anchors[BASELINE],
+                ratio_to_adagrad_fused=(
+                    row["ms_per_step"] / anchors[FUSED_BASELINE] if FUSED_BASELINE in anchors else None
+                ),
+            )
+            if group_index and row["optimizer"] in (BASELINE, FUSED_BASELINE):
+                continue  # a later group's anchors: they only anchor that group's ratios
             rows.append(row)
             log(f"[{recorded.model}] {row['label']}: {row['ms_per_step']:.2f} ms ({row['ratio_to_adagrad']:.2f}x)")
-    adamw_ratio = next((r["ratio_to_adagrad"] for r in rows if r["optimizer"] == ADAMW), None)
+    adamw = next((r for r in rows if r["optimizer"] == ADAMW), None)
+    anchor = "ratio_to_adagrad_fused" if adamw is not None and adamw["ratio_to_adagrad_fused"] else "ratio_to_adagrad"
     for row in rows:
         row.update(
             parameter_set=recorded.model,
@@ -358,7 +380,7 @@ def benchmark_model(
             num_params=num_params,
             num_tensors=len(params),
             state_bytes_per_param=row["state_bytes"] / num_params,
-            ratio_to_adamw=None if adamw_ratio is None else row["ratio_to_adagrad"] / adamw_ratio,
+            ratio_to_adamw=None if adamw is None else row[anchor] / adamw[anchor],
             forward_backward_ms=recorded.forward_backward_ms,
             gradient_zero_fraction=zero_fraction,
             share_of_training_step=row["ms_per_step"] / (recorded.forward_backward_ms + row["ms_per_step"]),
@@ -393,19 +415,21 @@ def check_targets(rows: Sequence[dict[str, Any]]) -> list[TargetCheck]:
 def format_table(rows: Sequence[dict[str, Any]], bandwidth: bool = False) -> str:
     """Returns the results as a plain-text table, one block per model."""
     header = (
-        f"{'model':<10} {'optimizer':<46} {'ms/step':>9} {'vs Adagrad':>10} {'vs AdamW':>9} {'of step':>8} "
-        f"{'state B/p':>9} {'peak MB':>8} {'updated':>8}"
+        f"{'model':<10} {'optimizer':<46} {'ms/step':>9} {'vs Adagrad':>10} {'vs fused':>9} {'vs AdamW':>9} "
+        f"{'of step':>8} {'state B/p':>9} {'peak MB':>8} {'updated':>8}"
     )
     if bandwidth:
         header += f" {'GB/s@20B':>9}"
     lines = [header, "-" * len(header)]
     for row in rows:
         adamw = "-" if row.get("ratio_to_adamw") is None else f"{row['ratio_to_adamw']:.2f}x"
+        fused = "-" if row.get("ratio_to_adagrad_fused") is None else f"{row['ratio_to_adagrad_fused']:.2f}x"
+        peak = "-" if row.get("peak_step_bytes") is None else f"{row['peak_step_bytes'] / 2**20:.1f}"
         updated = "" if row.get("update_fraction") is None else f"{row['update_fraction']:.1%}"
         line = (
             f"{row['parameter_set']:<10} {row['label']:<46} {row['ms_per_step']:>9.2f} "
-            f"{row['ratio_to_adagrad']:>9.2f}x {adamw:>9} {row['share_of_training_step']:>8.1%} "
-            f"{row['state_bytes_per_param']:>9.3f} {row['peak_step_bytes'] / 2**20:>8.1f} {updated:>8}"
+            f"{row['ratio_to_adagrad']:>9.2f}x {fused:>9} {adamw:>9} {row['share_of_training_step']:>8.1%} "
+            f"{row['state_bytes_per_param']:>9.3f} {peak:>8} {updated:>8}"
         )
         if bandwidth:
             line += f" {row['dense_bandwidth_gb_s']:>9.1f}"
@@ -555,7 +579,9 @@ def _run(args: argparse.Namespace, device: torch.device, repeats: int, warmup: i
         f"of {repeats} after {warmup} warm-up rounds; device {device} ({device_name}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads. 'of step': share of a training step (forward+backward "
         + ", ".join(f"{name} {ms:.0f} ms" for name, ms in forward_backward.items())
-        + "); 'peak MB': most memory a step holds on top of the state before it."
+        + "); 'peak MB': most memory a step holds at once on top of the state before it; 'vs fused': ratio to "
+        "Adagrad fused (steadier on a shared machine). Rows timed in separate groups (to fit in memory) are "
+        "compared with their own group's Adagrad steps."
     )
     print(format_table(rows, bandwidth=device.type == "cuda"))
     print()

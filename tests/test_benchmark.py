@@ -81,7 +81,11 @@ def test_quick_times_ratios_and_shares(quick_result: dict[str, Any]) -> None:
         assert all(math.isfinite(t) and t > 0 for t in row["ms_all"])
         assert row["ms_min"] <= row["ms_per_step"]
         assert row["ratio_to_adagrad"] == pytest.approx(row["ms_per_step"] / rows["adagrad_foreach"]["ms_per_step"])
-        assert row["ratio_to_adamw"] == pytest.approx(row["ratio_to_adagrad"] / adamw)
+        assert row["ratio_to_adamw"] == pytest.approx(row["ratio_to_adagrad"] / adamw)  # one group: any anchor
+        if "adagrad_fused" in rows:
+            expected = row["ms_per_step"] / rows["adagrad_fused"]["ms_per_step"]
+            assert row["ratio_to_adagrad_fused"] == pytest.approx(expected)
+        assert row["group"] == 0 and row["group_baseline_ms"] == rows["adagrad_foreach"]["ms_per_step"]
         expected_share = row["ms_per_step"] / (forward_backward + row["ms_per_step"])
         assert row["share_of_training_step"] == pytest.approx(expected_share)
         assert row["peak_step_bytes"] >= 0
@@ -146,6 +150,7 @@ def test_format_table_and_targets(bench: ModuleType) -> None:
             ratio_to_adagrad=ms / 10.0,
             ratio_to_adamw=ms / 12.0,
             share_of_training_step=ms / (100.0 + ms),
+            ratio_to_adagrad_fused=None,
             state_bytes_per_param=4.0,
             peak_step_bytes=2**20,
             update_fraction=None,
@@ -163,16 +168,38 @@ def test_format_table_and_targets(bench: ModuleType) -> None:
     assert "GB/s" not in table and "GB/s" in bench.format_table(rows, bandwidth=True)
 
 
-def test_memory_groups_keep_the_baseline_in_every_group(bench: ModuleType) -> None:
+def test_memory_groups_keep_the_anchors_in_every_group(bench: ModuleType) -> None:
     specs = bench.optimizer_specs(torch.device("cpu"), compile_paths=False)
+    anchors = [s.name for s in specs if s.name in (bench.BASELINE, bench.FUSED_BASELINE)]
+    assert anchors[0] == bench.BASELINE
     num_params = 1_000_000
-    groups = bench.memory_groups(specs, num_params, budget_bytes=18e6)  # the baseline and three 4-byte states
-    assert all(group[0].name == bench.BASELINE for group in groups)
-    assert [spec.name for group in groups for spec in group[1:]] == [s.name for s in specs if s.name != bench.BASELINE]
+    budget = 8e6 + 12e6 + 1  # the anchors and three 4-byte states
+    groups = bench.memory_groups(specs, num_params, budget_bytes=budget)
+    assert len(groups) > 3
+    assert all([spec.name for spec in group[: len(anchors)]] == anchors for group in groups)
+    timed = [spec.name for group in groups for spec in group[len(anchors) :]]
+    assert timed == [s.name for s in specs if s.name not in anchors]
     for group in groups:
         used = sum(spec.state_bytes_per_param for spec in group) * num_params
-        assert used <= 18e6 or len(group) == 2
+        assert used <= budget or len(group) == len(anchors) + 1
     assert len(bench.memory_groups(specs, num_params, budget_bytes=1e12)) == 1
+
+
+def test_peak_step_bytes_is_the_most_held_at_once(bench: ModuleType) -> None:
+    class Allocates(torch.optim.Optimizer):
+        """A step holding two 4 MiB tensors at once, three times over."""
+
+        def __init__(self) -> None:
+            super().__init__([torch.nn.Parameter(torch.zeros(1))], {})
+
+        def step(self, closure=None):
+            for _ in range(3):
+                first = torch.ones(1 << 20)
+                second = first + 1
+                del first, second
+
+    peak = bench.peak_step_bytes(Allocates(), torch.device("cpu"))
+    assert peak == pytest.approx(8 * 2**20, rel=0.01)
 
 
 def test_every_path_and_mode_is_listed(bench: ModuleType) -> None:
