@@ -156,6 +156,7 @@ def test_state_bytes(state_dtype, expected):
     weight.grad = torch.ones(100, 384)
     optimizer.step()
     assert state_bytes(optimizer) / weight.numel() == pytest.approx(expected)
+    assert optimizer.state_bytes() == state_bytes(optimizer)
     assert optimizer.grad_sum(weight).dtype == torch.float32 and optimizer.grad_sum(weight).shape == weight.shape
 
 

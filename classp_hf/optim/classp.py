@@ -429,6 +429,17 @@ class CLASSP(Optimizer):
             return state[STATE_KEY]
         return EncodedSum(state, stored, local_tensor(param).shape, _compute_dtype(param.dtype)).decode()
 
+    def state_bytes(self) -> int:
+        """Bytes held by the optimizer's state tensors (:math:`S` in its stored format; this rank's shards of
+        DTensors), e.g. 4 per parameter element in float32, 2 in bfloat16, about 1.02 in 8 bits."""
+        total = 0
+        for state in self.state.values():
+            for value in state.values():
+                if isinstance(value, Tensor):
+                    local = local_tensor(value)
+                    total += local.numel() * local.element_size()
+        return total
+
     def _generator(self, device: torch.device) -> torch.Generator:
         """The stochastic-rounding generator of ``device``: restored from a loaded state, else seeded."""
         generator = self._generators.get(device)
