@@ -1,13 +1,14 @@
 """Times CLASSP's quantile cut-off selection on the CPU: ``torch.kthvalue`` against ``_kth_smallest``.
 
-For every parameter tensor of MiniLM (or bert-base), the quantile mode needs the k-th smallest ``|g|``
-(k = 90% of the elements for ``threshold=0.1``). CLASSP selects it with numpy's introselect on the CPU;
-this script times that against ``torch.kthvalue`` side by side in one process, alternating, and checks
-that both pick the same value on every tensor.
+For every parameter tensor of MiniLM (or a randomly initialised bert-base), the quantile mode needs the
+k-th smallest ``|g|`` (k = 90% of the elements for ``threshold=0.1``), here of the real gradients of one
+batch (``real_gradients.py``). This script times numpy's introselect (``_kth_smallest``, over all
+elements as it was before CLASSP learnt to select among the non-zeros only) against ``torch.kthvalue``
+side by side in one process, alternating, and checks that both pick the same value on every tensor.
 
 Usage::
 
-    python benchmarks/quantile_select.py                  # MiniLM shapes, one thread, 3 rounds
+    python benchmarks/quantile_select.py                  # MiniLM gradients, one thread, 3 rounds
     python benchmarks/quantile_select.py --set bert-base --threads 2
 """
 
@@ -24,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from optimizer_step import PARAMETER_SETS, bert_parameter_shapes  # noqa: E402  (a script beside this one)
+import real_gradients  # noqa: E402  (a module beside this script)
 
 
 def time_selection(tensors: Sequence[torch.Tensor], fraction: float, select: Callable[..., torch.Tensor]) -> float:
@@ -42,18 +43,17 @@ def _k(values: torch.Tensor, fraction: float) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints per-round times and the speed-up; exits 1 if the two selections ever disagree."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", default="minilm", choices=sorted(PARAMETER_SETS))
+    parser.add_argument("--set", default="minilm", choices=sorted(real_gradients.MODELS))
     parser.add_argument("--fraction", type=float, default=0.1, help="quantile threshold (default 0.1)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     classp_module = importlib.import_module("classp_hf.optim.classp")  # the package exports a function `classp`
-    generator = torch.Generator().manual_seed(0)
-    tensors = [
-        torch.randn(shape, generator=generator).abs().reshape(-1)
-        for _, shape in bert_parameter_shapes(PARAMETER_SETS[args.set])
-    ]
+    recorded = real_gradients.record_gradients(
+        real_gradients.load_model(args.set), real_gradients.text_batch(), name=args.set, repeats=1
+    )
+    tensors = [grad.abs().reshape(-1) for grad in recorded.grads]
 
     def baseline(values: torch.Tensor, k: int) -> torch.Tensor:
         return torch.kthvalue(values, k).values

@@ -15,14 +15,34 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach
 
+from classp_hf.optim import _fused
+from classp_hf.optim._rows import (
+    RowPlan,
+    compute_dtype,
+    eligible,
+    finite_magnitude,
+    kth_smallest,
+    plan_rows,
+    pow_rows,
+    quantile_cutoff,
+    relative_cutoff,
+    relative_norm,
+)
 from classp_hf.optim._sharded import is_dtensor, local_tensor, match_layout, sum_over_shards
+from classp_hf.optim._state import (
+    CODES_KEY,
+    SCALES_KEY,
+    STATE_DTYPES,
+    EncodedSum,
+    block_layout,
+    stored_format,
+)
 
-__all__ = ["CLASSP", "classp", "DEFAULT_LR", "DEFAULT_EPS", "THRESHOLD_MODES"]
+__all__ = ["CLASSP", "classp", "DEFAULT_LR", "DEFAULT_EPS", "THRESHOLD_MODES", "STATE_DTYPES"]
 
 #: Default learning rate: with ``power=1`` the first step on a weight is about ``lr * sign(g)``,
 #: so ``lr`` behaves like Adam's step size. 1e-3 fine-tunes MiniLM; see ``docs/hyperparameters.md``.
@@ -38,6 +58,8 @@ STATE_KEY = "grad_sum"
 RNG_KEY = "stochastic_rounding_rng"
 #: Use the accelerator's flat-buffer mask on the CPU too (tests check both give the same result).
 _FLAT_MASK_ON_CPU = False
+#: Let :meth:`CLASSP.step` skip the rows that cannot change (tests turn it off to compare with the dense step).
+_SKIP_ROWS = True
 #: What ``threshold`` means: see :class:`CLASSP`.
 THRESHOLD_MODES = ("absolute", "relative", "quantile")
 
@@ -80,7 +102,7 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
 
     Args:
         group (`dict`): holds ``lr``, ``threshold``, ``threshold_mode``, ``power``, ``eps``, ``weight_decay``,
-            ``apply_decay``, ``foreach``, ``maximize`` and ``stochastic_rounding``.
+            ``apply_decay``, ``foreach``, ``fused``, ``maximize``, ``stochastic_rounding`` and ``state_dtype``.
 
     Raises:
         ValueError: naming the first invalid hyperparameter.
@@ -101,12 +123,21 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
     _check_flag("apply_decay", group["apply_decay"])
     _check_flag("maximize", group["maximize"])
     _check_flag("foreach", group["foreach"], allow_none=True)
+    _check_flag("fused", group.get("fused"), allow_none=True)
+    if group.get("fused") and group["foreach"]:
+        raise ValueError("Invalid fused value: fused=True and foreach=True are exclusive (pick one path)")
     _check_flag("stochastic_rounding", group.get("stochastic_rounding", False))
+    state_dtype = group.get("state_dtype", "float32")
+    if state_dtype not in STATE_DTYPES:
+        raise ValueError(f"Invalid state_dtype value: {state_dtype!r} (one of {', '.join(STATE_DTYPES)})")
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype CLASSP computes in, and keeps ``S`` in, for a parameter of ``dtype``."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+#: The dtype CLASSP computes in, and keeps a float ``S`` in, for a parameter of a dtype.
+_compute_dtype = compute_dtype
+#: Kept under its old name for callers and tests.
+_kth_smallest = kth_smallest
+_relative_cutoff = relative_cutoff
+_finite_magnitude = finite_magnitude
 
 
 def _check_no_quantile_on_dtensors(param_groups: list[dict[str, Any]]) -> None:
@@ -163,6 +194,12 @@ class CLASSP(Optimizer):
     :math:`S` changes there, so one bad batch cannot poison the accumulated state; they are not
     counted as updated in :meth:`diagnostics`. The check needs no device synchronisation.
 
+    Rows that cannot change are skipped: on the CPU, a large 2-D tensor whose gradient rows are
+    mostly zero or masked (an embedding on a real batch: the rows of the tokens absent from it)
+    is updated on the rows that can change only, gathered and scattered back in a few kernels
+    (``index_select``/``index_copy_``). The result is bit for bit the dense update's (the relative
+    and quantile cut-offs still come from the whole tensor); see :mod:`classp_hf.optim._rows`.
+
     Precision: float64 parameters are updated in float64 with a float64 :math:`S`; every other
     dtype is updated in float32 with a float32 :math:`S` (a bfloat16 or float16 parameter is
     rounded back after the update, to nearest or, with ``stochastic_rounding``, stochastically).
@@ -176,7 +213,8 @@ class CLASSP(Optimizer):
     runs on each rank's local shard. ``"absolute"`` mode gives exactly the unsharded result;
     ``"relative"`` mode all-reduces each tensor's sum of :math:`g^2` (float64) over the shards, so
     it matches the unsharded cut-off up to summation order; ``"quantile"`` mode is refused at the
-    first step. ``set_optimizer_state_dict`` makes a new optimizer's state with a zero-gradient
+    first step; a low-precision ``state_dtype`` is refused at the first step (float32 only).
+    ``set_optimizer_state_dict`` makes a new optimizer's state with a zero-gradient
     step, which it skips while any parameter has a gradient: zero them (``set_to_none=True``)
     first. Under DeepSpeed ZeRO the optimizer sees each rank's flat float32 partition of all
     parameters as one tensor: ``"absolute"`` mode is exact, but ``"relative"`` and ``"quantile"``
@@ -206,6 +244,12 @@ class CLASSP(Optimizer):
             AdamW, applied only to elements that pass the mask.
         foreach (`bool`, *optional*): use the multi-tensor (``torch._foreach_*``) path. By
             default chosen as torch.optim chooses it: on for CUDA tensors, off on CPU.
+        fused (`bool`, *optional*): use the compiled path (opt-in; not with ``foreach=True``): each
+            tensor's update is one kernel made by ``torch.compile`` (C++ through inductor on the CPU,
+            which needs a C++ compiler; Triton on CUDA), compiled at the first step for flat tensors of
+            any length. The learning rate, weight decay, eps, power and threshold are passed to it as
+            0-dim tensors, so a learning-rate schedule does not recompile it. Equal to the foreach path
+            up to float rounding (the compiler may fuse or reorder operations).
         maximize (`bool`, defaults to `False`): maximize the objective instead of minimizing.
         stochastic_rounding (`bool`, defaults to `False`): round the float32 result of the update
             of a bfloat16 or float16 parameter stochastically (up with probability equal to the
@@ -219,16 +263,29 @@ class CLASSP(Optimizer):
             rounds as an uninterrupted one. Every data-parallel (DDP) rank with the same seed draws
             the same stream, which keeps replicated weights identical; FSDP2 ranks draw the same
             stream for different shards.
+        state_dtype (`str`, defaults to ``"float32"``): how :math:`S` is stored: ``"float32"`` (float64
+            for a float64 parameter), ``"bfloat16"`` (2 bytes per element) or ``"8bit"`` (block-wise,
+            about 1 byte per element plus a float32 scale per block of at most 256 elements of a row, a
+            4-bit-exponent 4-bit-mantissa code; see :mod:`classp_hf.optim._state`). A low-precision
+            :math:`S` is decoded for each step (the update computes in float32) and rounded back
+            stochastically with the seeded generator of ``seed`` (so that the many increments far below
+            its rounding step still add up: rounding to nearest would freeze it); the generator's state
+            is saved with the optimizer's. Not with FSDP (DTensor) parameters.
 
     State:
-        ``grad_sum``: :math:`S`, one tensor per parameter, created at the parameter's first step
-        with a gradient (a parameter that never had one has no state and counts as :math:`S=0`).
-        It is float64 for a float64 parameter and float32 for any other dtype (kept so by
-        :meth:`load_state_dict`), and a DTensor with the parameter's placements for a DTensor.
-        With stochastic rounding, :meth:`state_dict` also holds the generators' states under
-        the top-level key ``"stochastic_rounding_rng"`` (device name to ``uint8`` tensor; plain
-        tensors, loadable with ``torch.load(weights_only=True)``). ``torch.distributed.checkpoint``
-        keeps only ``state`` and ``param_groups``: a run resumed through it draws a new stream.
+        :math:`S`, per parameter, created at the parameter's first step with a gradient (a parameter
+        that never had one has no state and counts as :math:`S=0`); :meth:`grad_sum` gives it as a
+        float tensor in every format. With ``state_dtype="float32"``, ``grad_sum``: float64 for a
+        float64 parameter and float32 for any other dtype, a DTensor with the parameter's placements
+        for a DTensor. With ``"bfloat16"``, ``grad_sum`` in bfloat16. With ``"8bit"``,
+        ``grad_sum_codes`` (uint8, rows of the last dimension in blocks) and ``grad_sum_scales``
+        (float32, one power of two per block). :meth:`load_state_dict` keeps each format (and a group
+        whose ``state_dtype`` changes converts its state at the next step). With stochastic rounding
+        (of the weights or of a low-precision :math:`S`), :meth:`state_dict` also holds the
+        generators' states under the top-level key ``"stochastic_rounding_rng"`` (device name to
+        ``uint8`` tensor; plain tensors, loadable with ``torch.load(weights_only=True)``).
+        ``torch.distributed.checkpoint`` keeps only ``state`` and ``param_groups``: a run resumed
+        through it draws a new stream.
 
     Example:
         >>> optimizer = CLASSP(model.parameters(), lr=1e-3)
@@ -249,9 +306,11 @@ class CLASSP(Optimizer):
         threshold_mode: str = "absolute",
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
         maximize: bool = False,
         stochastic_rounding: bool = False,
         seed: int = 0,
+        state_dtype: str = "float32",
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -262,8 +321,10 @@ class CLASSP(Optimizer):
             apply_decay=apply_decay,
             weight_decay=weight_decay,
             foreach=foreach,
+            fused=fused,
             maximize=maximize,
             stochastic_rounding=stochastic_rounding,
+            state_dtype=state_dtype,
         )
         validate_hyperparameters(defaults)
         self._seed = _check_seed(seed)
@@ -299,21 +360,85 @@ class CLASSP(Optimizer):
         for group in self.param_groups:
             group.setdefault("threshold_mode", "absolute")
             group.setdefault("foreach", None)
+            group.setdefault("fused", None)
             group.setdefault("maximize", False)
             group.setdefault("apply_decay", True)
             group.setdefault("weight_decay", 0.0)
             group.setdefault("stochastic_rounding", self.defaults.get("stochastic_rounding", False))
+            group.setdefault("state_dtype", "float32")
 
-    def _grad_sum(self, p: Tensor) -> Tensor:
-        """``S`` of ``p``, created (zeros, laid out as ``p``) at its first step or moved to ``p``'s device."""
+    def _grad_sum(self, p: Tensor, state_dtype: str = "float32") -> Tensor | EncodedSum:
+        """``S`` of ``p`` for a step: the local float tensor, or an :class:`EncodedSum` (bfloat16 or 8-bit).
+
+        Made (zeros, laid out as ``p``) at ``p``'s first step, moved to ``p``'s device if the model moved,
+        and converted if it is stored in another format than ``state_dtype``.
+
+        Raises:
+            ValueError: for a low-precision ``state_dtype`` on a DTensor (FSDP) parameter.
+        """
+        if state_dtype != "float32" and is_dtensor(p):
+            raise ValueError(
+                f"Invalid state_dtype value: {state_dtype!r} is not supported with FSDP (DTensor) parameters; "
+                "use 'float32'"
+            )
         state = self.state[p]
-        grad_sum = state.get(STATE_KEY)
-        if grad_sum is None:
-            grad_sum = torch.zeros_like(p, dtype=_compute_dtype(p.dtype), memory_format=torch.preserve_format)
-            state[STATE_KEY] = grad_sum
-        elif grad_sum.device != p.device:  # the model moved after the state was made
-            grad_sum = state[STATE_KEY] = grad_sum.to(p.device)
-        return grad_sum
+        local = local_tensor(p)
+        stored = stored_format(state)
+        if stored is None:
+            if state_dtype == "float32":
+                state[STATE_KEY] = torch.zeros_like(
+                    p, dtype=_compute_dtype(p.dtype), memory_format=torch.preserve_format
+                )
+            else:
+                state.update(EncodedSum.zeros(state_dtype, local))
+        elif stored != state_dtype:
+            self._convert_state(p, stored, state_dtype)
+        else:
+            for key in (STATE_KEY, CODES_KEY, SCALES_KEY):
+                if key in state and state[key].device != p.device:  # the model moved after the state was made
+                    state[key] = state[key].to(p.device)
+        if state_dtype == "float32":
+            return local_tensor(state[STATE_KEY])
+        return EncodedSum(state, state_dtype, local.shape, _compute_dtype(p.dtype), self._generator(local.device))
+
+    def _convert_state(self, p: Tensor, stored: str, state_dtype: str) -> None:
+        """Re-stores ``p``'s ``S`` in ``state_dtype`` (rounding stochastically into a low-precision format)."""
+        state = self.state[p]
+        values = self.grad_sum(p).to(device=p.device, dtype=_compute_dtype(p.dtype))
+        for key in (STATE_KEY, CODES_KEY, SCALES_KEY):
+            state.pop(key, None)
+        if state_dtype == "float32":
+            state[STATE_KEY] = values
+        else:
+            state.update(EncodedSum.encode(state_dtype, values, self._generator(p.device)))
+
+    def grad_sum(self, param: Tensor) -> Tensor | None:
+        """The accumulated :math:`S` of a parameter as a float tensor, or `None` before its first gradient.
+
+        The state tensor itself when ``S`` is kept in float32 (float64 for a float64 parameter; a DTensor
+        for a DTensor parameter); a decoded copy (float32) when it is kept in bfloat16 or 8 bits.
+
+        Args:
+            param (`Tensor`): one of the optimizer's parameters.
+        """
+        state = self.state.get(param, {})
+        stored = stored_format(state)
+        if stored is None:
+            return None
+        if stored == "float32":
+            return state[STATE_KEY]
+        return EncodedSum(state, stored, local_tensor(param).shape, _compute_dtype(param.dtype)).decode()
+
+    def state_bytes(self) -> int:
+        """Bytes held by the optimizer's state tensors (:math:`S` in its stored format; this rank's shards of
+        DTensors), e.g. 4 per parameter element in float32, 2 in bfloat16, about 1.02 in 8 bits."""
+        total = 0
+        for state in self.state.values():
+            for value in state.values():
+                if isinstance(value, Tensor):
+                    local = local_tensor(value)
+                    total += local.numel() * local.element_size()
+        return total
 
     def _generator(self, device: torch.device) -> torch.Generator:
         """The stochastic-rounding generator of ``device``: restored from a loaded state, else seeded."""
@@ -348,41 +473,39 @@ class CLASSP(Optimizer):
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Loads the optimizer state, keeping ``grad_sum`` in float32 (float64 for float64 parameters).
+        """Loads the optimizer state, keeping :math:`S` in the format it was saved in.
 
-        :class:`torch.optim.Optimizer` casts floating-point state to each parameter's dtype;
-        for a bfloat16 parameter that would round :math:`S` to 8 bits of mantissa. The state is
-        moved to each parameter's device and layout (sharded like a DTensor parameter) and kept in
-        float32, or float64 for a float64 parameter, instead. Saved stochastic-rounding generator
-        states replace the current ones (without any, the generators restart from ``seed``).
+        :class:`torch.optim.Optimizer` casts floating-point state to each parameter's dtype; for a
+        bfloat16 parameter that would round a float32 :math:`S` to 8 bits of mantissa. Instead, the
+        state is moved to each parameter's device and layout (sharded like a DTensor parameter) and
+        keeps its format: a float ``grad_sum`` stays in float32 (float64 for a float64 parameter), a
+        bfloat16 one (``state_dtype="bfloat16"``) in bfloat16, and the 8-bit codes and scales as they
+        are. A group whose ``state_dtype`` differs from the format of its loaded state converts it at
+        its next step. Saved stochastic-rounding generator states replace the current ones (without
+        any, the generators restart from ``seed``).
 
         Args:
             state_dict (`dict`): as returned by :meth:`state_dict`.
 
         Raises:
-            ValueError: if the dict is malformed, a ``grad_sum`` tensor's shape does not match its
-                parameter, or a generator state is not a tensor.
+            ValueError: if the dict is malformed, a state tensor's shape does not match its parameter,
+                or a generator state is not a tensor.
         """
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
             raise ValueError("Invalid CLASSP state_dict: expected a dict with 'state' and 'param_groups'")
         rng_states = _checked_rng_states(state_dict.get(RNG_KEY, {}))
         states = {key: dict(value) for key, value in state_dict["state"].items()}
-        held_back = {key: value.pop(STATE_KEY) for key, value in states.items() if STATE_KEY in value}
+        held_back = {
+            key: {name: value.pop(name) for name in (STATE_KEY, CODES_KEY, SCALES_KEY) if name in value}
+            for key, value in states.items()
+        }
         plain = {key: value for key, value in state_dict.items() if key != RNG_KEY}
         super().load_state_dict({**plain, "state": states})
         saved_ids = [pid for group in state_dict["param_groups"] for pid in group["params"]]
         params = [p for group in self.param_groups for p in group["params"]]
         for pid, p in zip(saved_ids, params, strict=True):
-            if pid not in held_back:
-                continue
-            grad_sum = held_back[pid]
-            if not isinstance(grad_sum, Tensor) or grad_sum.shape != p.shape:
-                shape = tuple(grad_sum.shape) if isinstance(grad_sum, Tensor) else type(grad_sum).__name__
-                raise ValueError(
-                    f"Invalid CLASSP state_dict: grad_sum of parameter {pid} has shape {shape}, "
-                    f"the parameter has {tuple(p.shape)}"
-                )
-            self.state[p][STATE_KEY] = match_layout(grad_sum, p, _compute_dtype(p.dtype))
+            if held_back.get(pid):
+                self.state[p].update(_loaded_sum(pid, p, held_back[pid]))
         self._generators = {}
         self._pending_rng_states = rng_states
         self._last_update_counts = {}
@@ -413,10 +536,9 @@ class CLASSP(Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("CLASSP does not support sparse gradients; use a dense embedding")
-                grad_sum = self._grad_sum(p)
                 params.append(local_tensor(p))
                 grads.append(local_tensor(p.grad))
-                grad_sums.append(local_tensor(grad_sum))
+                grad_sums.append(self._grad_sum(p, group["state_dtype"]))
                 sharded_grads.append(p.grad if is_dtensor(p.grad) else None)
                 if self._tracking:
                     masks.append(self._update_mask(p))
@@ -437,8 +559,10 @@ class CLASSP(Optimizer):
                 weight_decay=group["weight_decay"],
                 maximize=group["maximize"],
                 foreach=group["foreach"],
+                fused=bool(group["fused"]),
                 cutoffs=_sharded_cutoffs(sharded_grads, group["threshold"], group["threshold_mode"]),
                 generators=self._rounding_generators(group, params),
+                skip_rows=_SKIP_ROWS,
             )
             self._last_update_counts[index] = updated
             if self._tracking:
@@ -543,7 +667,7 @@ class CLASSP(Optimizer):
             return dict(
                 numel=0, update_fraction=0.0, grad_sum_mean=0.0, grad_sum_max=0.0, grad_sum_nonzero_fraction=0.0
             )
-        sums = [local_tensor(self.state[p][STATE_KEY]) for p in group["params"] if self._has_state(p)]
+        sums = [local_tensor(self.grad_sum(p)) for p in group["params"] if self._has_state(p)]
         sums = [s for s in sums if s.numel()]  # an FSDP2 rank may hold an empty shard
         total = sum(s.sum(dtype=torch.float64).cpu() for s in sums)
         largest = max((s.max().cpu() for s in sums), default=0.0)
@@ -560,7 +684,34 @@ class CLASSP(Optimizer):
 
     def _has_state(self, p: Tensor) -> bool:
         """Whether ``p`` has ``S`` yet (without adding an empty entry to ``self.state``)."""
-        return STATE_KEY in self.state.get(p, {})
+        return stored_format(self.state.get(p, {})) is not None
+
+
+def _checked_shape(pid: Any, name: str, value: Any, expected: tuple[int, ...], what: str = "the parameter has") -> None:
+    """Raises ``ValueError`` unless ``value`` is a tensor of shape ``expected``."""
+    if not isinstance(value, Tensor) or tuple(value.shape) != tuple(expected):
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(
+            f"Invalid CLASSP state_dict: {name} of parameter {pid} has shape {shape}, {what} {tuple(expected)}"
+        )
+
+
+def _loaded_sum(pid: Any, p: Tensor, entries: dict[str, Any]) -> dict[str, Tensor]:
+    """The ``S`` entries of a loaded state for parameter ``p``, checked and placed (:meth:`CLASSP.load_state_dict`)."""
+    if STATE_KEY in entries:
+        grad_sum = entries[STATE_KEY]
+        _checked_shape(pid, STATE_KEY, grad_sum, tuple(p.shape))
+        dtype = torch.bfloat16 if grad_sum.dtype == torch.bfloat16 else _compute_dtype(p.dtype)
+        return {STATE_KEY: match_layout(grad_sum, p, dtype)}
+    rows, _, blocks, length = block_layout(p.shape)
+    codes, scales = entries.get(CODES_KEY), entries.get(SCALES_KEY)
+    _checked_shape(pid, CODES_KEY, codes, (rows, blocks * length), "expected")
+    _checked_shape(pid, SCALES_KEY, scales, (rows, blocks), "expected")
+    device = local_tensor(p).device
+    return {
+        CODES_KEY: codes.to(device=device, dtype=torch.uint8, copy=True),
+        SCALES_KEY: scales.to(device=device, dtype=torch.float32, copy=True),
+    }
 
 
 def _checked_rng_states(value: Any) -> dict[str, Tensor]:
@@ -598,7 +749,7 @@ def _sharded_cutoffs(sharded_grads: list[Tensor | None], threshold: float, mode:
 def classp(
     params: list[Tensor],
     grads: list[Tensor],
-    grad_sums: list[Tensor],
+    grad_sums: list[Tensor | EncodedSum],
     *,
     lr: float,
     threshold: float,
@@ -610,39 +761,60 @@ def classp(
     threshold_mode: str = "absolute",
     update_masks: list[Tensor] | None = None,
     foreach: bool | None = None,
+    fused: bool = False,
     cutoffs: list[Tensor | None] | None = None,
     generators: Mapping[torch.device, torch.Generator] | None = None,
+    skip_rows: bool = True,
 ) -> Tensor:
     """Functional CLASSP: updates ``params`` and ``grad_sums`` in place.
 
     Args:
-        params, grads, grad_sums (`list[Tensor]`): parameters, their gradients and their
-            accumulators :math:`S` (float64 for float64 parameters, else float32); plain tensors
-            (pass a DTensor's local shard).
+        params, grads, grad_sums (`list`): parameters, their gradients and their accumulators
+            :math:`S` (float64 for float64 parameters, else float32, or an
+            :class:`~classp_hf.optim._state.EncodedSum` for an :math:`S` kept in bfloat16 or 8 bits,
+            rounded back in the order of :func:`_draw_order`); plain tensors (pass a DTensor's local
+            shard).
         lr, threshold, threshold_mode, power, eps, apply_decay, weight_decay, maximize: see
             :class:`CLASSP`.
         update_masks (`list[Tensor]`, *optional*): bool tensors, or-ed with the elements updated.
         foreach (`bool`, *optional*): use the multi-tensor path; `None` chooses as torch.optim.
+        fused (`bool`, defaults to `False`): use the compiled path (see :class:`CLASSP`).
         cutoffs (`list`, *optional*): per tensor, a 0-dim tensor that ``|g|`` must exceed instead of
             the one ``threshold_mode`` computes from the tensor itself, or `None` (used for shards,
             whose relative-mode cut-off comes from the whole tensor).
         generators (`Mapping[torch.device, torch.Generator]`, *optional*): round bfloat16 and float16
             parameters stochastically, with the generator of their device; `None` rounds to nearest.
             Parameters draw in the order of :func:`_by_device_and_dtype` on both paths.
+        skip_rows (`bool`, defaults to `True`): update only the rows that can change of large 2-D CPU
+            tensors whose gradient rows are mostly zero or masked (see :mod:`classp_hf.optim._rows`);
+            bit for bit the same result as updating them whole.
 
     Returns:
         A 0-dim tensor on the first parameter's device: the number of elements updated.
     """
-    if foreach is None:
+    if fused and foreach:
+        raise ValueError("Invalid fused value: fused=True and foreach=True are exclusive (pick one path)")
+    if foreach is None and not fused:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
-    impl = _multi_tensor_classp if foreach else _single_tensor_classp
-    return impl(
-        params,
-        grads,
-        grad_sums,
-        update_masks,
-        cutoffs,
+    impl = _fused_classp if fused else _multi_tensor_classp if foreach else _single_tensor_classp
+    if skip_rows:
+        plans = plan_rows(grads, threshold, threshold_mode, cutoffs, power)
+    else:
+        plans = [None] * len(params)
+    work_params, work_grads = _gather_rows(params, plans), _gather_rows(grads, plans)
+    work_sums = [
+        grad_sum.decode(plan) if isinstance(grad_sum, EncodedSum) else _gather_rows([grad_sum], [plan])[0]
+        for grad_sum, plan in zip(grad_sums, plans)
+    ]
+    work_masks = None if update_masks is None else _gather_rows(update_masks, plans)
+    updated = impl(
+        work_params,
+        work_grads,
+        work_sums,
+        work_masks,
+        _work_cutoffs(cutoffs, plans),
         generators,
+        plans,
         lr=lr,
         threshold=threshold,
         threshold_mode=threshold_mode,
@@ -652,40 +824,56 @@ def classp(
         weight_decay=weight_decay,
         maximize=maximize,
     )
+    _scatter_rows_(params, work_params, plans)
+    for index in _draw_order(params):  # an encoded S rounds stochastically: in the same order on every path
+        grad_sum, plan = grad_sums[index], plans[index]
+        if isinstance(grad_sum, EncodedSum):
+            grad_sum.encode_(work_sums[index], plan)
+        elif plan is not None:
+            grad_sum.index_copy_(0, plan.rows, work_sums[index])
+    if update_masks is not None:
+        _scatter_rows_(update_masks, work_masks, plans)
+    return updated
 
 
-def _relative_cutoff(norm: Tensor, threshold: float, numel: int, dtype: torch.dtype) -> Tensor:
-    """``g^2 > t * mean(g^2)  <=>  |g| > sqrt(t / n) * ||g||``, from the float64 norm of the whole tensor."""
-    return (norm * math.sqrt(threshold / max(numel, 1))).to(dtype)
+def _gather_rows(tensors: list[Tensor], plans: list[RowPlan | None]) -> list[Tensor]:
+    """Each tensor itself, or a copy of the rows its plan keeps."""
+    return [tensor if plan is None else tensor.index_select(0, plan.rows) for tensor, plan in zip(tensors, plans)]
+
+
+def _scatter_rows_(tensors: list[Tensor], rows: list[Tensor], plans: list[RowPlan | None]) -> None:
+    """Writes gathered rows back into their tensors."""
+    for tensor, part, plan in zip(tensors, rows, plans):
+        if plan is not None:
+            tensor.index_copy_(0, plan.rows, part)
+
+
+def _work_cutoffs(
+    cutoffs: list[Tensor | float | None] | None, plans: list[RowPlan | None]
+) -> list[Tensor | float | None] | None:
+    """The cut-off of each tensor the update sees: a gathered tensor's is its whole tensor's."""
+    if cutoffs is None and all(plan is None for plan in plans):
+        return None
+    given = cutoffs if cutoffs is not None else [None] * len(plans)
+    return [cutoff if plan is None else plan.cutoff for cutoff, plan in zip(given, plans)]
 
 
 def _cutoff(magnitude: Tensor, threshold: float, mode: str) -> float | Tensor:
-    """The value ``|g|`` must exceed: a float (absolute mode) or a 0-dim tensor (no device sync)."""
+    """The value ``|g|`` must exceed: a float (absolute mode, or 0) or a 0-dim tensor (no device sync)."""
     if mode == "absolute":
         return math.sqrt(threshold)
     if mode == "relative":
-        # Accumulated in float64, so that CPU and CUDA (different summation orders) agree on the cut-off.
-        norm = torch.linalg.vector_norm(magnitude, dtype=torch.float64)
+        # Accumulated in float64, so that CPU and CUDA (different summation orders) agree on the cut-off;
+        # row by row for a tensor that may skip rows, so that skipping them gives the same cut-off.
+        if eligible(magnitude):
+            norm = relative_norm(magnitude)
+        else:
+            norm = torch.linalg.vector_norm(magnitude, dtype=torch.float64)
         return _relative_cutoff(norm, threshold, magnitude.numel(), magnitude.dtype)
-    numel = magnitude.numel()
-    keep = math.ceil(threshold * numel)
-    if keep >= numel:
-        return 0.0
-    return _kth_smallest(magnitude.reshape(-1), numel - keep)
+    return quantile_cutoff(magnitude, threshold, magnitude.numel())
 
 
-def _kth_smallest(values: Tensor, k: int) -> Tensor:
-    """The ``k``-th smallest element (1-based) of a 1-D tensor, as a 0-dim tensor on its device.
-
-    On the CPU, numpy's introselect (``np.partition``) picks the same element as ``torch.kthvalue`` about
-    twice as fast; elsewhere, and for dtypes numpy lacks (bfloat16), ``torch.kthvalue``.
-    """
-    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64) and not values.requires_grad:
-        return torch.from_numpy(np.partition(values.numpy(), k - 1)[k - 1 : k]).reshape(())
-    return torch.kthvalue(values, k).values
-
-
-def _apply_cutoff_(magnitude: Tensor, threshold: float, mode: str, cutoff: Tensor | None = None) -> None:
+def _apply_cutoff_(magnitude: Tensor, threshold: float, mode: str, cutoff: Tensor | float | None = None) -> None:
     """Zeroes, in place, the elements of one tensor's ``|g|`` that do not pass (``cutoff`` overrides the mode's)."""
     if threshold <= 0.0:
         return
@@ -697,14 +885,7 @@ def _apply_cutoff_(magnitude: Tensor, threshold: float, mode: str, cutoff: Tenso
         torch.threshold_(magnitude, cutoff, 0.0)
 
 
-def _finite_magnitude(grad: Tensor) -> Tensor:
-    """``|g|`` in the compute dtype (:func:`_compute_dtype`), 0 wherever ``g`` is non-finite."""
-    dtype = _compute_dtype(grad.dtype)
-    magnitude = grad.abs() if grad.dtype == dtype else grad.to(dtype).abs_()
-    return magnitude.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _masked_magnitude(grad: Tensor, threshold: float, mode: str, cutoff: Tensor | None = None) -> Tensor:
+def _masked_magnitude(grad: Tensor, threshold: float, mode: str, cutoff: Tensor | float | None = None) -> Tensor:
     """``|g|`` of one tensor in the compute dtype, 0 wherever ``g`` is non-finite or does not pass the threshold.
 
     An element passes when ``|g|`` exceeds the mode's cut-off (absolute mode: ``sqrt(threshold)``,
@@ -717,7 +898,7 @@ def _masked_magnitude(grad: Tensor, threshold: float, mode: str, cutoff: Tensor 
 
 
 def _masked_magnitudes(
-    grads: list[Tensor], threshold: float, mode: str, cutoffs: list[Tensor | None] | None
+    grads: list[Tensor], threshold: float, mode: str, cutoffs: list[Tensor | float | None] | None
 ) -> tuple[list[Tensor], Tensor | None, list[Tensor] | None]:
     """:func:`_masked_magnitude` for many tensors of one dtype, elementwise identical.
 
@@ -744,11 +925,21 @@ def _masked_magnitudes(
         if mode == "absolute":
             torch.threshold_(flat, math.sqrt(threshold), 0.0)
         else:
-            for view, cutoff in zip(flat.split(sizes), cutoffs):
-                _apply_cutoff_(view, threshold, mode, cutoff)
+            for view, grad, cutoff in zip(flat.split(sizes), grads, cutoffs):
+                _apply_cutoff_(view.view_as(grad), threshold, mode, cutoff)
     signed = torch.copysign(flat, raw, out=raw)
     shaped = [[view.view_as(grad) for view, grad in zip(buffer.split(sizes), grads)] for buffer in (flat, signed)]
     return shaped[0], flat, shaped[1]
+
+
+def _foreach_pow(tensors: list[Tensor], exponent: float, in_place: bool = False) -> list[Tensor]:
+    """``torch._foreach_pow``; on the CPU tensor by tensor with :func:`pow_rows` (the single-tensor path's bits)."""
+    if tensors and tensors[0].device.type == "cpu":
+        return [pow_rows(t, exponent, out=t if in_place else None) for t in tensors]
+    if in_place:
+        torch._foreach_pow_(tensors, exponent)
+        return tensors
+    return torch._foreach_pow(tensors, exponent)
 
 
 #: Integer dtypes of the same width as the float dtypes CLASSP computes in.
@@ -769,19 +960,27 @@ def _signed_denominator_(denom: Tensor, grad: Tensor) -> Tensor:
     return torch.copysign(denom, grad, out=denom)
 
 
-def _round_to_bfloat16_stochastically_(param: Tensor, weight: Tensor, generator: torch.Generator) -> None:
+def _round_to_bfloat16_stochastically_(
+    param: Tensor, weight: Tensor, generator: torch.Generator, plan: RowPlan | None = None
+) -> None:
     """Writes float32 ``weight`` (overwritten) into bfloat16 ``param``, rounding stochastically.
 
     bfloat16 is float32 without its 16 low mantissa bits: adding 16 uniform random bits to the
     integer view and truncating rounds the magnitude up with probability equal to the discarded
     fraction (exactly unbiased). A value already representable in bfloat16 is left unchanged.
     """
-    noise = torch.randint(0, 1 << 16, weight.shape, generator=generator, device=weight.device, dtype=torch.int32)
+    noise = _rounding_noise(
+        lambda shape: torch.randint(0, 1 << 16, shape, generator=generator, device=weight.device, dtype=torch.int32),
+        weight.shape,
+        plan,
+    )
     weight.view(torch.int32).add_(noise).bitwise_and_(-(1 << 16))
     param.copy_(weight)
 
 
-def _round_to_float16_stochastically_(param: Tensor, weight: Tensor, generator: torch.Generator) -> None:
+def _round_to_float16_stochastically_(
+    param: Tensor, weight: Tensor, generator: torch.Generator, plan: RowPlan | None = None
+) -> None:
     """Writes float32 ``weight`` into float16 ``param``, rounding stochastically between its two neighbours.
 
     float16's range and subnormals differ from float32's, so the neighbours come from the integer
@@ -794,7 +993,10 @@ def _round_to_float16_stochastically_(param: Tensor, weight: Tensor, generator: 
     low = toward_zero.view(torch.float16).float().abs()
     high = (toward_zero + 1).view(torch.float16).float().abs()
     fraction = (weight.abs() - low).div_(high - low)
-    away = torch.rand(weight.shape, generator=generator, device=weight.device) < fraction
+    noise = _rounding_noise(
+        lambda shape: torch.rand(shape, generator=generator, device=weight.device), weight.shape, plan
+    )
+    away = noise < fraction
     param.copy_(toward_zero.add_(away).view(torch.float16))
 
 
@@ -805,15 +1007,34 @@ _STOCHASTIC_ROUNDERS = {
 
 
 def _write_back(
-    params: list[Tensor], weights: list[Tensor], generators: Mapping[torch.device, torch.Generator] | None
+    params: list[Tensor],
+    weights: list[Tensor],
+    generators: Mapping[torch.device, torch.Generator] | None,
+    plans: list[RowPlan | None],
 ) -> None:
-    """Copies the updated ``weights`` (the compute dtype) into low-precision ``params`` of one dtype."""
+    """Copies the updated ``weights`` (the compute dtype) into low-precision ``params`` of one dtype.
+
+    A tensor gathered from some rows (``plans``) draws its stochastic-rounding noise for the whole
+    tensor and keeps those rows' share, so that it rounds as the dense step would.
+    """
     rounder = _STOCHASTIC_ROUNDERS.get(params[0].dtype) if generators is not None else None
     if rounder is None:
         torch._foreach_copy_(params, weights)
         return
-    for param, weight in zip(params, weights, strict=True):
-        rounder(param, weight, generators[param.device])
+    for param, weight, plan in zip(params, weights, plans, strict=True):
+        rounder(param, weight, generators[param.device], plan)
+
+
+def _rounding_noise(draw: Callable[[tuple[int, ...]], Tensor], shape: torch.Size, plan: RowPlan | None) -> Tensor:
+    """Noise for a tensor of ``shape``: drawn for the whole tensor, and only the rows of ``plan`` kept."""
+    if plan is None:
+        return draw(tuple(shape))
+    return draw((plan.num_rows, *shape[1:])).index_select(0, plan.rows)
+
+
+def _draw_order(tensors: list[Tensor]) -> list[int]:
+    """Indices of ``tensors`` in the order every path rounds them stochastically (by device and dtype)."""
+    return [index for indices in _by_device_and_dtype(tensors).values() for index in indices]
 
 
 def _by_device_and_dtype(tensors: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
@@ -829,8 +1050,9 @@ def _single_tensor_classp(
     grads: list[Tensor],
     grad_sums: list[Tensor],
     update_masks: list[Tensor] | None,
-    cutoffs: list[Tensor | None] | None,
+    cutoffs: list[Tensor | float | None] | None,
     generators: Mapping[torch.device, torch.Generator] | None,
+    plans: list[RowPlan | None],
     *,
     lr: float,
     threshold: float,
@@ -844,7 +1066,7 @@ def _single_tensor_classp(
     step_size = lr if maximize else -lr
     updated = torch.zeros((), dtype=torch.int64, device=params[0].device)
     # In the multi-tensor path's order, so that stochastic rounding draws the same numbers.
-    for index in [index for indices in _by_device_and_dtype(params).values() for index in indices]:
+    for index in _draw_order(params):
         param, grad, grad_sum = params[index], grads[index], grad_sums[index]
         magnitude = _masked_magnitude(grad, threshold, threshold_mode, None if cutoffs is None else cutoffs[index])
         updated += _count_updated(magnitude)
@@ -856,24 +1078,26 @@ def _single_tensor_classp(
         if power == 2.0:
             grad_sum.addcmul_(magnitude, magnitude)
         else:
-            grad_sum.add_(magnitude if power == 1.0 else magnitude.pow(power))
+            grad_sum.add_(magnitude if power == 1.0 else pow_rows(magnitude, power))
         if apply_decay:
             denom = grad_sum.add(eps)
             if power == 2.0:
                 denom.sqrt_()
             elif power != 1.0:
-                denom.pow_(1.0 / power)
+                pow_rows(denom, 1.0 / power, out=denom)
         else:
             denom = torch.ones_like(magnitude)
         weight.addcdiv_(magnitude, _signed_denominator_(denom, grad), value=step_size)
         if weight is not param:
-            _write_back([param], [weight], generators)
+            _write_back([param], [weight], generators, [plans[index]])
     return updated
 
 
 #: On the CPU the multi-tensor path works through chunks of about this many elements, so that its
-#: temporaries stay small enough for the allocator to reuse instead of faulting in fresh pages.
-_CPU_CHUNK_NUMEL = 1 << 22
+#: temporaries stay small enough for the allocator to reuse instead of faulting in fresh pages, and
+#: for the cache to hold them between kernels (1 << 22 made it ~1.5x slower than the single-tensor
+#: path on real MiniLM gradients; 1 << 18 matches it).
+_CPU_CHUNK_NUMEL = 1 << 18
 
 
 def _chunks(tensors: list[Tensor]) -> list[list[int]]:
@@ -901,8 +1125,9 @@ def _multi_tensor_classp(
     grads: list[Tensor],
     grad_sums: list[Tensor],
     update_masks: list[Tensor] | None,
-    cutoffs: list[Tensor | None] | None,
+    cutoffs: list[Tensor | float | None] | None,
     generators: Mapping[torch.device, torch.Generator] | None,
+    plans: list[RowPlan | None],
     *,
     lr: float,
     threshold: float,
@@ -940,13 +1165,13 @@ def _multi_tensor_classp(
         elif power == 1.0:
             torch._foreach_add_(device_sums, magnitudes)
         else:
-            torch._foreach_add_(device_sums, torch._foreach_pow(magnitudes, power))
+            torch._foreach_add_(device_sums, _foreach_pow(magnitudes, power))
         if apply_decay:
             denoms = torch._foreach_add(device_sums, eps)
             if power == 2.0:
                 torch._foreach_sqrt_(denoms)
             elif power != 1.0:
-                torch._foreach_pow_(denoms, 1.0 / power)
+                _foreach_pow(denoms, 1.0 / power, in_place=True)
         else:
             denoms = [torch.ones_like(m) for m in magnitudes]
         if signed is not None:  # the sign is on the numerator: the same quotient, bit for bit
@@ -956,5 +1181,112 @@ def _multi_tensor_classp(
                 _signed_denominator_(denom, grad)
             torch._foreach_addcdiv_(weights, magnitudes, denoms, value=step_size)
         if weights is not device_params:
-            _write_back(device_params, weights, generators)
+            _write_back(device_params, weights, generators, [plans[i] for i in indices])
     return updated
+
+
+def _fused_cutoff(
+    grad: Tensor, threshold: float, mode: str, given: Tensor | float | None, dtype: torch.dtype
+) -> Tensor:
+    """The cut-off the fused kernel compares ``|g|`` with, as a 0-dim tensor: the one the other paths use."""
+    if threshold <= 0.0:
+        cutoff: Tensor | float = 0.0
+    elif given is not None:
+        cutoff = given
+    elif mode == "absolute":
+        cutoff = math.sqrt(threshold)
+    else:
+        cutoff = _cutoff(_finite_magnitude(grad), threshold, mode)
+    return torch.as_tensor(cutoff, dtype=dtype, device=grad.device)
+
+
+def _flat_alias(tensor: Tensor) -> Tensor:
+    """A 1-D tensor on ``tensor``'s memory that is not a view (``torch.compile`` guards on a view's base, whose
+    shape differs from tensor to tensor, and would recompile)."""
+    alias = tensor.new_empty(0)
+    return alias.set_(tensor.untyped_storage(), tensor.storage_offset(), (tensor.numel(),), (1,))
+
+
+def _fusable(*tensors: Tensor | None) -> bool:
+    """Whether the tensors can be seen as flat views (the fused kernel writes through them)."""
+    return all(t is None or t.is_contiguous() for t in tensors)
+
+
+def _fused_classp(
+    params: list[Tensor],
+    grads: list[Tensor],
+    grad_sums: list[Tensor],
+    update_masks: list[Tensor] | None,
+    cutoffs: list[Tensor | float | None] | None,
+    generators: Mapping[torch.device, torch.Generator] | None,
+    plans: list[RowPlan | None],
+    *,
+    lr: float,
+    threshold: float,
+    threshold_mode: str,
+    power: float,
+    eps: float,
+    apply_decay: bool,
+    weight_decay: float,
+    maximize: bool,
+) -> Tensor:
+    """The compiled path: one :func:`~classp_hf.optim._fused.fused_update` kernel per tensor, in the
+    other paths' order (so stochastic rounding draws alike); a non-contiguous tensor takes the single-tensor
+    path."""
+    hyperparameters = dict(
+        lr=lr,
+        threshold=threshold,
+        threshold_mode=threshold_mode,
+        power=power,
+        eps=eps,
+        apply_decay=apply_decay,
+        weight_decay=weight_decay,
+        maximize=maximize,
+    )
+    update = _fused.compiled_update()
+    device = params[0].device
+    counts = []
+    for (param_device, _), indices in _by_device_and_dtype(params).items():
+        dtype = grad_sums[indices[0]].dtype
+        scalars = [torch.tensor(value, dtype=dtype, device=param_device) for value in (lr, weight_decay, eps, power)]
+        rounder = _STOCHASTIC_ROUNDERS.get(params[indices[0]].dtype) if generators is not None else None
+        for index in indices:
+            param, grad, grad_sum, plan = params[index], grads[index], grad_sums[index], plans[index]
+            mask = None if update_masks is None else update_masks[index]
+            given = None if cutoffs is None else cutoffs[index]
+            if not _fusable(param, grad, grad_sum, mask):
+                counts.append(
+                    _single_tensor_classp(
+                        [param],
+                        [grad],
+                        [grad_sum],
+                        None if mask is None else [mask],
+                        [given],
+                        generators,
+                        [plan],
+                        **hyperparameters,
+                    ).to(device)
+                )
+                continue
+            if param.numel() == 0:  # nothing to update; a gathered tensor still draws its whole tensor's noise
+                if rounder is not None:
+                    rounder(param, param.to(dtype), generators[param_device], plan)
+                continue
+            count, weight = update(
+                _flat_alias(param.detach()),
+                _flat_alias(grad.detach()),
+                _flat_alias(grad_sum),
+                None if mask is None else _flat_alias(mask),
+                *scalars,
+                _fused_cutoff(grad, threshold, threshold_mode, given, dtype),
+                kind=_fused.power_kind(power),
+                apply_decay=apply_decay,
+                maximize=maximize,
+                write_weight=rounder is None,
+            )
+            if weight is not None:
+                rounder(param, weight.view_as(param), generators[param_device], plan)
+            counts.append(count.to(device))
+    if not counts:
+        return torch.zeros((), dtype=torch.int64, device=device)
+    return torch.stack(counts).sum()

@@ -483,6 +483,8 @@ register_optimizer(
         "apply_decay": bool,
         "stochastic_rounding": bool,
         "seed": int,
+        "fused": bool,
+        "state_dtype": str,
         **_COMMON,
     },
 )
