@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from classp_hf.continual.config import ConfigError, RunConfig, _check_keys, _expect, _parse_yaml, config_from_dict
+from classp_hf.continual.config import ConfigError, RunConfig, check_keys, config_from_dict, parse_yaml, require
 
 __all__ = [
     "PRESETS_RESOURCE",
@@ -73,9 +73,9 @@ _MAX_SLUG = 60
 def _check_overrides(raw: Any, where: str) -> dict[str, Any]:
     if raw is None:
         return {}
-    _expect(isinstance(raw, dict), f"{where}: expected a mapping of dotted keys to values")
+    require(isinstance(raw, dict), f"{where}: expected a mapping of dotted keys to values")
     for key in raw:
-        _expect(isinstance(key, str) and all(key.split(".")), f"{where}: {key!r} is not a dotted key (e.g. seed, a.b)")
+        require(isinstance(key, str) and all(key.split(".")), f"{where}: {key!r} is not a dotted key (e.g. seed, a.b)")
     return dict(raw)
 
 
@@ -185,15 +185,15 @@ def _grid_points(grid: Mapping[str, list[Any]]) -> list[GridPoint]:
 def _check_grid(raw: Any, where: str) -> dict[str, list[Any]]:
     if raw is None:
         return {}
-    _expect(isinstance(raw, dict), f"{where}: expected a mapping of dotted keys to lists of values")
+    require(isinstance(raw, dict), f"{where}: expected a mapping of dotted keys to lists of values")
     grid = {}
     for key, values in raw.items():
-        _expect(isinstance(key, str) and all(key.split(".")), f"{where}: {key!r} is not a dotted key")
-        _expect(isinstance(values, list) and len(values) >= 1, f"{where}.{key}: expected a non-empty list of values")
+        require(isinstance(key, str) and all(key.split(".")), f"{where}: {key!r} is not a dotted key")
+        require(isinstance(values, list) and len(values) >= 1, f"{where}.{key}: expected a non-empty list of values")
         texts = [repr(value) for value in values]
-        _expect(len(set(texts)) == len(texts), f"{where}.{key}: a value is listed twice")
+        require(len(set(texts)) == len(texts), f"{where}.{key}: a value is listed twice")
         for value in values:
-            _expect(
+            require(
                 not (isinstance(value, float) and not math.isfinite(value)),
                 f"{where}.{key}: {value!r} is not a finite number",
             )
@@ -265,9 +265,9 @@ class Preset:
 
 def _preset_from_dict(name: str, raw: Any, where: str) -> Preset:
     where = f"{where}.{name}"
-    _expect(_NAME.fullmatch(str(name)) is not None, f"{where}: a preset name uses letters, digits and _.+-")
-    _expect(isinstance(raw, dict), f"{where}: expected a mapping")
-    _check_keys(raw, _PRESET_KEYS, where)
+    require(_NAME.fullmatch(str(name)) is not None, f"{where}: a preset name uses letters, digits and _.+-")
+    require(isinstance(raw, dict), f"{where}: expected a mapping")
+    check_keys(raw, _PRESET_KEYS, where)
     overrides = {
         "training.optim": raw.get("optimizer", DEFAULT_PRESET_OPTIMIZER),
         "training.optim_args": raw.get("optim_args"),
@@ -300,8 +300,8 @@ def load_presets(path: str | os.PathLike | None = None) -> dict[str, Preset]:
     """
     where = str(path) if path is not None else f"classp_hf/{PRESETS_RESOURCE}"
     text = Path(path).read_text(encoding="utf-8") if path is not None else _shipped_presets_text()
-    raw = _parse_yaml(text)
-    _expect(isinstance(raw, dict) and raw, f"{where}: expected a mapping of preset names")
+    raw = parse_yaml(text)
+    require(isinstance(raw, dict) and raw, f"{where}: expected a mapping of preset names")
     return {str(name): _preset_from_dict(name, value, where) for name, value in raw.items()}
 
 
@@ -315,15 +315,15 @@ def _setting_from_raw(raw: Any, index: int, presets: Mapping[str, Preset], sourc
     where = f"{source}: settings[{index}]"
     if isinstance(raw, str):
         raw = {"preset": raw}
-    _expect(isinstance(raw, dict), f"{where}: expected a preset name or a mapping (name, preset, overrides, grid)")
-    _check_keys(raw, _SETTING_KEYS, where)
+    require(isinstance(raw, dict), f"{where}: expected a preset name or a mapping (name, preset, overrides, grid)")
+    check_keys(raw, _SETTING_KEYS, where)
     preset_name = raw.get("preset")
-    _expect("name" in raw or preset_name is not None, f"{where}: give a name (or a preset)")
+    require("name" in raw or preset_name is not None, f"{where}: give a name (or a preset)")
     if preset_name is not None and preset_name not in presets:
         raise _unknown_preset(preset_name, presets, f"{where}.preset")
     base = presets[preset_name].setting() if preset_name is not None else Setting(name="")
     name = raw.get("name", preset_name)
-    _expect(
+    require(
         isinstance(name, str) and _NAME.fullmatch(name) is not None,
         f"{where}.name: {name!r}: use letters, digits and _.+- (it names a folder)",
     )
@@ -347,11 +347,11 @@ def parse_seeds(raw: Any, where: str = "seeds") -> list[int]:
             raise ConfigError(f"{where}: expected comma-separated integers, e.g. 0,1,2, got {raw!r}") from None
     if isinstance(raw, int) and not isinstance(raw, bool):
         raw = [raw]
-    _expect(
+    require(
         isinstance(raw, list) and raw and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in raw),
         f"{where}: expected a non-empty list of non-negative integers, got {raw!r}",
     )
-    _expect(len(set(raw)) == len(raw), f"{where}: a seed is listed twice in {raw}")
+    require(len(set(raw)) == len(raw), f"{where}: a seed is listed twice in {raw}")
     return list(raw)
 
 
@@ -384,7 +384,7 @@ class Grid:
     def __post_init__(self) -> None:
         self.base_config = Path(self.base_config)
         names = [setting.name for setting in self.settings]
-        _expect(bool(names), f"{self.source}: settings: expected at least one setting")
+        require(bool(names), f"{self.source}: settings: expected at least one setting")
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ConfigError(f"{self.source}: settings: the name {duplicates[0]!r} is used twice")
@@ -400,19 +400,19 @@ class Grid:
     @functools.cached_property
     def _base_raw(self) -> dict[str, Any]:
         path = self.base_config
-        _expect(path.is_file(), f"{self.source}: base: config file not found: {path}")
+        require(path.is_file(), f"{self.source}: base: config file not found: {path}")
         try:
-            raw = _parse_yaml(path.read_text(encoding="utf-8"))
+            raw = parse_yaml(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: malformed YAML: {getattr(error, 'problem', None) or error}") from None
-        _expect(isinstance(raw, dict), f"{path}: expected a mapping at the top level")
+        require(isinstance(raw, dict), f"{path}: expected a mapping at the top level")
         return raw
 
     @functools.cached_property
     def task_names(self) -> list[str]:
         """The base config's task names (what ``tasks.*`` expands to)."""
         tasks = self._base_raw.get("tasks")
-        _expect(isinstance(tasks, list), f"{self.base_config}: tasks: expected a list")
+        require(isinstance(tasks, list), f"{self.base_config}: tasks: expected a list")
         return [str(task.get("name")) for task in tasks if isinstance(task, dict)]
 
     def overrides_for(self, setting: Setting, point: GridPoint, seed: int) -> dict[str, Any]:
@@ -453,7 +453,7 @@ class Grid:
                 names = [task.name for task in config.tasks]
                 if queue is None:
                     queue = names
-                _expect(
+                require(
                     names == queue,
                     f"{self.source}: setting {setting.name} trains the tasks {names}, the others {queue}: "
                     "a comparison needs one queue",
@@ -494,25 +494,25 @@ def grid_from_dict(
         ConfigError: one line naming the key.
     """
     presets = load_presets() if presets is None else presets
-    _expect(isinstance(raw, dict), f"{source}: expected a mapping (base, seeds, overrides, settings)")
-    _check_keys(raw, _GRID_KEYS, source)
+    require(isinstance(raw, dict), f"{source}: expected a mapping (base, seeds, overrides, settings)")
+    check_keys(raw, _GRID_KEYS, source)
     profiles = raw.get("profiles") or {}
-    _expect(isinstance(profiles, dict), f"{source}: profiles: expected a mapping of profile names")
+    require(isinstance(profiles, dict), f"{source}: profiles: expected a mapping of profile names")
     chosen: dict[str, Any] = {}
     if profile is not None:
         if profile not in profiles:
             known = ", ".join(profiles) or "none"
             raise ConfigError(f"--profile {profile}: {source} has no such profile (profiles: {known})")
         chosen = profiles[profile] or {}
-        _expect(isinstance(chosen, dict), f"{source}: profiles.{profile}: expected a mapping")
-        _check_keys(chosen, _PROFILE_KEYS, f"{source}: profiles.{profile}")
+        require(isinstance(chosen, dict), f"{source}: profiles.{profile}: expected a mapping")
+        check_keys(chosen, _PROFILE_KEYS, f"{source}: profiles.{profile}")
     base = chosen.get("base", raw.get("base"))
-    _expect(isinstance(base, str) and base, f"{source}: base: required, the path of the base run config")
+    require(isinstance(base, str) and base, f"{source}: base: required, the path of the base run config")
     base_path = Path(os.path.expandvars(base)).expanduser()
     if not base_path.is_absolute() and base_dir is not None:
         base_path = Path(base_dir) / base_path
     settings_raw = raw.get("settings")
-    _expect(isinstance(settings_raw, list) and settings_raw, f"{source}: settings: expected a non-empty list")
+    require(isinstance(settings_raw, list) and settings_raw, f"{source}: settings: expected a non-empty list")
     grid = Grid(
         base_config=base_path,
         settings=[_setting_from_raw(item, index, presets, source) for index, item in enumerate(settings_raw)],
@@ -546,9 +546,9 @@ def load_grid(
         ConfigError: a missing file, malformed YAML or a bad key or value, in one line.
     """
     path = Path(path)
-    _expect(path.is_file(), f"grid file not found: {path}")
+    require(path.is_file(), f"grid file not found: {path}")
     try:
-        raw = _parse_yaml(path.read_text(encoding="utf-8"))
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: malformed YAML: {getattr(error, 'problem', None) or error}") from None
     return grid_from_dict(raw, path.resolve().parent, str(path), profile=profile, seeds=seeds, overrides=overrides)
@@ -574,7 +574,7 @@ def grid_from_presets(
     """
     if isinstance(presets, str):
         presets = [name.strip() for name in presets.split(",") if name.strip()]
-    _expect(bool(presets), "--presets: expected comma-separated preset names, e.g. classp,adamw")
+    require(bool(presets), "--presets: expected comma-separated preset names, e.g. classp,adamw")
     shipped = load_presets()
     for name in presets:
         if name not in shipped:

@@ -21,7 +21,7 @@ import jsonschema
 from jsonschema.exceptions import best_match
 
 from classp_hf.continual.io import write_json_atomic, write_text_atomic
-from classp_hf.continual.report import _colors, _md_table, _new_figure, _save_png
+from classp_hf.continual.report import figure_colors, markdown_table, new_figure, save_png
 
 __all__ = [
     "COMPARISON_SCHEMA_PATH",
@@ -227,7 +227,7 @@ def _accuracy_section(data: dict[str, Any]) -> list[str]:
         "Mean ± sample standard deviation over the complete seeds; the task columns are each task's accuracy after "
         "the last task. BWT and forgetting in percentage points (see any run's report.md for the definitions).",
         "",
-        _md_table(header, rows, align=["---", "---", "---:"] + ["---:"] * (len(header) - 3)),
+        markdown_table(header, rows, align=["---", "---", "---:"] + ["---:"] * (len(header) - 3)),
         "",
     ]
 
@@ -267,7 +267,7 @@ def _cost_section(data: dict[str, Any]) -> list[str]:
         "theirs). Extra memory: what the optimizer and the continual method keep after the last task (optimizer "
         "state + method state), beyond the model. Wall and CPU time per run (user + system, the run's process).",
         "",
-        _md_table(header, rows),
+        markdown_table(header, rows),
         "",
     ]
 
@@ -292,7 +292,7 @@ def _seeds_section(data: dict[str, Any]) -> list[str]:
                     _NA if run["wall_seconds"] is None else f"{run['wall_seconds']:.0f}",
                 ]
             )
-    return ["## Each seed (chosen point)", "", _md_table(header, rows, align=["---"] * 3 + ["---:"] * 6), ""]
+    return ["## Each seed (chosen point)", "", markdown_table(header, rows, align=["---"] * 3 + ["---:"] * 6), ""]
 
 
 def _grid_section(data: dict[str, Any]) -> list[str]:
@@ -323,7 +323,7 @@ def _grid_section(data: dict[str, Any]) -> list[str]:
         "",
         "Chosen on validation ACC alone; the test columns are shown for information and played no part in the choice.",
         "",
-        _md_table(header, rows, align=["---"] * 3 + ["---:"] * 4 + ["---"]),
+        markdown_table(header, rows, align=["---"] * 3 + ["---:"] * 4 + ["---"]),
         "",
     ]
 
@@ -387,7 +387,7 @@ def plot_accuracy_matrices(data: dict[str, Any], path: str | os.PathLike) -> Pat
     cols = min(4, len(settings))
     rows = math.ceil(len(settings) / cols)
     cell = 0.55 * len(tasks) + 1.6
-    fig = _new_figure(cols * cell + 1.0, rows * (cell + 0.6) + 0.6)
+    fig = new_figure(cols * cell + 1.0, rows * (cell + 0.6) + 0.6)
     fig.set_layout_engine("constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     image = None
@@ -406,7 +406,7 @@ def plot_accuracy_matrices(data: dict[str, Any], path: str | os.PathLike) -> Pat
         ax.set_visible(False)
     fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy (%)")
     fig.suptitle("Accuracy after each task (row) on each task (column), mean over seeds")
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 def plot_first_task(data: dict[str, Any], path: str | os.PathLike) -> Path | None:
@@ -417,10 +417,10 @@ def plot_first_task(data: dict[str, Any], path: str | os.PathLike) -> Path | Non
     if not settings:
         return None
     tasks = data["tasks"]
-    fig = _new_figure(max(6.0, 1.3 * len(tasks) + 3.5), 4.5)
+    fig = new_figure(max(6.0, 1.3 * len(tasks) + 3.5), 4.5)
     ax = fig.add_subplot()
     x = np.arange(len(tasks))
-    for setting, color in zip(settings, _colors(len(settings))):
+    for setting, color in zip(settings, figure_colors(len(settings))):
         curve = setting["summary"]["first_task_curve"]
         mean = np.asarray(curve["mean"], dtype=float) * 100.0
         std = np.asarray([0.0 if s is None else s for s in curve["std"]], dtype=float) * 100.0
@@ -431,7 +431,7 @@ def plot_first_task(data: dict[str, Any], path: str | os.PathLike) -> Path | Non
     ax.set_title("The first task across the queue (mean ± std over seeds)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 def plot_acc_vs_memory(data: dict[str, Any], path: str | os.PathLike) -> Path | None:
@@ -439,9 +439,9 @@ def plot_acc_vs_memory(data: dict[str, Any], path: str | os.PathLike) -> Path | 
     settings = [s for s in _with_results(data) if s["summary"]["extra_memory_bytes"]["mean"] is not None]
     if not settings:
         return None
-    fig = _new_figure(7.5, 4.8)
+    fig = new_figure(7.5, 4.8)
     ax = fig.add_subplot()
-    for setting, color in zip(settings, _colors(len(settings))):
+    for setting, color in zip(settings, figure_colors(len(settings))):
         s = setting["summary"]
         x = s["extra_memory_bytes"]["mean"] / _MIB
         y = 100.0 * s["acc"]["mean"]
@@ -459,7 +459,7 @@ def plot_acc_vs_memory(data: dict[str, Any], path: str | os.PathLike) -> Path | 
     ax.set_ylabel("ACC (%)")
     ax.set_title("Accuracy against memory")
     ax.grid(alpha=0.3)
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 def plot_stability_plasticity(data: dict[str, Any], path: str | os.PathLike) -> Path | None:
@@ -470,9 +470,9 @@ def plot_stability_plasticity(data: dict[str, Any], path: str | os.PathLike) -> 
     settings = data["settings"]
     if not any(p["run"]["status"] == "complete" for s in settings for p in s["points"]):
         return None
-    fig = _new_figure(7.5, 5.2)
+    fig = new_figure(7.5, 5.2)
     ax = fig.add_subplot()
-    for setting, color in zip(settings, _colors(len(settings))):
+    for setting, color in zip(settings, figure_colors(len(settings))):
         for point in setting["points"]:
             m = point["run"]["metrics"]
             if m:
@@ -497,7 +497,7 @@ def plot_stability_plasticity(data: dict[str, Any], path: str | os.PathLike) -> 
     ax.set_title("Stability against plasticity (hollow: grid points, first seed)")
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 _PLOTS: dict[str, Callable[[dict[str, Any], Path], Path | None]] = {

@@ -184,7 +184,8 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
-def _parse_yaml(text: str) -> Any:
+def parse_yaml(text: str) -> Any:
+    """Parses YAML safely, reading ``1e-3`` as a number (PyYAML's YAML 1.1 resolver reads it as text)."""
     return yaml.load(text, Loader=_YamlLoader)  # noqa: S506  (a SafeLoader subclass)
 
 
@@ -366,12 +367,14 @@ def _field_types(cls: type) -> dict[str, Any]:
 # -- small checks ------------------------------------------------------------------------------
 
 
-def _expect(condition: bool, message: str) -> None:
+def require(condition: bool, message: str) -> None:
+    """Raises ``ConfigError(message)`` unless ``condition`` holds."""
     if not condition:
         raise ConfigError(message)
 
 
-def _check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
+def check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    """Raises ``ConfigError`` naming ``where.key`` for a key not in ``allowed`` (with the closest allowed name)."""
     for key in data:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
@@ -382,7 +385,7 @@ def _check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
 def _positive_int(value: Any, where: str, *, allow_none: bool = True) -> int | None:
     if value is None and allow_none:
         return None
-    _expect(
+    require(
         isinstance(value, int) and not isinstance(value, bool) and value > 0, f"{where}: expected a positive integer"
     )
     return value
@@ -476,7 +479,7 @@ def parse_peft_section(raw: Any) -> dict[str, Any] | None:
     """
     if raw is None:
         return None
-    _expect(isinstance(raw, dict), "config.peft: expected a mapping of peft.LoraConfig fields")
+    require(isinstance(raw, dict), "config.peft: expected a mapping of peft.LoraConfig fields")
     field_types = {**_lora_field_types(), **_field_types(_AdapterOptions)}
     for key, value in raw.items():
         if key not in field_types:
@@ -519,7 +522,7 @@ def _check_training(training: Any, where: str, *, per_task: bool) -> dict[str, A
     """Keys, value types and ranges of a ``training`` section (the whole arguments are built later)."""
     if training is None:
         return {}
-    _expect(isinstance(training, dict), f"{where}: expected a mapping of TrainingArguments fields")
+    require(isinstance(training, dict), f"{where}: expected a mapping of TrainingArguments fields")
     field_types = _training_field_types()
     for key, value in training.items():
         if per_task:
@@ -527,15 +530,15 @@ def _check_training(training: Any, where: str, *, per_task: bool) -> dict[str, A
                 raise ConfigError(
                     f"{where}.{key}: the optimizer persists across tasks; set it once in the top-level training"
                 )
-            _expect(
+            require(
                 key in TASK_TRAINING_KEYS,
                 f"{where}.{key}: a task may override only {', '.join(sorted(TASK_TRAINING_KEYS))}",
             )
         else:
-            _expect(
+            require(
                 key not in RUNNER_OWNED_TRAINING_KEYS, f"{where}.{key}: set by the runner, remove it from the config"
             )
-            _expect(key in _TRAINING_FIELDS, f"{where}.{key}: not a classp_hf.TrainingArguments field")
+            require(key in _TRAINING_FIELDS, f"{where}.{key}: not a classp_hf.TrainingArguments field")
         check_value(value, field_types.get(key, Any), f"{where}.{key}")
         if key in _TRAINING_RANGES:
             _TRAINING_RANGES[key].check(value, f"{where}.{key}")
@@ -692,10 +695,10 @@ _RUN_KEYS = {f.name for f in dataclasses.fields(RunConfig)} - {"source"}
 
 
 def _resolve_data_files(data_files: Any, where: str, base_dir: Path | None) -> dict[str, str]:
-    _expect(isinstance(data_files, dict), f"{where}.data_files: expected {{train: path, test: path}}")
+    require(isinstance(data_files, dict), f"{where}.data_files: expected {{train: path, test: path}}")
     for split in ("train", "test"):
-        _expect(isinstance(data_files.get(split), str), f"{where}.data_files.{split}: required, a path")
-    _check_keys(data_files, {"train", "test"}, f"{where}.data_files")
+        require(isinstance(data_files.get(split), str), f"{where}.data_files.{split}: required, a path")
+    check_keys(data_files, {"train", "test"}, f"{where}.data_files")
     resolved = {}
     for split, path in data_files.items():
         path = Path(path).expanduser()
@@ -707,20 +710,20 @@ def _resolve_data_files(data_files: Any, where: str, base_dir: Path | None) -> d
 
 def _task_from_dict(raw: Any, index: int, labels: list[str], base_dir: Path | None) -> TaskConfig:
     where = f"tasks[{index}]"
-    _expect(isinstance(raw, dict), f"{where}: expected a mapping")
-    _check_keys(raw, _TASK_KEYS, where)
-    _expect(isinstance(raw.get("name"), str) and raw["name"].strip() != "", f"{where}.name: required, a string")
+    require(isinstance(raw, dict), f"{where}: expected a mapping")
+    check_keys(raw, _TASK_KEYS, where)
+    require(isinstance(raw.get("name"), str) and raw["name"].strip() != "", f"{where}.name: required, a string")
     name = raw["name"]
-    _expect(re.fullmatch(r"[A-Za-z0-9_.-]+", name) is not None, f"{where}.name: use letters, digits, '_', '-', '.'")
+    require(re.fullmatch(r"[A-Za-z0-9_.-]+", name) is not None, f"{where}.name: use letters, digits, '_', '-', '.'")
     where = f"tasks[{index}] ({name})"
     data_files, dataset = raw.get("data_files"), raw.get("dataset")
-    _expect((data_files is None) != (dataset is None), f"{where}: give exactly one of data_files or dataset")
+    require((data_files is None) != (dataset is None), f"{where}: give exactly one of data_files or dataset")
     if data_files is not None:
         data_files = _resolve_data_files(data_files, where, base_dir)
     else:
-        _expect(isinstance(dataset, str), f"{where}.dataset: expected a dataset name")
+        require(isinstance(dataset, str), f"{where}.dataset: expected a dataset name")
     splits = raw.get("splits", {"train": "train", "test": "test"})
-    _expect(
+    require(
         isinstance(splits, dict)
         and set(splits) == {"train", "test"}
         and all(isinstance(v, str) for v in splits.values()),
@@ -728,15 +731,15 @@ def _task_from_dict(raw: Any, index: int, labels: list[str], base_dir: Path | No
     )
     label_map = raw.get("label_map")
     if label_map is not None:
-        _expect(isinstance(label_map, dict) and label_map, f"{where}.label_map: expected a non-empty mapping")
+        require(isinstance(label_map, dict) and label_map, f"{where}.label_map: expected a non-empty mapping")
         label_map = {str(k): v for k, v in label_map.items()}
         for source, target in label_map.items():
-            _expect(
+            require(
                 target in labels,
                 f"{where}.label_map.{source}: {target!r} is not one of the shared labels {labels}",
             )
     for key in ("text_column", "label_column"):
-        _expect(isinstance(raw.get(key, "x"), str), f"{where}.{key}: expected a column name")
+        require(isinstance(raw.get(key, "x"), str), f"{where}.{key}: expected a column name")
     return TaskConfig(
         name=name,
         data_files=data_files,
@@ -775,29 +778,29 @@ def config_from_dict(
     Raises:
         ConfigError: naming the first invalid key.
     """
-    _expect(isinstance(raw, dict), "config: expected a mapping at the top level")
+    require(isinstance(raw, dict), "config: expected a mapping at the top level")
     if overrides:
         raw = apply_overrides(raw, overrides)
     raw = expand_env(raw)
-    _check_keys(raw, _RUN_KEYS, "config")
+    check_keys(raw, _RUN_KEYS, "config")
     for key in ("model", "labels", "tasks"):
-        _expect(key in raw, f"config.{key}: required")
-    _expect(isinstance(raw["model"], str) and raw["model"], "config.model: expected a Hub id, folder or pkg:<module>")
+        require(key in raw, f"config.{key}: required")
+    require(isinstance(raw["model"], str) and raw["model"], "config.model: expected a Hub id, folder or pkg:<module>")
     labels = raw["labels"]
-    _expect(
+    require(
         isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) for x in labels),
         "config.labels: expected a list of at least two label names",
     )
-    _expect(len(set(labels)) == len(labels), "config.labels: duplicate label names")
+    require(len(set(labels)) == len(labels), "config.labels: duplicate label names")
     seed = raw.get("seed", 0)
-    _expect(isinstance(seed, int) and not isinstance(seed, bool), "config.seed: expected an integer")
+    require(isinstance(seed, int) and not isinstance(seed, bool), "config.seed: expected an integer")
     max_length = _positive_int(raw.get("max_length", 128), "config.max_length", allow_none=False)
     model_dtype = check_value(raw.get("model_dtype"), _field_types(RunConfig)["model_dtype"], "config.model_dtype")
     method, method_args = raw.get("method", "none"), raw.get("method_args") or {}
     diagnostics = raw.get("diagnostics", False)
-    _expect(isinstance(diagnostics, bool), "config.diagnostics: expected true or false")
+    require(isinstance(diagnostics, bool), "config.diagnostics: expected true or false")
     validation_fraction = raw.get("validation_fraction", 0.0)
-    _expect(
+    require(
         isinstance(validation_fraction, (int, float))
         and not isinstance(validation_fraction, bool)
         and 0 <= validation_fraction < 1,
@@ -808,12 +811,12 @@ def config_from_dict(
     training = _check_training(raw.get("training"), "config.training", per_task=False)
     _check_optimizer(training)
     tasks_raw = raw["tasks"]
-    _expect(isinstance(tasks_raw, list) and tasks_raw, "config.tasks: expected a non-empty list")
+    require(isinstance(tasks_raw, list) and tasks_raw, "config.tasks: expected a non-empty list")
     base = Path(base_dir) if base_dir is not None else None
     tasks = [_task_from_dict(task, index, labels, base) for index, task in enumerate(tasks_raw)]
     names = [task.name for task in tasks]
     duplicates = sorted({name for name in names if names.count(name) > 1})
-    _expect(not duplicates, f"config.tasks: duplicate task name {duplicates[0]!r}" if duplicates else "")
+    require(not duplicates, f"config.tasks: duplicate task name {duplicates[0]!r}" if duplicates else "")
     config = RunConfig(
         model=raw["model"],
         labels=list(labels),
@@ -854,7 +857,7 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = _parse_yaml(path.read_text(encoding="utf-8"))
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -915,12 +918,12 @@ def parse_override_args(args: Sequence[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"override {arg!r}: expected key=value (e.g. training.learning_rate=1e-3)")
         parts = key.split(".")
-        _expect(all(parts), f"override {key}: empty part in the dotted key")
+        require(all(parts), f"override {key}: empty part in the dotted key")
         if _is_text(_override_annotation(parts)):
             overrides[key] = text
             continue
         try:
-            overrides[key] = _parse_yaml(text)
+            overrides[key] = parse_yaml(text)
         except yaml.YAMLError as error:
             problem = getattr(error, "problem", None) or _first_line(error)
             raise ConfigError(f"override {key}: {text!r} is not a YAML value ({problem})") from None
@@ -942,20 +945,20 @@ def _set_dotted(root: dict[str, Any], key: str, value: Any) -> None:
     node, path = root, []
     if parts[0] == "tasks" and len(parts) > 1:
         tasks = root.get("tasks")
-        _expect(isinstance(tasks, list) and bool(tasks), f"override {key}: the config has no list of tasks")
+        require(isinstance(tasks, list) and bool(tasks), f"override {key}: the config has no list of tasks")
         index = _task_index(tasks, parts[1], key)
         if len(parts) == 2:
             tasks[index] = value
             return
         node, path = tasks[index], [f"tasks.{parts[1]}"]
-        _expect(isinstance(node, dict), f"override {key}: tasks.{parts[1]} is not a mapping")
+        require(isinstance(node, dict), f"override {key}: tasks.{parts[1]} is not a mapping")
         parts = parts[2:]
     for part in parts[:-1]:
         path.append(part)
         child = node.get(part)
         if child is None:
             child = node[part] = {}
-        _expect(
+        require(
             isinstance(child, dict),
             f"override {key}: {'.'.join(path)} is a {type(child).__name__}, not a mapping; set it whole",
         )
@@ -986,11 +989,11 @@ def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[s
     Raises:
         ConfigError: an unknown task name or index, or a key that goes through a value that is not a mapping.
     """
-    _expect(isinstance(raw, dict), "config: expected a mapping at the top level")
+    require(isinstance(raw, dict), "config: expected a mapping at the top level")
     result = copy.deepcopy(raw)
     if "method" in overrides and overrides["method"] != raw.get("method", "none"):
         result.pop("method_args", None)
     for key, value in overrides.items():
-        _expect(isinstance(key, str) and all(key.split(".")), f"override {key!r}: expected a dotted key")
+        require(isinstance(key, str) and all(key.split(".")), f"override {key!r}: expected a dotted key")
         _set_dotted(result, key, copy.deepcopy(value))
     return result

@@ -143,7 +143,8 @@ def _md_cell(value: Any) -> str:
     return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None) -> str:
+    """A markdown table; ``align`` holds one ``---`` / ``---:`` per column (first left, the rest right by default)."""
     align = align or ["---"] + ["---:"] * (len(header) - 1)
     lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
     lines.extend("| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows)
@@ -159,7 +160,7 @@ def _md_matrix(results: dict[str, Any], matrix_key: str, initial_key: str, with_
         if 0 <= i < num_rows:
             cells = [f"**{cell}**" if j == i else cell for j, cell in enumerate(cells)]
         table_rows.append([label, *cells])
-    return _md_table(["after ↓ / on →", *results["tasks"]], table_rows)
+    return markdown_table(["after ↓ / on →", *results["tasks"]], table_rows)
 
 
 def _bytes(value: int | None) -> str:
@@ -205,7 +206,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         ["Seed", results["seed"]],
         ["Tasks (training order)", " → ".join(tasks)],
     ]
-    out += ["## Run", "", _md_table(["Setting", "Value"], summary, align=["---", "---"]), ""]
+    out += ["## Run", "", markdown_table(["Setting", "Value"], summary, align=["---", "---"]), ""]
 
     # Metrics.
     out += ["## Metrics", ""]
@@ -220,7 +221,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         [name, _metric_text(key, results["metrics"].get(key)), definition]
         for key, (name, definition) in METRIC_DEFINITIONS.items()
     ]
-    out += [_md_table(["Metric", "Value", "Definition"], metric_rows, align=["---", "---:", "---"]), ""]
+    out += [markdown_table(["Metric", "Value", "Definition"], metric_rows, align=["---", "---:", "---"]), ""]
 
     # Matrices.
     out += ["## Accuracy matrix (%)", ""]
@@ -283,7 +284,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "AdamW's moments) and the continual method (EWC's Fisher and anchor, replay's examples, ...) keep after the "
         "task. Majority acc.: accuracy of always predicting the test split's most frequent class.",
         "",
-        _md_table(header, per_task_rows) if per_task_rows else "*No task trained yet.*",
+        markdown_table(header, per_task_rows) if per_task_rows else "*No task trained yet.*",
         "",
     ]
     if num_rows < num_tasks:
@@ -294,7 +295,7 @@ def render_markdown(results: dict[str, Any]) -> str:
 
     # Versions.
     version_rows = [[name, _NA if version is None else version] for name, version in results["versions"].items()]
-    out += ["## Versions", "", _md_table(["Package", "Version"], version_rows, align=["---", "---"]), ""]
+    out += ["## Versions", "", markdown_table(["Package", "Version"], version_rows, align=["---", "---"]), ""]
     return "\n".join(out)
 
 
@@ -324,7 +325,7 @@ def _sparsity_section(results: dict[str, Any]) -> list[str]:
         "that earlier tasks had already updated (CLASSP's premise is that sparse updates leave weights free for "
         "later tasks: a low overlap shows that happening).",
         "",
-        _md_table(["Task", "Per step", "Ever", "Overlap with earlier tasks"], table),
+        markdown_table(["Task", "Per step", "Ever", "Overlap with earlier tasks"], table),
         "",
         f"![Sparsity]({SPARSITY_PLOT_FILENAME})",
         "",
@@ -348,7 +349,7 @@ def _validation_section(results: dict[str, Any]) -> list[str]:
         f"Held out: {_pct(validation['fraction'], 0)}% of each task's training examples. Choose hyperparameters on "
         f"these numbers, not on the test split. {metrics}.",
         "",
-        _md_table(["", *tasks], rows),
+        markdown_table(["", *tasks], rows),
         "",
     ]
 
@@ -374,11 +375,11 @@ def plot_sparsity(results: dict[str, Any], path: str | os.PathLike) -> Path | No
         ("updated at least once", [r["ever_updated_fraction"] for _, r in rows]),
         ("overlap with earlier tasks", [r.get("overlap_with_earlier") for _, r in rows]),
     ]
-    fig = _new_figure(max(6.0, 1.6 * len(names) + 2.5), 4.2)
+    fig = new_figure(max(6.0, 1.6 * len(names) + 2.5), 4.2)
     ax = fig.add_subplot()
     width = 0.27
     positions = np.arange(len(names))
-    for k, ((label, values), color) in enumerate(zip(series, _colors(3))):
+    for k, ((label, values), color) in enumerate(zip(series, figure_colors(3))):
         heights = [np.nan if v is None else 100.0 * v for v in values]
         bars = ax.bar(positions + (k - 1) * width, heights, width, label=label, color=color)
         ax.bar_label(bars, labels=["" if np.isnan(h) else f"{h:.1f}" for h in heights], fontsize=7, padding=1)
@@ -389,13 +390,13 @@ def plot_sparsity(results: dict[str, Any], path: str | os.PathLike) -> Path | No
     ax.set_ylim(0, 105)
     ax.set_title("Which weights each task updated")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------------- plotting
 
 
-def _new_figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
     """A figure attached to the Agg canvas (no pyplot, no GUI backend)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -405,12 +406,13 @@ def _new_figure(width: float, height: float) -> Any:
     return fig
 
 
-def _save_png(fig: Any, path: str | os.PathLike) -> Path:
+def save_png(fig: Any, path: str | os.PathLike) -> Path:
     """Saves ``fig`` as PNG to ``path`` atomically (through a temporary file beside it)."""
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight"))
 
 
-def _colors(n: int) -> list[Any]:
+def figure_colors(n: int) -> list[Any]:
+    """``n`` colours for lines or points: matplotlib's tab10 (tab20 above 10; repeated beyond 20)."""
     from matplotlib import colormaps
 
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
@@ -443,7 +445,7 @@ def plot_accuracy_matrix(results: dict[str, Any], path: str | os.PathLike) -> Pa
         data[i, :] = np.asarray(row, dtype=float) * 100.0
 
     size = 2.0 + 1.1 * num_tasks
-    fig = _new_figure(size + 1.2, size)
+    fig = new_figure(size + 1.2, size)
     ax = fig.add_subplot()
     cmap = colormaps["viridis"].with_extremes(bad="white")
     # Colour scale from the lowest multiple of 10 at or below every value and majority-class level, up to 100.
@@ -470,7 +472,7 @@ def plot_accuracy_matrix(results: dict[str, Any], path: str | os.PathLike) -> Pa
     status = "" if results["status"] == "complete" else f" ({_progress(results)})"
     ax.set_title(f"Accuracy (%) R[i][j]{status}")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="accuracy (%)")
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 def plot_accuracy_curves(results: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -493,10 +495,10 @@ def plot_accuracy_curves(results: dict[str, Any], path: str | os.PathLike) -> Pa
     num_rows = len(matrix)
     stages = ["untrained", *[f"after {task}" for task in tasks]]
 
-    fig = _new_figure(max(6.0, 1.3 * (num_tasks + 1) + 2.5), 4.5)
+    fig = new_figure(max(6.0, 1.3 * (num_tasks + 1) + 2.5), 4.5)
     ax = fig.add_subplot()
     values: list[float] = []
-    for j, (task, color) in enumerate(zip(tasks, _colors(num_tasks))):
+    for j, (task, color) in enumerate(zip(tasks, figure_colors(num_tasks))):
         ys = [100.0 * results["initial_accuracy"][j]] + [100.0 * matrix[i][j] for i in range(num_rows)]
         values += ys
         ax.plot(range(len(ys)), ys, marker="o", color=color, label=task, linewidth=2)
@@ -520,7 +522,7 @@ def plot_accuracy_curves(results: dict[str, Any], path: str | os.PathLike) -> Pa
     status = "" if results["status"] == "complete" else f" ({_progress(results)})"
     ax.set_title(f"Accuracy on each task during training{status}")
     ax.legend(title="task", loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------------------ report
