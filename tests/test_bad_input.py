@@ -180,7 +180,7 @@ def no_accelerator(monkeypatch):
     """fp16 is refused where no GPU is used; pretend there is none on any machine."""
     import classp_hf.continual.config as config_module
 
-    monkeypatch.setattr(config_module, "_accelerator_available", lambda: False)
+    monkeypatch.setattr(config_module, "accelerator_available", lambda: False)
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -296,11 +296,11 @@ def test_building_training_arguments_writes_nothing_and_leaves_accelerate_alone(
 def test_fp16_without_an_accelerator_is_refused(monkeypatch):
     import classp_hf.continual.config as config_module
 
-    monkeypatch.setattr(config_module, "_accelerator_available", lambda: False)
+    monkeypatch.setattr(config_module, "accelerator_available", lambda: False)
     with pytest.raises(ConfigError, match=r"^config\.training\.fp16: fp16 mixed precision runs only on a GPU"):
         config_from_dict(with_training(fp16=True))
     config_from_dict(with_training(bf16=True))  # bf16 runs on a CPU (autocast)
-    monkeypatch.setattr(config_module, "_accelerator_available", lambda: True)
+    monkeypatch.setattr(config_module, "accelerator_available", lambda: True)
     with pytest.raises(ConfigError, match=r"^config\.training\.fp16: .* only on a GPU"):
         config_from_dict(with_training(fp16=True, use_cpu=True))
 

@@ -511,7 +511,8 @@ def _training_field_types() -> dict[str, Any]:
     return _field_types(TrainingArguments)
 
 
-def _accelerator_available() -> bool:
+def accelerator_available() -> bool:
+    """Whether torch sees an accelerator (CUDA, XPU, MPS, ...)."""
     accelerator = getattr(torch, "accelerator", None)
     if accelerator is not None:
         return bool(accelerator.is_available())
@@ -542,7 +543,7 @@ def _check_training(training: Any, where: str, *, per_task: bool) -> dict[str, A
         check_value(value, field_types.get(key, Any), f"{where}.{key}")
         if key in _TRAINING_RANGES:
             _TRAINING_RANGES[key].check(value, f"{where}.{key}")
-    if training.get("fp16") is True and (training.get("use_cpu") is True or not _accelerator_available()):
+    if training.get("fp16") is True and (training.get("use_cpu") is True or not accelerator_available()):
         raise ConfigError(
             f"{where}.fp16: fp16 mixed precision runs only on a GPU and none is used here "
             "(on a CPU it would change nothing); remove it or use bf16: true"
@@ -580,7 +581,7 @@ def _validation_arguments_class() -> type:
 def _build_arguments(options: Mapping[str, Any]) -> tuple[Any, Exception | None]:
     """Builds the arguments quietly; returns them, or the error ``__post_init__`` raised."""
     owned: dict[str, Any] = {"output_dir": _UNUSED_OUTPUT_DIR, "save_strategy": "no"}
-    if not _accelerator_available():  # the run is on the CPU whatever the config says (bf16 then autocasts)
+    if not accelerator_available():  # the run is on the CPU whatever the config says (bf16 then autocasts)
         owned["use_cpu"] = True
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()

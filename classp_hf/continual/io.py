@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "write_text_atomic", "write_json_atomic"]
+__all__ = ["atomic_write", "current_umask", "write_text_atomic", "write_json_atomic"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -39,11 +39,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return path
 
 
-def _file_mode() -> int:
-    """The mode ``open()`` would give a new file under the current umask (usually 0644)."""
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file under the current umask (usually 0644)."""
+    return 0o666 & ~current_umask()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from classp_hf.continual.io import current_umask
+
 __all__ = [
     "RUN_OUTPUTS",
     "OutputDirError",
@@ -144,15 +146,9 @@ def save_model_atomic(model: Any, tokenizer: Any, folder: Path) -> Path:
     return folder
 
 
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
 def temporary_folder(parent: Path, name: str) -> Path:
     """A new temporary folder in ``parent`` that :func:`remove_stray_files` recognises."""
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{name}-", dir=parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    os.chmod(tmp, 0o777 & ~current_umask())
     return tmp
