@@ -84,7 +84,7 @@ def test_penalty_value_and_gradient_by_hand():
         model.head.bias -= torch.tensor([1.0, 0.0, 2.0])
     value = method.penalty(model, {}, None)["ewc"]
     # (4 / 2) * (sum F_w * 0.25 + 1 * 1 + 3 * 4) = 2 * (6.6 * 0.25 + 13) = 29.3
-    assert float(value) == pytest.approx(2.0 * (fisher_w.sum().item() * 0.25 + 13.0))
+    assert value.item() == pytest.approx(2.0 * (fisher_w.sum().item() * 0.25 + 13.0))
     value.backward()
     torch.testing.assert_close(model.head.weight.grad, 4.0 * fisher_w * 0.5)
     torch.testing.assert_close(model.head.bias.grad, 4.0 * fisher_b * torch.tensor([-1.0, 0.0, -2.0]))
