@@ -448,3 +448,25 @@ def test_subprocess_runs_two_at_a_time_and_a_failure_is_recorded(tmp_path, base_
     assert "good" in out and "1 run(s) failed" in out
     log = (output / "logs" / "bad" / "default" / "seed0.log").read_text()
     assert "classp-hf: error: config.model" in log
+
+
+def test_a_run_made_before_a_config_key_existed_is_reused_when_the_key_has_its_default(tmp_path, base_config):
+    grid = write_grid(tmp_path, [{"name": "plain"}])
+    output = tmp_path / "out"
+    first = FakeLauncher(lambda job: (0.6, 0.5))
+    compare(grid, output, launcher=first, log=False)
+    stored_path = output / "runs" / "plain" / "default" / "seed0" / "config.yaml"
+    stored = yaml.safe_load(stored_path.read_text())
+    assert stored["model_dtype"] is None and stored["tasks"][0]["text_column"] == "text"
+    del stored["model_dtype"], stored["diagnostics"]  # as an older classp_hf wrote it
+    del stored["tasks"][0]["text_column"]
+    stored_path.write_text(yaml.safe_dump(stored, sort_keys=False))
+
+    again = FakeLauncher(lambda job: (0.6, 0.5))
+    compare(grid, output, launcher=again, log=False)
+    assert again.launched == []  # finished and the same config: skipped
+
+    stored["diagnostics"] = True  # a stored value other than the default is still a difference
+    stored_path.write_text(yaml.safe_dump(stored, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"run runs/plain/default/seed0 .*\(differs in diagnostics\)"):
+        compare(grid, output, launcher=again, log=False)

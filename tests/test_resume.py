@@ -197,3 +197,19 @@ def test_resuming_a_complete_run_changes_nothing(tmp_path, reference_full, capsy
     assert cli_main(["run", str(config_path), "--output-dir", str(reference.output_dir), "--resume"]) == 0
     assert "already complete" in capsys.readouterr().out
     assert snapshot(reference.output_dir) == before
+
+
+def test_resume_counts_a_config_key_the_run_predates_as_its_default(tmp_path, tiny_model_dir):  # noqa: F811
+    from classp_hf.continual.checkpoint import ResumeError, check_same_config
+
+    config = config_from_dict(three_task_config(tiny_model_dir))
+    stored = config.to_dict()
+    del stored["model_dtype"], stored["validation_fraction"]  # keys an older classp_hf did not write
+    del stored["tasks"][1]["splits"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
+    check_same_config(config, tmp_path)  # no error: the missing keys have their defaults
+
+    stored["validation_fraction"] = 0.25
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
+    with pytest.raises(ResumeError, match="differs from the run's .* in validation_fraction;"):
+        check_same_config(config, tmp_path)

@@ -178,6 +178,7 @@ def check_same_config(config: RunConfig, output_dir: Path) -> None:
     wanted = config.to_dict()
     if not isinstance(stored, dict):
         raise ResumeError(f"--resume: {path} is corrupt (not a mapping)")
+    stored = RunConfig.with_defaults(stored)  # a key added after the run started counts as its default
     differ = sorted(key for key in set(wanted) | set(stored) if wanted.get(key) != stored.get(key))
     if differ:
         raise ResumeError(

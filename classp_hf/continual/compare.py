@@ -158,6 +158,8 @@ def _check_existing_config(paths: _RunPaths, config: RunConfig, output_dir: Path
         stored = yaml.safe_load(stored_path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         stored = None
+    if isinstance(stored, dict):
+        stored = RunConfig.with_defaults(stored)  # a key added after the run was made counts as its default
     differ = _differences(_normalised(config), stored)
     if differ:
         where = paths.run_dir.relative_to(output_dir)

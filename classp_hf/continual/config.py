@@ -169,6 +169,42 @@ class RunConfig:
                 task.pop(key)
         return data
 
+    @staticmethod
+    def with_defaults(stored: Mapping[str, Any]) -> dict[str, Any]:
+        """A stored ``config.yaml`` (as read back) with the keys it lacks filled with their defaults.
+
+        A run written before a config key existed behaved as that key's default does, so comparing a
+        stored config with a resolved one (``--resume``, run reuse in ``classp-hf compare``) should not
+        count a missing key with its default value as a difference.
+
+        Args:
+            stored: the mapping read from a run's ``config.yaml``.
+
+        Returns:
+            A copy with every missing top-level key and every missing key of each task (a mapping in
+            ``tasks``) set to its default, in ``to_dict``'s form (task keys that default to `None` stay out).
+        """
+        filled = dict(stored)
+        for name, default in _field_defaults(RunConfig).items():
+            filled.setdefault(name, default)
+        filled.pop("source", None)
+        tasks = filled.get("tasks")
+        if isinstance(tasks, list):
+            task_defaults = {k: v for k, v in _field_defaults(TaskConfig).items() if v is not None}
+            filled["tasks"] = [{**task_defaults, **task} if isinstance(task, Mapping) else task for task in tasks]
+        return filled
+
+
+def _field_defaults(cls: type) -> dict[str, Any]:
+    """The default of every field of a dataclass that has one (default factories called)."""
+    defaults = {}
+    for spec in dataclasses.fields(cls):
+        if spec.default is not dataclasses.MISSING:
+            defaults[spec.name] = copy.deepcopy(spec.default)
+        elif spec.default_factory is not dataclasses.MISSING:
+            defaults[spec.name] = spec.default_factory()
+    return defaults
+
 
 # -- YAML ------------------------------------------------------------------------------------
 
