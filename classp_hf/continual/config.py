@@ -184,10 +184,8 @@ class RunConfig:
             A copy with every missing top-level key and every missing key of each task (a mapping in
             ``tasks``) set to its default, in ``to_dict``'s form (task keys that default to `None` stay out).
         """
-        filled = dict(stored)
-        for name, default in _field_defaults(RunConfig).items():
-            filled.setdefault(name, default)
-        filled.pop("source", None)
+        filled = {**_field_defaults(RunConfig), **stored}
+        filled.pop("source", None)  # not part of to_dict()
         tasks = filled.get("tasks")
         if isinstance(tasks, list):
             task_defaults = {k: v for k, v in _field_defaults(TaskConfig).items() if v is not None}
