@@ -212,6 +212,29 @@ def test_experiment_files_cover_the_issue(tmp_path):
     assert all(len(s.points) == 1 for s in quickstart.settings)
 
 
+def test_experiment_2_reuses_a_grid_point_of_experiment_1():
+    """Experiment 2 runs one point per setting, one that experiment 1's grid offered for the same setting."""
+
+    def chosen_keys(grid, setting, point):
+        config = grid.run_config(setting, point, 0)
+        training = config.training
+        return (
+            training["optim"],
+            training["learning_rate"],
+            training.get("optim_args"),
+            config.method,
+            config.method_args,
+        )
+
+    fpb_imdb = load_grid(EXPERIMENTS / "fpb_imdb.yaml")
+    queue = load_grid(EXPERIMENTS / "sentiment_queue.yaml")
+    offered = {s.name: [chosen_keys(fpb_imdb, s, point) for point in s.points] for s in fpb_imdb.settings}
+    assert len(queue.settings) == 10 and queue.seeds == [0, 1, 2]
+    for setting in queue.settings:
+        assert len(setting.points) == 1, setting.name
+        assert chosen_keys(queue, setting, setting.points[0]) in offered[setting.name], setting.name
+
+
 @pytest.mark.parametrize(
     "change,message",
     [
