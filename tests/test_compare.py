@@ -206,7 +206,9 @@ def test_experiment_files_cover_the_issue(tmp_path):
     assert names == {name for name, preset in load_presets().items() if not name.startswith(("lora", "olora"))}
     assert load_grid(EXPERIMENTS / "fpb_imdb.yaml").seeds == [0, 1, 2]
     lora = {setting.name for setting in load_grid(EXPERIMENTS / "lora.yaml").settings}
-    assert lora == {"lora_classp", "lora_adamw", "lora_per_task", "olora", "lora_replay"}
+    assert lora >= {"lora_classp", "lora_adamw", "lora_per_task", "olora", "lora_replay", "full_classp"}
+    full = next(s for s in load_grid(EXPERIMENTS / "lora.yaml").settings if s.name == "full_classp")
+    assert load_grid(EXPERIMENTS / "lora.yaml").run_config(full, full.points[0], 0).peft is None
     quickstart = load_grid(EXPERIMENTS / "quickstart.yaml")
     assert [s.name for s in quickstart.settings] == ["classp", "adamw"] and quickstart.seeds == [0]
     assert all(len(s.points) == 1 for s in quickstart.settings)
