@@ -74,6 +74,11 @@ def crafted_results(config, test_acc: float, validation_acc: float) -> dict:
             "accuracy_matrix": [[0.6, 0.3], [validation_acc, validation_acc]],
             "metrics": {"acc": validation_acc, "bwt": None, "fwt": None, "forgetting": None},
         },
+        "task_labels": {  # the argmax over each task's own labels: 5 points better here
+            "initial_accuracy": [0.3, 0.3],
+            "accuracy_matrix": [[0.7, 0.35], [test_acc + 0.05, test_acc + 0.05]],
+            "metrics": {"acc": test_acc + 0.05, "bwt": None, "fwt": None, "forgetting": None},
+        },
         "per_task": [
             {
                 "name": name,
@@ -334,18 +339,24 @@ def test_aggregation_mean_std_and_a_failed_seed_reported_not_averaged(tmp_path, 
     assert summary["extra_memory_bytes"]["mean"] == 5000 and summary["bytes_per_trainable_parameter"]["mean"] == 5.0
     assert summary["total_parameters"]["mean"] == 6000
     assert summary["wall_seconds"] == {"mean": 2.0, "std": 0.0, "n": 2}
+    assert summary["acc_task_labels"]["mean"] == pytest.approx(0.70) and summary["acc_task_labels"]["n"] == 2
     failed = comparison.failed_runs
     assert [(r.seed, r.error) for r in failed] == [(2, "RuntimeError: out of memory")]
     markdown = (tmp_path / "out" / "comparison.md").read_text()
     assert "## Failed runs" in markdown and "seed 2: RuntimeError: out of memory" in markdown
     assert "65.0 ± 7.1" in markdown and "2 (1 failed)" in markdown
+    assert "70.0 ± 7.1" in markdown and "ACC, task labels" in markdown
     config = comparison_config(tmp_path)
     records = [RunRecord("s", "p", 0, "r", "complete", metrics=run_metrics(crafted_results(config, 0.5, 0.5)))]
+    older = crafted_results(config, 0.7, 0.7)
+    del older["task_labels"]  # a run made before the part existed
+    records.append(RunRecord("s", "p", 3, "r", "complete", metrics=run_metrics(older)))
     records.append(RunRecord("s", "p", 1, "r", "failed", error="x"))
     records.append(RunRecord("s", "p", 2, "r", "pending"))
     partial = summarize(records)
-    assert partial["acc"] == {"mean": 0.5, "std": None, "n": 1}  # one complete run: no spread
-    assert (partial["complete"], partial["failed"], partial["pending"]) == (1, 1, 1)
+    assert partial["acc"] == {"mean": pytest.approx(0.6), "std": pytest.approx(math.sqrt(0.02)), "n": 2}
+    assert partial["acc_task_labels"] == {"mean": pytest.approx(0.55), "std": None, "n": 1}  # only the newer run
+    assert (partial["complete"], partial["failed"], partial["pending"]) == (2, 1, 1)
 
 
 def test_outputs_figures_and_schema(tmp_path, base_config):

@@ -357,3 +357,58 @@ def test_matplotlib_backend_is_not_changed(complete, tmp_path):
     backend = matplotlib.get_backend()
     write_report(complete, tmp_path)
     assert matplotlib.get_backend() == backend
+
+
+# ------------------------------------------------------------------------------------------------ task-label accuracy
+
+
+def test_task_label_predictions_never_pick_a_label_outside_the_task():
+    from classp_hf.continual.evaluation import task_label_predictions
+
+    logits = [[0.1, 5.0, 0.2], [3.0, 4.0, -1.0], [-2.0, 9.0, -1.0]]  # the middle label wins every plain argmax
+    assert task_label_predictions(logits, [0, 2]).tolist() == [2, 0, 2]
+    assert task_label_predictions(logits, [0, 1, 2]).tolist() == [1, 1, 1]
+    assert task_label_predictions(logits, []).tolist() == [1, 1, 1]
+
+
+def test_task_labels_part_is_validated(complete):
+    complete["task_labels"] = {
+        "initial_accuracy": list(INITIAL),
+        "accuracy_matrix": [list(row) for row in R],
+        "metrics": continual_metrics(R, INITIAL),
+    }
+    validate_results(complete)
+    assert "## Accuracy with each task's own labels (%)" in render_markdown(complete)
+    complete["task_labels"]["accuracy_matrix"][2].pop()
+    with pytest.raises(ValueError, match=r"\$\.task_labels\.accuracy_matrix\[2\]: has 2 columns"):
+        validate_results(complete)
+
+
+def test_results_from_an_older_run_resume_without_the_task_labels_part(complete):
+    from classp_hf.continual.results import RunResults
+
+    old = copy.deepcopy(complete)
+    old["per_task"] = old["per_task"][:2]
+    old["accuracy_matrix"], old["macro_f1_matrix"] = old["accuracy_matrix"][:2], old["macro_f1_matrix"][:2]
+    old["status"] = "running"
+    results = RunResults.from_dict(old)
+    assert results.task_labels is None
+    results.add_task(list(R[2]), list(F1[2]), _per_task(TASKS[2], 2), task_label_accuracy=[0.9, 0.9, 0.9])
+    assert results.task_labels is None and "task_labels" not in results.to_dict()
+    results.validate()
+
+    new = RunResults.start(
+        **{k: complete[k] for k in ("model", "labels", "seed", "method", "optimizer", "tasks")},
+        majority_accuracy=MAJORITY,
+        versions={},
+        total_parameters=10,
+    )
+    new.set_initial(list(INITIAL), list(INITIAL_F1), task_label_accuracy=[0.6, 0.6, 0.6])
+    for i in range(3):
+        new.add_task(list(R[i]), list(F1[i]), _per_task(TASKS[i], i), task_label_accuracy=[0.95, 0.9, 0.92])
+    data = new.to_dict()
+    assert data["task_labels"]["accuracy_matrix"] == [[0.95, 0.9, 0.92]] * 3
+    assert data["task_labels"]["metrics"]["acc"] == pytest.approx((0.95 + 0.9 + 0.92) / 3)
+    assert RunResults.from_dict(data).task_labels == new.task_labels
+    new.truncate(1)
+    assert len(new.task_labels.accuracy_matrix) == 1

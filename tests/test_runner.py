@@ -115,6 +115,32 @@ def test_results_are_complete_and_valid(finished_run):
     assert results["versions"]["torch"] == torch.__version__
 
 
+def test_task_label_accuracy_is_the_argmax_over_the_tasks_own_labels(finished_run):
+    runner, results, _ = finished_run
+    from transformers import DataCollatorWithPadding
+
+    part = results["task_labels"]
+    assert len(part["initial_accuracy"]) == 2 and len(part["accuracy_matrix"]) == 2
+    amazon = runner.tasks[1]
+    assert amazon.label_ids == [0, 2]  # negative, positive: the head's neutral is not amazon's
+    assert runner.tasks[0].label_ids == [0, 1, 2]
+    # recompute the last row's amazon cell from the final model: neutral's logit never wins
+    batch = DataCollatorWithPadding(runner.tokenizer)(
+        [{k: amazon.test[i][k] for k in ("input_ids", "attention_mask", "labels")} for i in range(len(amazon.test))]
+    )
+    runner.model.eval()
+    with torch.no_grad():
+        logits = runner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"]
+    full = (logits.argmax(-1) == labels).float().mean().item()
+    own = (logits[:, [0, 2]].argmax(-1).mul(2) == labels).float().mean().item()
+    assert results["accuracy_matrix"][1][1] == pytest.approx(full, abs=1e-6)
+    assert part["accuracy_matrix"][1][1] == pytest.approx(own, abs=1e-6)
+    # financial_phrasebank uses every label: the two matrices agree on it
+    assert [row[0] for row in part["accuracy_matrix"]] == [row[0] for row in results["accuracy_matrix"]]
+    assert part["metrics"]["acc"] == pytest.approx(sum(part["accuracy_matrix"][1]) / 2)
+
+
 def test_outputs_written(finished_run):
     _, _, output = finished_run
     for name in ("config.yaml", "results.json", "report.md", "accuracy_matrix.png", "accuracy_curves.png"):

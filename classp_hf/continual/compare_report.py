@@ -200,7 +200,8 @@ def _setup_lines(data: dict[str, Any]) -> list[str]:
 
 
 def _accuracy_section(data: dict[str, Any]) -> list[str]:
-    header = ["setting", "chosen", "runs", "ACC", "BWT (pts)", "forgetting (pts)", "first task after last"]
+    header = ["setting", "chosen", "runs", "ACC", "ACC, task labels", "BWT (pts)", "forgetting (pts)"]
+    header += ["first task after last"]
     header += [f"{task}" for task in data["tasks"]]
     rows = []
     for setting in data["settings"]:
@@ -215,6 +216,7 @@ def _accuracy_section(data: dict[str, Any]) -> list[str]:
                 _chosen_label(setting),
                 _runs_text(s),
                 _pm(s["acc"]),
+                _pm(s.get("acc_task_labels")),
                 _pm(s["bwt"], signed=True),
                 _pm(s["forgetting"]),
                 _pm(s["first_task_final"]),
@@ -225,7 +227,9 @@ def _accuracy_section(data: dict[str, Any]) -> list[str]:
         "## Accuracy (%, test split)",
         "",
         "Mean ± sample standard deviation over the complete seeds; the task columns are each task's accuracy after "
-        "the last task. BWT and forgetting in percentage points (see any run's report.md for the definitions).",
+        "the last task. BWT and forgetting in percentage points (see any run's report.md for the definitions). "
+        "*ACC, task labels*: the same predictions with the argmax over each task's own labels (the task known at test "
+        "time); it differs from ACC when a task uses fewer labels than the head has.",
         "",
         markdown_table(header, rows, align=["---", "---", "---:"] + ["---:"] * (len(header) - 3)),
         "",

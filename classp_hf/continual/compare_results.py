@@ -40,8 +40,9 @@ def run_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
         ``acc``, ``bwt``, ``fwt``, ``forgetting`` (test split), ``final_accuracy`` (each task after the last one),
         ``first_task_final`` and ``newest_task_final`` (the first and the last task after the last one),
         ``first_task_curve`` (the first task after each task), ``accuracy_matrix``, ``validation_acc`` (`None`
-        without a validation split), ``trainable_parameters``, ``total_parameters`` (the model after the last task:
-        per-task adapters add theirs), ``optimizer_state_bytes``, ``method_state_bytes``,
+        without a validation split), ``acc_task_labels`` (ACC with the argmax over each task's own labels; `None`
+        for runs from before it was recorded), ``trainable_parameters``, ``total_parameters`` (the model after the
+        last task: per-task adapters add theirs), ``optimizer_state_bytes``, ``method_state_bytes``,
         ``extra_memory_bytes`` (their sum), ``bytes_per_trainable_parameter`` and ``train_seconds``.
     """
     last = results["per_task"][-1]
@@ -54,6 +55,7 @@ def run_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
     return {
         **{key: results["metrics"].get(key) for key in ("acc", "bwt", "fwt", "forgetting")},
         "validation_acc": (validation.get("metrics") or {}).get("acc"),
+        "acc_task_labels": ((results.get("task_labels") or {}).get("metrics") or {}).get("acc"),
         "final_accuracy": final,
         "first_task_final": final[0],
         "newest_task_final": final[-1],
@@ -136,6 +138,7 @@ SUMMARY_SCALARS = (
     "fwt",
     "forgetting",
     "validation_acc",
+    "acc_task_labels",
     "first_task_final",
     "newest_task_final",
     "trainable_parameters",

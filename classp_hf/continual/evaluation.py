@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -10,16 +11,52 @@ import numpy as np
 from classp_hf.continual.tasks import TaskData
 from classp_hf.metrics import load_metric
 
-__all__ = ["evaluate_tasks", "evaluate_own_adapters"]
+__all__ = ["TaskScores", "evaluate_tasks", "evaluate_own_adapters", "task_label_predictions"]
 
 
-def _predict(trainer: Any, dataset: Any, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class TaskScores:
+    """A model's scores on every task of the queue, one value per task, as fractions.
+
+    Args:
+        accuracy: accuracy with the argmax over all shared labels (class-incremental: the task is not known).
+        macro_f1: macro-F1 with the same predictions.
+        task_label_accuracy: accuracy with the argmax over each task's own labels, the labels of its training
+            data (task-incremental: the task is known at test time). It differs from ``accuracy`` when a task
+            uses fewer labels than the head has, e.g. imdb (negative, positive) under a 3-way head.
+    """
+
+    accuracy: list[float]
+    macro_f1: list[float]
+    task_label_accuracy: list[float]
+
+
+def _logits(trainer: Any, dataset: Any, prefix: str) -> tuple[np.ndarray, np.ndarray]:
     output = trainer.predict(dataset, metric_key_prefix=prefix)
-    return np.argmax(output.predictions, axis=-1), output.label_ids
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    return np.asarray(logits), output.label_ids
 
 
-def evaluate_tasks(trainer: Any, tasks: Sequence[TaskData], split: str = "test") -> tuple[list[float], list[float]]:
-    """Accuracy and macro-F1 of ``trainer.model`` on every task's ``split`` (argmax over all shared labels).
+def task_label_predictions(logits: np.ndarray, label_ids: Sequence[int]) -> np.ndarray:
+    """The argmax over the given labels only (the others' logits count as minus infinity).
+
+    Args:
+        logits: ``(examples, num_labels)``.
+        label_ids: the labels a prediction may take (a task's own labels); none given means all of them.
+
+    Returns:
+        The predicted label index of every example.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if len(label_ids) == 0:
+        return np.argmax(logits, axis=-1)
+    allowed = np.zeros(logits.shape[-1], dtype=bool)
+    allowed[list(label_ids)] = True
+    return np.argmax(np.where(allowed, logits, -np.inf), axis=-1)
+
+
+def evaluate_tasks(trainer: Any, tasks: Sequence[TaskData], split: str = "test") -> TaskScores:
+    """Scores of ``trainer.model`` on every task's ``split``: argmax over all shared labels, and over the task's own.
 
     Args:
         trainer: a ``transformers.Trainer`` (its ``predict`` gathers predictions across processes).
@@ -27,15 +64,22 @@ def evaluate_tasks(trainer: Any, tasks: Sequence[TaskData], split: str = "test")
         split: ``test`` or ``validation``.
 
     Returns:
-        ``(accuracies, macro_f1s)``, one value per task, as fractions.
+        The :class:`TaskScores`; both accuracies come from the same forward passes.
     """
     accuracy_metric, f1_metric = load_metric("accuracy"), load_metric("macro_f1")
-    accuracies, f1s = [], []
+    scores = TaskScores([], [], [])
     for data in tasks:
-        predictions, references = _predict(trainer, getattr(data, split), f"{split}_{data.name}")
-        accuracies.append(float(accuracy_metric.compute(predictions=predictions, references=references)["accuracy"]))
-        f1s.append(float(f1_metric.compute(predictions=predictions, references=references)["macro_f1"]))
-    return accuracies, f1s
+        logits, references = _logits(trainer, getattr(data, split), f"{split}_{data.name}")
+        predictions = np.argmax(logits, axis=-1)
+        scores.accuracy.append(_accuracy(accuracy_metric, predictions, references))
+        scores.macro_f1.append(float(f1_metric.compute(predictions=predictions, references=references)["macro_f1"]))
+        own = task_label_predictions(logits, data.label_ids)
+        scores.task_label_accuracy.append(_accuracy(accuracy_metric, own, references))
+    return scores
+
+
+def _accuracy(metric: Any, predictions: np.ndarray, references: np.ndarray) -> float:
+    return float(metric.compute(predictions=predictions, references=references)["accuracy"])
 
 
 def evaluate_own_adapters(
@@ -59,8 +103,8 @@ def evaluate_own_adapters(
     try:
         for j in range(index):
             model.set_adapter(adapter_name(tasks[j].name))
-            predictions, references = _predict(trainer, tasks[j].test, f"own_{tasks[j].name}")
-            row[j] = float(accuracy_metric.compute(predictions=predictions, references=references)["accuracy"])
+            logits, references = _logits(trainer, tasks[j].test, f"own_{tasks[j].name}")
+            row[j] = _accuracy(accuracy_metric, np.argmax(logits, axis=-1), references)
     finally:
         model.set_adapter(adapter_name(tasks[index].name))
     return row

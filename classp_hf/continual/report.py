@@ -292,6 +292,7 @@ def render_markdown(results: dict[str, Any]) -> str:
 
     out += _sparsity_section(results)
     out += _validation_section(results)
+    out += _task_labels_section(results)
 
     # Versions.
     version_rows = [[name, _NA if version is None else version] for name, version in results["versions"].items()]
@@ -348,6 +349,29 @@ def _validation_section(results: dict[str, Any]) -> list[str]:
         "",
         f"Held out: {_pct(validation['fraction'], 0)}% of each task's training examples. Choose hyperparameters on "
         f"these numbers, not on the test split. {metrics}.",
+        "",
+        markdown_table(["", *tasks], rows),
+        "",
+    ]
+
+
+def _task_labels_section(results: dict[str, Any]) -> list[str]:
+    """The test accuracy matrix with the argmax over each task's own labels (the task known at test time)."""
+    part = results.get("task_labels")
+    if not part or not part.get("accuracy_matrix"):
+        return []
+    tasks = results["tasks"]
+    rows = [["untrained", *[f"{_pct(v)}" for v in part["initial_accuracy"]]]] if part["initial_accuracy"] else []
+    rows += [[f"after {tasks[i]}", *[f"{_pct(v)}" for v in row]] for i, row in enumerate(part["accuracy_matrix"])]
+    metrics = ", ".join(
+        f"{name} {_metric_text(key, part['metrics'].get(key))}" for key, (name, _) in METRIC_DEFINITIONS.items()
+    )
+    return [
+        "## Accuracy with each task's own labels (%)",
+        "",
+        "The same test predictions, with the argmax over the labels of each task's training data only (the "
+        "task-incremental protocol: the task is known at test time). It differs from the accuracy matrix when a task "
+        f"uses fewer labels than the head has. {metrics}.",
         "",
         markdown_table(["", *tasks], rows),
         "",

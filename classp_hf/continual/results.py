@@ -26,6 +26,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "ResultsVersionError",
     "RunResults",
+    "TaskLabelResults",
     "ValidationResults",
     "load_results_schema",
     "validate_results",
@@ -110,6 +111,14 @@ def _check_consistency(results: dict[str, Any]) -> None:
     for i, record in enumerate(per_task):
         if record["name"] != tasks[i]:
             raise _fail(("per_task", i, "name"), f"is {record['name']!r}, expected task {i} {tasks[i]!r}")
+    for key, part in (("validation", results.get("validation")), ("task_labels", results.get("task_labels"))):
+        if part is None:
+            continue
+        if len(part["initial_accuracy"]) not in (0, num_tasks):
+            raise _fail((key, "initial_accuracy"), f"has {len(part['initial_accuracy'])} values, expected {num_tasks}")
+        for i, row in enumerate(part["accuracy_matrix"]):
+            if len(row) != num_tasks:
+                raise _fail((key, "accuracy_matrix", i), f"has {len(row)} columns, expected one per task ({num_tasks})")
     if results["status"] == "complete" and num_rows != num_tasks:
         raise _fail(("status",), f"is 'complete' but only {num_rows} of {num_tasks} tasks have a matrix row")
 
@@ -171,6 +180,24 @@ class ValidationResults:
 
 
 @dataclass
+class TaskLabelResults:
+    """Test accuracy with the argmax over each task's own labels (task-incremental: the task known at test time).
+
+    The same forward passes as the main matrix; only the labels a prediction may take differ (a task's own labels
+    are those of its training data). See :class:`~classp_hf.continual.evaluation.TaskScores`.
+
+    Args:
+        initial_accuracy: the untrained model's accuracy on each task.
+        accuracy_matrix: row ``i``, column ``j``: accuracy on task ``j`` after task ``i``.
+        metrics: ACC, BWT, FWT and forgetting of that matrix.
+    """
+
+    initial_accuracy: list[float] = field(default_factory=list)
+    accuracy_matrix: list[list[float]] = field(default_factory=list)
+    metrics: dict[str, float | None] = field(default_factory=lambda: dict(_EMPTY_METRICS))
+
+
+@dataclass
 class RunResults:
     """The results of a continual run, as ``results.json`` holds them (see ``schemas/results.schema.json``).
 
@@ -199,12 +226,13 @@ class RunResults:
     per_task: list[dict[str, Any]] = field(default_factory=list)
     validation: ValidationResults | None = None
     accuracy_matrix_own_adapter: list[list[float]] | None = None
+    task_labels: TaskLabelResults | None = None
     resumed_after_tasks: list[int] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
     def start(cls, validation_fraction: float = 0.0, per_task_adapters: bool = False, **fields: Any) -> RunResults:
-        """A new run's results: no rows yet, status ``running``.
+        """A new run's results: no rows yet, status ``running``, with a :class:`TaskLabelResults` part.
 
         Args:
             validation_fraction: when > 0, a :class:`ValidationResults` part is kept too.
@@ -212,6 +240,7 @@ class RunResults:
             **fields: the dataclass fields (model, labels, seed, method, optimizer, tasks, ...).
         """
         results = cls(**fields)
+        results.task_labels = TaskLabelResults()
         if validation_fraction > 0:
             results.validation = ValidationResults(fraction=validation_fraction)
         if per_task_adapters:
@@ -224,12 +253,18 @@ class RunResults:
         return len(self.accuracy_matrix)
 
     def set_initial(
-        self, accuracy: list[float], macro_f1: list[float], validation_accuracy: list[float] | None = None
+        self,
+        accuracy: list[float],
+        macro_f1: list[float],
+        validation_accuracy: list[float] | None = None,
+        task_label_accuracy: list[float] | None = None,
     ) -> None:
         """Records the untrained model's scores on every task."""
         self.initial_accuracy, self.initial_macro_f1 = list(accuracy), list(macro_f1)
         if self.validation is not None and validation_accuracy is not None:
             self.validation.initial_accuracy = list(validation_accuracy)
+        if self.task_labels is not None and task_label_accuracy is not None:
+            self.task_labels.initial_accuracy = list(task_label_accuracy)
 
     def add_task(
         self,
@@ -239,6 +274,7 @@ class RunResults:
         *,
         validation_accuracy: list[float] | None = None,
         own_adapter_accuracy: list[float] | None = None,
+        task_label_accuracy: list[float] | None = None,
     ) -> None:
         """Adds the row of the task just trained and updates the metrics over the tasks trained so far.
 
@@ -247,6 +283,7 @@ class RunResults:
             record: the task's ``per_task`` record (name, loss, steps, seconds, state bytes, ...).
             validation_accuracy: scores on every task's validation split, when kept.
             own_adapter_accuracy: per-task adapters: each seen task with its own adapter.
+            task_label_accuracy: scores on every task's test split with the argmax over the task's own labels.
         """
         self.accuracy_matrix.append(list(accuracy))
         self.macro_f1_matrix.append(list(macro_f1))
@@ -255,6 +292,11 @@ class RunResults:
             self.validation.accuracy_matrix.append(list(validation_accuracy))
         if self.accuracy_matrix_own_adapter is not None and own_adapter_accuracy is not None:
             self.accuracy_matrix_own_adapter.append(list(own_adapter_accuracy))
+        if self.task_labels is not None:
+            if task_label_accuracy is None or len(self.task_labels.accuracy_matrix) != self.trained - 1:
+                self.task_labels = None  # a row went missing (a run resumed from an older version): drop the part
+            else:
+                self.task_labels.accuracy_matrix.append(list(task_label_accuracy))
         if "total_parameters" in record:
             self.total_parameters = int(record["total_parameters"])
         self.status = "complete" if self.trained == len(self.tasks) else "running"
@@ -264,8 +306,9 @@ class RunResults:
         """Keeps the rows of the first ``completed_tasks`` tasks (resume: later rows are trained again)."""
         for key in _ROW_KEYS:
             setattr(self, key, getattr(self, key)[:completed_tasks])
-        if self.validation is not None:
-            self.validation.accuracy_matrix = self.validation.accuracy_matrix[:completed_tasks]
+        for part in (self.validation, self.task_labels):
+            if part is not None:
+                part.accuracy_matrix = part.accuracy_matrix[:completed_tasks]
         if self.accuracy_matrix_own_adapter is not None:
             self.accuracy_matrix_own_adapter = self.accuracy_matrix_own_adapter[:completed_tasks]
         self.status = "complete" if self.trained == len(self.tasks) else "running"
@@ -274,7 +317,7 @@ class RunResults:
     def _update_metrics(self) -> None:
         from classp_hf.metrics.continual import continual_metrics
 
-        for part in (self, self.validation):
+        for part in (self, self.validation, self.task_labels):
             if part is None:
                 continue
             seen = len(part.accuracy_matrix)
@@ -287,7 +330,7 @@ class RunResults:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``results.json`` (optional parts left out when absent)."""
         data = dataclasses.asdict(self)
-        for key in ("validation", "accuracy_matrix_own_adapter"):
+        for key in ("validation", "accuracy_matrix_own_adapter", "task_labels"):
             if data[key] is None:
                 data.pop(key)
         if not data["resumed_after_tasks"]:
@@ -319,9 +362,12 @@ class RunResults:
             raise ResultsVersionError(f"{source} has keys this classp_hf does not know: {', '.join(extra)}")
         try:
             validation = data.pop("validation", None)
+            task_labels = data.pop("task_labels", None)  # absent from older runs: the part stays off
             results = cls(**data)
             if validation is not None:
                 results.validation = ValidationResults(**validation)
+            if task_labels is not None:
+                results.task_labels = TaskLabelResults(**task_labels)
         except TypeError as error:
             raise ResultsVersionError(f"{source} is incomplete ({error})") from None
         return results

@@ -262,9 +262,9 @@ class ContinualRunner:
         results = self.results
         if not results.initial_accuracy:
             self._print("[classp-hf] evaluating the untrained model on every task")
-            accuracies, f1s = evaluate_tasks(trainer, self.tasks)
-            validation = evaluate_tasks(trainer, self.tasks, "validation")[0] if results.validation else None
-            results.set_initial(accuracies, f1s, validation)
+            scores = evaluate_tasks(trainer, self.tasks)
+            validation = evaluate_tasks(trainer, self.tasks, "validation").accuracy if results.validation else None
+            results.set_initial(scores.accuracy, scores.macro_f1, validation, scores.task_label_accuracy)
         args = trainer.args
         self._print(
             f"[classp-hf] task {index + 1}/{total} {data.name}: start "
@@ -279,11 +279,13 @@ class ContinualRunner:
         self.optimizer = classp_hf.trainer._unwrap_optimizer(trainer.optimizer)
         self.optimizer_state = capture_optimizer_state(trainer)
         self.method.after_task(context)
-        accuracies, f1s = evaluate_tasks(trainer, self.tasks)
-        validation = evaluate_tasks(trainer, self.tasks, "validation")[0] if results.validation else None
+        scores = evaluate_tasks(trainer, self.tasks)
+        validation = evaluate_tasks(trainer, self.tasks, "validation").accuracy if results.validation else None
         own = None
         if self.adapters is not None and self.adapters.per_task:
-            own = evaluate_own_adapters(trainer, self.model, self.tasks, index, accuracies, self.adapters.adapter_name)
+            own = evaluate_own_adapters(
+                trainer, self.model, self.tasks, index, scores.accuracy, self.adapters.adapter_name
+            )
         record = {
             "name": data.name,
             "train_loss": float(output.training_loss) if np.isfinite(output.training_loss) else None,
@@ -303,14 +305,21 @@ class ContinualRunner:
         }
         if tracking:
             record["sparsity"] = self._sparsity(first=index == 0)
-        results.add_task(accuracies, f1s, record, validation_accuracy=validation, own_adapter_accuracy=own)
+        results.add_task(
+            scores.accuracy,
+            scores.macro_f1,
+            record,
+            validation_accuracy=validation,
+            own_adapter_accuracy=own,
+            task_label_accuracy=scores.task_label_accuracy,
+        )
         if self.is_main:
             results.write(self.output_dir)
         self._save_task_outputs(index, trainer)
         self._save_checkpoint(index, trainer, tracking)
         self._print(
             f"[classp-hf] task {index + 1}/{total} {data.name}: done in {seconds:.1f}s, "
-            f"loss {output.training_loss:.4f}, accuracy on it {accuracies[index]:.1%}"
+            f"loss {output.training_loss:.4f}, accuracy on it {scores.accuracy[index]:.1%}"
         )
         return trainer
 

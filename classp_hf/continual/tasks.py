@@ -37,6 +37,11 @@ class TaskData:
     def test_labels(self) -> list[int]:
         return list(self.test["labels"])
 
+    @property
+    def label_ids(self) -> list[int]:
+        """The task's own labels: the shared label indices its training examples use, sorted."""
+        return sorted({int(label) for label in self.train["labels"]})
+
 
 def label_mapping(task: TaskConfig, dataset_labels: list[str], labels: list[str]) -> dict[str, int]:
     """Maps every dataset label to a shared label index, by name.
