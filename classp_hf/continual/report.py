@@ -333,49 +333,39 @@ def _sparsity_section(results: dict[str, Any]) -> list[str]:
     ]
 
 
-def _validation_section(results: dict[str, Any]) -> list[str]:
-    """The validation accuracy matrix (held out of the training data; the one to tune on)."""
-    validation = results.get("validation")
-    if not validation or not validation.get("accuracy_matrix"):
-        return []
-    tasks = results["tasks"]
-    rows = [["untrained", *[f"{_pct(v)}" for v in validation["initial_accuracy"]]]]
-    rows += [[f"after {tasks[i]}", *[f"{_pct(v)}" for v in row]] for i, row in enumerate(validation["accuracy_matrix"])]
-    metrics = ", ".join(
-        f"{name} {_metric_text(key, validation['metrics'].get(key))}" for key, (name, _) in METRIC_DEFINITIONS.items()
-    )
-    return [
-        "## Validation accuracy matrix (%)",
-        "",
-        f"Held out: {_pct(validation['fraction'], 0)}% of each task's training examples. Choose hyperparameters on "
-        f"these numbers, not on the test split. {metrics}.",
-        "",
-        markdown_table(["", *tasks], rows),
-        "",
-    ]
-
-
-def _task_labels_section(results: dict[str, Any]) -> list[str]:
-    """The test accuracy matrix with the argmax over each task's own labels (the task known at test time)."""
-    part = results.get("task_labels")
+def _part_section(results: dict[str, Any], key: str, heading: str, explanation: str) -> list[str]:
+    """A matrix part of the results (``validation``, ``task_labels``): untrained row, one row per task, metrics."""
+    part = results.get(key)
     if not part or not part.get("accuracy_matrix"):
         return []
     tasks = results["tasks"]
     rows = [["untrained", *[f"{_pct(v)}" for v in part["initial_accuracy"]]]] if part["initial_accuracy"] else []
     rows += [[f"after {tasks[i]}", *[f"{_pct(v)}" for v in row]] for i, row in enumerate(part["accuracy_matrix"])]
     metrics = ", ".join(
-        f"{name} {_metric_text(key, part['metrics'].get(key))}" for key, (name, _) in METRIC_DEFINITIONS.items()
+        f"{name} {_metric_text(name_key, part['metrics'].get(name_key))}"
+        for name_key, (name, _) in METRIC_DEFINITIONS.items()
     )
-    return [
-        "## Accuracy with each task's own labels (%)",
-        "",
+    return [heading, "", f"{explanation} {metrics}.", "", markdown_table(["", *tasks], rows), ""]
+
+
+def _validation_section(results: dict[str, Any]) -> list[str]:
+    """The validation accuracy matrix (held out of the training data; the one to tune on)."""
+    fraction = (results.get("validation") or {}).get("fraction", 0.0)
+    explanation = (
+        f"Held out: {_pct(fraction, 0)}% of each task's training examples. Choose hyperparameters on these numbers, "
+        "not on the test split."
+    )
+    return _part_section(results, "validation", "## Validation accuracy matrix (%)", explanation)
+
+
+def _task_labels_section(results: dict[str, Any]) -> list[str]:
+    """The test accuracy matrix with the argmax over each task's own labels (the task known at test time)."""
+    explanation = (
         "The same test predictions, with the argmax over the labels of each task's training data only (the "
         "task-incremental protocol: the task is known at test time). It differs from the accuracy matrix when a task "
-        f"uses fewer labels than the head has. {metrics}.",
-        "",
-        markdown_table(["", *tasks], rows),
-        "",
-    ]
+        "uses fewer labels than the head has."
+    )
+    return _part_section(results, "task_labels", "## Accuracy with each task's own labels (%)", explanation)
 
 
 def plot_sparsity(results: dict[str, Any], path: str | os.PathLike) -> Path | None:
