@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,10 @@ class TaskData:
     def test_labels(self) -> list[int]:
         return list(self.test["labels"])
 
-    @property
+    @cached_property
     def label_ids(self) -> list[int]:
-        """The task's own labels: the shared label indices its training examples use, sorted."""
+        """The task's own labels: the shared label indices its training examples use, sorted (read once: every
+        evaluation after every task asks for them)."""
         return sorted({int(label) for label in self.train["labels"]})
 
 
