@@ -506,3 +506,7 @@ def test_a_run_made_before_a_config_key_existed_is_reused_when_the_key_has_its_d
     stored_path.write_text(yaml.safe_dump(stored, sort_keys=False))
     with pytest.raises(ConfigError, match=r"run runs/plain/default/seed0 .*\(differs in diagnostics\)"):
         compare(grid, output, launcher=again, log=False)
+
+    stored_path.write_text("{unclosed: [")  # an unreadable config.yaml is a mismatch that says why
+    with pytest.raises(ConfigError, match=r"run runs/plain/default/seed0 .*differs in everything: cannot read"):
+        compare(grid, output, launcher=again, log=False)

@@ -213,3 +213,12 @@ def test_resume_counts_a_config_key_the_run_predates_as_its_default(tmp_path, ti
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
     with pytest.raises(ResumeError, match="differs from the run's .* in validation_fraction;"):
         check_same_config(config, tmp_path)
+
+    stored["validation_fraction"] = 0.0
+    stored["training"]["learning_rate"] = 0.5  # a nested key is named to the leaf, as `compare` names it
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
+    with pytest.raises(ResumeError, match=r"differs from the run's .* in training\.learning_rate;"):
+        check_same_config(config, tmp_path)
+    (tmp_path / "config.yaml").write_text("- a list, not a config\n")
+    with pytest.raises(ResumeError, match=r"--resume: .*config\.yaml is corrupt \(not a mapping\)"):
+        check_same_config(config, tmp_path)

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from classp_hf.continual.config import RunConfig
+from classp_hf.continual.config import ConfigError, RunConfig, stored_config_differences
 from classp_hf.continual.io import write_json_atomic
 from classp_hf.continual.optimizer_state import check_named_state
 from classp_hf.continual.outputs import is_complete_model, remove_stray_files, temporary_folder
@@ -168,18 +167,14 @@ def check_same_config(config: RunConfig, output_dir: Path) -> None:
     """Refuses to resume a run with another config than the one it started with.
 
     Raises:
-        ResumeError: naming the top-level keys that differ from ``output_dir/config.yaml``.
+        ResumeError: naming the keys that differ from ``output_dir/config.yaml`` (see
+            :func:`~classp_hf.continual.config.stored_config_differences`).
     """
     path = output_dir / "config.yaml"
     try:
-        stored = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as error:
-        raise ResumeError(f"--resume: cannot read {path} ({type(error).__name__})") from None
-    wanted = config.to_dict()
-    if not isinstance(stored, dict):
-        raise ResumeError(f"--resume: {path} is corrupt (not a mapping)")
-    stored = RunConfig.with_defaults(stored)  # a key added after the run started counts as its default
-    differ = sorted(key for key in set(wanted) | set(stored) if wanted.get(key) != stored.get(key))
+        differ = stored_config_differences(config, path)
+    except ConfigError as error:
+        raise ResumeError(f"--resume: {error}") from None
     if differ:
         raise ResumeError(
             f"--resume: the config differs from the run's {path} in {', '.join(differ)}; "

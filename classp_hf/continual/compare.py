@@ -61,7 +61,7 @@ from classp_hf.continual.compare_results import (
     select_point,
     summarize,
 )
-from classp_hf.continual.config import ConfigError, RunConfig
+from classp_hf.continual.config import ConfigError, RunConfig, stored_config_differences
 from classp_hf.continual.io import write_json_atomic, write_text_atomic
 from classp_hf.continual.outputs import OutputDirError, is_complete_model
 
@@ -138,31 +138,16 @@ def _paths(output_dir: Path, setting: str, point: str, seed: int) -> _RunPaths:
     )
 
 
-def _normalised(config: RunConfig) -> dict[str, Any]:
-    """The config as its ``config.yaml`` reads back."""
-    return yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-
-def _differences(wanted: Any, stored: Any, prefix: str = "") -> list[str]:
-    if isinstance(wanted, dict) and isinstance(stored, dict) and prefix.count(".") < 2:
-        keys = sorted(set(wanted) | set(stored), key=str)
-        return [d for key in keys for d in _differences(wanted.get(key), stored.get(key), f"{prefix}{key}.")]
-    return [] if wanted == stored else [prefix.rstrip(".")]
-
-
 def _check_existing_config(paths: _RunPaths, config: RunConfig, output_dir: Path) -> None:
     stored_path = paths.run_dir / "config.yaml"
     if not stored_path.is_file():
         return
+    where = paths.run_dir.relative_to(output_dir)
     try:
-        stored = yaml.safe_load(stored_path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        stored = None
-    if isinstance(stored, dict):
-        stored = RunConfig.with_defaults(stored)  # a key added after the run was made counts as its default
-    differ = _differences(_normalised(config), stored)
+        differ = stored_config_differences(config, stored_path)
+    except ConfigError as error:
+        differ = [f"everything: {error}"]
     if differ:
-        where = paths.run_dir.relative_to(output_dir)
         raise ConfigError(
             f"run {where} in {output_dir} was made with another config (differs in {', '.join(differ[:4])}); "
             "remove that run folder to run it again, or pass --overwrite to start the comparison afresh"

@@ -193,6 +193,41 @@ class RunConfig:
         return filled
 
 
+def stored_config_differences(config: RunConfig, path: Path) -> list[str]:
+    """The keys in which a resolved config differs from the ``config.yaml`` a run folder holds.
+
+    The one comparison behind ``--resume`` (the same config or nothing) and run reuse in ``classp-hf compare`` (a
+    finished run is reused only for an identical config). The config is compared as its ``config.yaml`` reads back
+    (tuples as lists), and a key the stored file lacks counts as its default (:meth:`RunConfig.with_defaults`).
+
+    Args:
+        config: the config wanted now.
+        path: the stored ``config.yaml``.
+
+    Returns:
+        The differing keys, dotted two levels deep (``training.learning_rate``, ``tasks``), sorted; empty when
+        the two are identical.
+
+    Raises:
+        ConfigError: the file cannot be read or is not a mapping (naming it).
+    """
+    try:
+        stored = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read {path} ({type(error).__name__})") from None
+    if not isinstance(stored, dict):
+        raise ConfigError(f"{path} is corrupt (not a mapping)")
+    wanted = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return _differences(wanted, RunConfig.with_defaults(stored))
+
+
+def _differences(wanted: Any, stored: Any, prefix: str = "") -> list[str]:
+    if isinstance(wanted, Mapping) and isinstance(stored, Mapping) and prefix.count(".") < 2:
+        keys = sorted(set(wanted) | set(stored), key=str)
+        return [d for key in keys for d in _differences(wanted.get(key), stored.get(key), f"{prefix}{key}.")]
+    return [] if wanted == stored else [prefix.rstrip(".")]
+
+
 def _field_defaults(cls: type) -> dict[str, Any]:
     """The default of every field of a dataclass that has one (default factories called)."""
     defaults = {}
