@@ -26,6 +26,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "ResultsVersionError",
     "RunResults",
+    "AccuracyPart",
     "TaskLabelResults",
     "ValidationResults",
     "load_results_schema",
@@ -164,27 +165,8 @@ class ResultsVersionError(ValueError):
 
 
 @dataclass
-class ValidationResults:
-    """Accuracy on the validation splits held out of each task's training data (for choosing settings).
-
-    Args:
-        fraction: the share of each task's training examples held out.
-        initial_accuracy: the untrained model's accuracy on each task's validation split.
-        accuracy_matrix: row ``i``, column ``j``: accuracy on task ``j`` after task ``i``.
-    """
-
-    fraction: float
-    initial_accuracy: list[float] = field(default_factory=list)
-    accuracy_matrix: list[list[float]] = field(default_factory=list)
-    metrics: dict[str, float | None] = field(default_factory=lambda: dict(_EMPTY_METRICS))
-
-
-@dataclass
-class TaskLabelResults:
-    """Test accuracy with the argmax over each task's own labels (task-incremental: the task known at test time).
-
-    The same forward passes as the main matrix; only the labels a prediction may take differ (a task's own labels
-    are those of its training data). See :class:`~classp_hf.continual.evaluation.TaskScores`.
+class AccuracyPart:
+    """A second accuracy matrix a run keeps beside its main one, with its own ACC, BWT, FWT and forgetting.
 
     Args:
         initial_accuracy: the untrained model's accuracy on each task.
@@ -195,6 +177,30 @@ class TaskLabelResults:
     initial_accuracy: list[float] = field(default_factory=list)
     accuracy_matrix: list[list[float]] = field(default_factory=list)
     metrics: dict[str, float | None] = field(default_factory=lambda: dict(_EMPTY_METRICS))
+
+
+@dataclass
+class ValidationResults(AccuracyPart):
+    """Accuracy on the validation splits held out of each task's training data (for choosing settings).
+
+    Args:
+        fraction: the share of each task's training examples held out (keyword only).
+        initial_accuracy, accuracy_matrix, metrics: as in :class:`AccuracyPart`, on the validation splits.
+    """
+
+    fraction: float = field(default=0.0, kw_only=True)
+
+
+@dataclass
+class TaskLabelResults(AccuracyPart):
+    """Test accuracy with the argmax over each task's own labels (task-incremental: the task known at test time).
+
+    The same forward passes as the main matrix; only the labels a prediction may take differ (a task's own labels
+    are those of its training data). See :class:`~classp_hf.continual.evaluation.TaskScores`.
+
+    Args:
+        initial_accuracy, accuracy_matrix, metrics: as in :class:`AccuracyPart`, with task-restricted predictions.
+    """
 
 
 @dataclass
