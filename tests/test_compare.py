@@ -242,6 +242,18 @@ def test_experiment_2_reuses_a_grid_point_of_experiment_1():
         assert chosen_keys(queue, setting, setting.points[0]) in offered[setting.name], setting.name
 
 
+def test_experiment_2_rechosen_offers_experiment_2s_point_among_its_grid():
+    """The re-chosen check differs from experiment 2 only in choosing again: its grid holds experiment 2's run."""
+    queue = load_grid(EXPERIMENTS / "sentiment_queue.yaml")
+    again = load_grid(EXPERIMENTS / "sentiment_queue_rechosen.yaml")
+    assert again.seeds == queue.seeds and {s.name for s in again.settings} == {"adamw", "ewc", "classp"}
+    for setting in again.settings:
+        assert len(setting.points) > 1, setting.name
+        fixed = next(s for s in queue.settings if s.name == setting.name)
+        offered = [again.run_config(setting, point, 0).to_dict() for point in setting.points]
+        assert queue.run_config(fixed, fixed.points[0], 0).to_dict() in offered, setting.name
+
+
 @pytest.mark.parametrize(
     "change,message",
     [
