@@ -497,6 +497,13 @@ def test_subprocess_runs_two_at_a_time_and_a_failure_is_recorded(tmp_path, base_
     log = (output / "logs" / "bad" / "default" / "seed0.log").read_text()
     assert "classp-hf: error: config.model" in log
 
+    # Reported again without --jobs: the header still says what the runs ran under, not this invocation's 1.
+    cli_main(["compare", str(grid), "--output-dir", str(output), "--report-only", "--quiet"])
+    environment = json.loads((output / "comparison.json").read_text())["environment"]
+    assert environment["jobs"] == 2 and environment["launcher"] == "subprocess"
+    assert [(s["jobs"], s["attempts"]) for s in environment["schedules"]] == [(2, 2)]
+    assert "2 run(s) at a time (subprocess" in (output / "comparison.md").read_text()
+
 
 def test_a_run_made_before_a_config_key_existed_is_reused_when_the_key_has_its_default(tmp_path, base_config):
     grid = write_grid(tmp_path, [{"name": "plain"}])

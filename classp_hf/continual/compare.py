@@ -32,7 +32,7 @@ import os
 import platform
 import shutil
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -252,8 +252,16 @@ def _percent(value: float | None) -> str:
 class _Execution:
     """Schedules the runs: grids on the first seed, then the chosen points on the other seeds."""
 
-    def __init__(self, grid: Grid, output_dir: Path, launcher: Launcher | None, jobs: int, progress: _Progress) -> None:
-        self.grid, self.output_dir, self.launcher, self.jobs = grid, output_dir, launcher, jobs
+    def __init__(
+        self,
+        grid: Grid,
+        output_dir: Path,
+        launcher: Launcher | None,
+        schedule: dict[str, Any],
+        progress: _Progress,
+    ) -> None:
+        self.grid, self.output_dir, self.launcher = grid, output_dir, launcher
+        self.schedule, self.jobs = schedule, schedule["jobs"]
         self.progress = progress
         self.records: dict[tuple[str, str, int], RunRecord] = {}
         self.chosen: dict[str, str | None] = {}
@@ -293,6 +301,7 @@ class _Execution:
                     "cpu_seconds": round(attempt.cpu_seconds, 3),
                     "returncode": attempt.returncode,
                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    **self.schedule,  # what the run shared the machine with: its timing means little without it
                 }
             ]
             write_json_atomic(paths.timing_path, {"attempts": attempts})
@@ -394,22 +403,43 @@ def _write_config(job: RunJob) -> None:
 # -- the comparison -------------------------------------------------------------------------------
 
 
-def _environment(jobs: int, threads: int | None, launcher: str) -> dict[str, Any]:
+def _schedules(output_dir: Path, records: Sequence[RunRecord]) -> list[dict[str, Any]]:
+    """How the runs' attempts were scheduled (launcher, jobs, threads per job), most run first, with counts."""
+    counts: Counter[tuple[str, int, int | None]] = Counter()
+    for record in records:
+        for attempt in _read_timing(_paths(output_dir, record.setting, record.point, record.seed).timing_path):
+            if isinstance(attempt, dict) and isinstance(attempt.get("jobs"), int):
+                counts[(str(attempt.get("launcher")), attempt["jobs"], attempt.get("threads_per_job"))] += 1
+    return [
+        {"launcher": launcher, "jobs": jobs, "threads_per_job": threads, "attempts": n}
+        for (launcher, jobs, threads), n in counts.most_common()
+    ]
+
+
+def _environment(schedule: dict[str, Any], schedules: list[dict[str, Any]]) -> dict[str, Any]:
+    """The machine and versions, and the schedule the runs ran under (this invocation's when none is recorded).
+
+    Args:
+        schedule: this invocation's launcher, jobs and threads per job.
+        schedules: the schedules recorded with the runs' attempts (:func:`_schedules`), most used first; a
+            comparison continued with another ``--jobs``, or reported with ``--report-only``, keeps what its runs
+            really ran under.
+    """
     import torch
     import transformers
 
     import classp_hf
 
     accelerator = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    main = {key: schedules[0][key] for key in ("launcher", "jobs", "threads_per_job")} if schedules else schedule
     return {
         "platform": platform.platform(),
         "machine": platform.machine(),
         "processor": platform.processor() or None,
         "cpu_cores": available_cores(),
         "accelerator": accelerator,
-        "launcher": launcher,
-        "jobs": jobs,
-        "threads_per_job": threads,
+        **main,
+        "schedules": schedules,
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -596,7 +626,8 @@ def compare(
         write_json_atomic(output_dir / PLAN_FILENAME, _plan(grid))
     expected = sum(len(s.points) + len(grid.seeds) - 1 if len(s.points) > 1 else len(grid.seeds) for s in grid.settings)
     progress = _Progress(expected, log)
-    execution = _Execution(grid, output_dir, None if report_only else runner, jobs, progress)
+    schedule = {"launcher": launcher_name, "jobs": jobs, "threads_per_job": threads}
+    execution = _Execution(grid, output_dir, None if report_only else runner, schedule, progress)
     try:
         execution.run()
     finally:
@@ -612,7 +643,7 @@ def compare(
         seeds=list(grid.seeds),
         tasks=[task["name"] for task in queue["tasks"]],
         queue=queue,
-        environment=_environment(jobs, threads, launcher_name),
+        environment=_environment(schedule, _schedules(output_dir, records)),
         settings=settings,
         wall_seconds=sum(r.wall_seconds or 0.0 for r in records),
         cpu_seconds=sum(r.cpu_seconds or 0.0 for r in records),

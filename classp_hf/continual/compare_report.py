@@ -184,7 +184,14 @@ def _setup_lines(data: dict[str, Any]) -> list[str]:
     hardware = f"{env.get('platform', '?')}, {env['cpu_cores']} CPU cores"
     if env.get("accelerator"):
         hardware += f", {env['accelerator']}"
-    threads = f", {env['threads_per_job']} threads each" if env.get("threads_per_job") else ""
+    schedules = env.get("schedules") or [{**env, "attempts": None}]
+    at_a_time = "; ".join(
+        f"{s['jobs']} run(s) at a time ({s['launcher']}"
+        + (f", {s['threads_per_job']} threads each" if s.get("threads_per_job") else "")
+        + (f"; {s['attempts']} attempt(s)" if len(schedules) > 1 else "")
+        + ")"
+        for s in schedules
+    )
     versions = ", ".join(f"{name} {version}" for name, version in env["versions"].items())
     return [
         f"- Base config: `{data['base_config']}`; grid: `{data['source']}`.",
@@ -193,7 +200,7 @@ def _setup_lines(data: dict[str, Any]) -> list[str]:
         "(held out of each task's training examples).",
         f"- Seeds: {', '.join(str(s) for s in data['seeds'])}. A setting with a grid ran every point on seed "
         f"{data['seeds'][0]} and the point with the best validation ACC on the others (never the test split).",
-        f"- Hardware: {hardware}; {env['jobs']} run(s) at a time ({env['launcher']}{threads}); {versions}.",
+        f"- Hardware: {hardware}; {at_a_time}; {versions}.",
         f"- Time: {data['wall_seconds'] / 60:.1f} min of run wall time, {data['cpu_seconds'] / 60:.1f} min of CPU time "
         "(summed over every run, grid points included).",
     ]
