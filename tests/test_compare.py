@@ -26,7 +26,7 @@ from classp_hf.continual.compare import (
     summarize,
 )
 from classp_hf.continual.compare_grid import GridPoint, grid_from_presets, load_grid, load_presets, merge_overrides
-from classp_hf.continual.compare_report import FIGURES, load_comparison_schema
+from classp_hf.continual.compare_report import FIGURES, load_comparison_schema, render_markdown
 from classp_hf.continual.config import ConfigError
 
 from .test_runner import raw_config, tiny_model_dir  # noqa: F401  (tiny_model_dir is a fixture)
@@ -357,7 +357,10 @@ def test_aggregation_mean_std_and_a_failed_seed_reported_not_averaged(tmp_path, 
     markdown = (tmp_path / "out" / "comparison.md").read_text()
     assert "## Failed runs" in markdown and "seed 2: RuntimeError: out of memory" in markdown
     assert "65.0 ± 7.1" in markdown and "2 (1 failed)" in markdown
-    assert "70.0 ± 7.1" in markdown and "ACC, task labels" in markdown
+    assert "70.0 ± 7.1" in markdown and "ACC, task labels" in markdown and "(n=" not in markdown
+    data = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    data["settings"][0]["summary"]["acc_task_labels"]["n"] = 1  # one complete run predates the part
+    assert "70.0 ± 7.1 (n=1)" in render_markdown(data)  # a mean over fewer runs than the others says so
     config = comparison_config(tmp_path)
     records = [RunRecord("s", "p", 0, "r", "complete", metrics=run_metrics(crafted_results(config, 0.5, 0.5)))]
     older = crafted_results(config, 0.7, 0.7)

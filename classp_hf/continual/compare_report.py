@@ -92,13 +92,22 @@ def validate_comparison(data: Any) -> None:
 # -- formatting -----------------------------------------------------------------------------------
 
 
-def _pm(stat: dict[str, Any] | None, scale: float = 100.0, digits: int = 1, signed: bool = False) -> str:
-    """``{mean: 0.612, std: 0.021}`` -> ``61.2 ± 2.1``."""
+def _pm(
+    stat: dict[str, Any] | None,
+    scale: float = 100.0,
+    digits: int = 1,
+    signed: bool = False,
+    runs: int | None = None,
+) -> str:
+    """``{mean: 0.612, std: 0.021}`` -> ``61.2 ± 2.1``; ``61.2 ± 2.1 (n=2)`` when fewer than ``runs`` runs have it."""
     if not stat or stat.get("mean") is None:
         return _NA
     sign = "+" if signed else ""
     text = f"{scale * stat['mean']:{sign}.{digits}f}"
-    return text if stat.get("std") is None else f"{text} ± {scale * stat['std']:.{digits}f}"
+    if stat.get("std") is not None:
+        text += f" ± {scale * stat['std']:.{digits}f}"
+    n = stat.get("n")
+    return text + f" (n={n})" if runs is not None and isinstance(n, int) and n < runs else text
 
 
 def _pct(value: float | None) -> str:
@@ -223,7 +232,7 @@ def _accuracy_section(data: dict[str, Any]) -> list[str]:
                 _chosen_label(setting),
                 _runs_text(s),
                 _pm(s["acc"]),
-                _pm(s.get("acc_task_labels")),
+                _pm(s.get("acc_task_labels"), runs=s["complete"]),  # absent from runs of older versions
                 _pm(s["bwt"], signed=True),
                 _pm(s["forgetting"]),
                 _pm(s["first_task_final"]),
