@@ -374,6 +374,40 @@ def test_aggregation_mean_std_and_a_failed_seed_reported_not_averaged(tmp_path, 
     assert (partial["complete"], partial["failed"], partial["pending"]) == (2, 1, 1)
 
 
+def test_classp_update_diagnostics_are_averaged_over_tasks_and_reported(tmp_path, base_config):
+    write_grid(tmp_path, [{"name": "plain"}])
+    config = comparison_config(tmp_path)
+    results = crafted_results(config, 0.6, 0.6)
+    results["per_task"][0]["sparsity"] = {
+        "mean_update_fraction": 0.4,
+        "ever_updated_fraction": 0.5,
+        "overlap_with_earlier": None,  # the first task has no earlier task
+    }
+    results["per_task"][1]["sparsity"] = {
+        "mean_update_fraction": 0.2,
+        "ever_updated_fraction": 0.3,
+        "overlap_with_earlier": 0.8,
+    }
+    metrics = run_metrics(results)
+    assert metrics["update_fraction"] == pytest.approx(0.3) and metrics["task_update_fraction"] == pytest.approx(0.4)
+    assert metrics["overlap_with_earlier"] == pytest.approx(0.8)
+    plain = run_metrics(crafted_results(config, 0.5, 0.5))  # no diagnostics recorded
+    assert plain["update_fraction"] is plain["overlap_with_earlier"] is None
+
+    records = [RunRecord("s", "p", seed, "r", "complete", metrics=m) for seed, m in enumerate([metrics, plain])]
+    summary = summarize(records)
+    assert summary["update_fraction"] == {"mean": pytest.approx(0.3), "std": None, "n": 1}
+
+    comparison = compare(
+        tmp_path / "grid.yaml", tmp_path / "out", launcher=FakeLauncher(lambda job: (0.6, 0.6)), log=False
+    )
+    data = comparison.to_dict()
+    assert "Which weights moved" not in render_markdown(data)  # no run recorded diagnostics: no section
+    data["settings"][0]["summary"] = {**data["settings"][0]["summary"], **summary, "complete": 2}
+    markdown = render_markdown(data)
+    assert "## Which weights moved" in markdown and "| plain | 30.0 (n=1) | 40.0 (n=1) | 80.0 (n=1) |" in markdown
+
+
 def test_outputs_figures_and_schema(tmp_path, base_config):
     grid = write_grid(
         tmp_path,

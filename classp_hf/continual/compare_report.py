@@ -292,6 +292,30 @@ def _cost_section(data: dict[str, Any]) -> list[str]:
     ]
 
 
+def _updates_section(data: dict[str, Any]) -> list[str]:
+    """CLASSP's update diagnostics per setting (runs with ``diagnostics: true``); nothing when none has them."""
+    keys = ("update_fraction", "task_update_fraction", "overlap_with_earlier")
+    rows = [
+        [setting["name"], *(_pm(setting["summary"].get(key), runs=setting["summary"]["complete"]) for key in keys)]
+        for setting in data["settings"]
+        if (setting["summary"].get("update_fraction") or {}).get("mean") is not None
+    ]
+    if not rows:
+        return []
+    header = ["setting", "updated per step (%)", "updated in a task (%)", "overlap with earlier tasks (%)"]
+    return [
+        "## Which weights moved (CLASSP's update diagnostics)",
+        "",
+        "Share of all trainable elements updated per step (averaged over the steps and the tasks), share a task "
+        "updated at least once (mean over tasks), and of those the share that earlier tasks had already updated "
+        "(mean over tasks 2 to T). A threshold aims at fewer, less overlapping updates; see each run's report.md "
+        "for every task.",
+        "",
+        markdown_table(header, rows),
+        "",
+    ]
+
+
 def _seeds_section(data: dict[str, Any]) -> list[str]:
     header = ["setting", "seed", "status", "ACC", "BWT (pts)", "forgetting (pts)", "first task after last"]
     header += ["validation ACC", "wall (s)"]
@@ -367,7 +391,8 @@ def render_markdown(data: dict[str, Any]) -> str:
     """Renders ``comparison.md``: set-up, accuracy and cost tables, each seed, the grids, failures and figures."""
     title = data["description"] or data["source"]
     out = [f"# Comparison: {title}", "", *_setup_lines(data), ""]
-    out += _accuracy_section(data) + _cost_section(data) + _seeds_section(data) + _grid_section(data)
+    out += _accuracy_section(data) + _cost_section(data) + _updates_section(data) + _seeds_section(data)
+    out += _grid_section(data)
     out += _failures_section(data)
     out += [
         "## Figures",

@@ -43,7 +43,10 @@ def run_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
         without a validation split), ``acc_task_labels`` (ACC with the argmax over each task's own labels; `None`
         for runs from before it was recorded), ``trainable_parameters``, ``total_parameters`` (the model after the
         last task: per-task adapters add theirs), ``optimizer_state_bytes``, ``method_state_bytes``,
-        ``extra_memory_bytes`` (their sum), ``bytes_per_trainable_parameter`` and ``train_seconds``.
+        ``extra_memory_bytes`` (their sum), ``bytes_per_trainable_parameter``, ``train_seconds``, and with CLASSP's
+        update diagnostics (``diagnostics: true``; `None` otherwise) ``update_fraction`` (elements updated per
+        step, mean over tasks), ``task_update_fraction`` (elements a task updated at least once, mean over tasks)
+        and ``overlap_with_earlier`` (of those, the share earlier tasks had updated, mean over tasks 2 to T).
     """
     last = results["per_task"][-1]
     final = _final_row(results)
@@ -68,6 +71,22 @@ def run_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
         "extra_memory_bytes": extra,
         "bytes_per_trainable_parameter": extra / trainable if trainable else None,
         "train_seconds": round(sum(float(record.get("seconds", 0.0)) for record in results["per_task"]), 3),
+        **_update_sparsity(results["per_task"]),
+    }
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    kept = [float(v) for v in values if isinstance(v, (int, float))]
+    return sum(kept) / len(kept) if kept else None
+
+
+def _update_sparsity(per_task: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """CLASSP's per-task update diagnostics averaged over the tasks (all `None` when they were not recorded)."""
+    sparsity = [record["sparsity"] for record in per_task if isinstance(record.get("sparsity"), Mapping)]
+    return {
+        "update_fraction": _mean([s.get("mean_update_fraction") for s in sparsity]),
+        "task_update_fraction": _mean([s.get("ever_updated_fraction") for s in sparsity]),
+        "overlap_with_earlier": _mean([s.get("overlap_with_earlier") for s in sparsity]),
     }
 
 
@@ -150,6 +169,9 @@ SUMMARY_SCALARS = (
     "train_seconds",
     "wall_seconds",
     "cpu_seconds",
+    "update_fraction",
+    "task_update_fraction",
+    "overlap_with_earlier",
 )
 #: Vectors summarised element by element.
 SUMMARY_VECTORS = ("final_accuracy", "first_task_curve")
