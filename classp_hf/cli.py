@@ -114,6 +114,7 @@ def run_command(
     Ctrl-C exits 130 with one line saying how to resume.
     """
     from classp_hf.continual.config import ConfigError, load_config, parse_override_args
+    from classp_hf.continual.io import OutputWriteError
     from classp_hf.continual.runner import run_continual
 
     config_path, overrides = _split_config_and_overrides(config_path, overrides)
@@ -129,6 +130,12 @@ def run_command(
     except ValueError as error:  # ConfigError, OutputDirError, ResumeError, invalid hyperparameters
         print(f"classp-hf: error: {error}", file=sys.stderr)
         return 2
+    except OutputWriteError as error:  # a full disk: the last checkpoint stays, the run can be resumed
+        print(
+            f"classp-hf: error: {error}; make room, then: classp-hf run --output-dir {output_dir} --resume",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print(
             f"classp-hf: interrupted; continue with: classp-hf run --output-dir {output_dir} --resume", file=sys.stderr

@@ -138,6 +138,39 @@ def test_ctrl_c_ends_with_one_line(tmp_path, reference, monkeypatch, capsys):
     assert len(err) == 1 and "interrupted" in err[0] and "--resume" in err[0]
 
 
+def test_a_full_disk_while_checkpointing_stops_in_one_line_and_the_run_resumes(
+    tmp_path, reference, monkeypatch, capsys
+):
+    """torch reports a full disk as an opaque RuntimeError; the run says where and how much room is left."""
+    import classp_hf.continual.checkpoint as checkpoint_module
+
+    raw, reference_runner, reference_results = reference
+    real_save = torch.save
+    saves = []
+
+    def save_until_the_disk_fills(obj, path, *args, **kwargs):
+        saves.append(path)
+        if "task-01" in str(path):  # the second task's checkpoint hits the full disk
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 13632 vs 13526")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save_until_the_disk_fills)
+    output = tmp_path / "out"
+    path = write_config(tmp_path, raw)
+    assert cli_main(["run", str(path), "--output-dir", str(output), "--quiet"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]  # not the bars
+    assert len(errors) == 1, errors
+    assert "cannot write the checkpoint" in errors[0] and "task-01-" in errors[0] and "unexpected pos" in errors[0]
+    assert "MiB free on its disk" in errors[0] and "--resume" in errors[0]
+    state = json.loads((output / "run_state.json").read_text())
+    assert state["completed_tasks"] == 1 and state["checkpoint"].startswith("checkpoints/task-00-")
+    assert [p.name for p in (output / "checkpoints").iterdir()] == [state["checkpoint"].split("/")[1]]  # no debris
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", real_save)  # room again
+    resumed = ContinualRunner(config_from_dict(raw), output, log=False, resume=True)
+    assert_same_run(resumed, resumed.run().to_dict(), reference_runner, reference_results)
+
+
 def test_a_truncated_checkpoint_is_refused_in_one_line(tmp_path, tiny_model_dir, capsys):  # noqa: F811
     raw = three_task_config(tiny_model_dir)
     output = tmp_path / "out"

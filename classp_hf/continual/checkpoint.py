@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from classp_hf.continual.config import ConfigError, RunConfig, stored_config_differences
-from classp_hf.continual.io import write_json_atomic
+from classp_hf.continual.io import write_failure, write_json_atomic
 from classp_hf.continual.optimizer_state import check_named_state
 from classp_hf.continual.outputs import is_complete_model, remove_stray_files, temporary_folder
 from classp_hf.continual.results import RESULTS_FILENAME, ResultsVersionError, RunResults
@@ -111,6 +111,9 @@ def save_checkpoint(
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
+    except Exception as error:  # a full disk, mostly: the run stops, the previous checkpoint stays usable
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failure(folder, error, "the checkpoint") from error
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

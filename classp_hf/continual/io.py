@@ -4,12 +4,53 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "current_umask", "write_text_atomic", "write_json_atomic"]
+__all__ = [
+    "OutputWriteError",
+    "atomic_write",
+    "current_umask",
+    "write_failure",
+    "write_text_atomic",
+    "write_json_atomic",
+]
+
+
+class OutputWriteError(OSError):
+    """An output could not be written (a full disk, a lost mount): what was written before stays as it was."""
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Free bytes on the disk that holds ``path`` (its nearest existing ancestor); `None` if unknown."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            try:
+                return shutil.disk_usage(folder).free
+            except OSError:
+                return None
+    return None
+
+
+def write_failure(path: str | os.PathLike, error: BaseException, what: str = "") -> OutputWriteError:
+    """The one-line error of a failed write: what, where, the underlying error's first line and the free space.
+
+    torch reports a full disk as ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``; saying how
+    much room is left turns that into a cause.
+
+    Args:
+        path: what was being written.
+        error: the exception the write raised.
+        what: a word for it (``"the checkpoint"``), before the path.
+    """
+    path = Path(path)
+    first = str(error).splitlines()[0].strip() if str(error).strip() else type(error).__name__
+    free = _free_bytes(path)
+    room = "" if free is None else f"; {free / 2**20:.0f} MiB free on its disk"
+    return OutputWriteError(f"cannot write {what + ' ' if what else ''}{path} ({type(error).__name__}: {first}){room}")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:

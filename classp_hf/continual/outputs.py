@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from classp_hf.continual.io import current_umask
+from classp_hf.continual.io import current_umask, write_failure
 
 __all__ = [
     "RUN_OUTPUTS",
@@ -140,6 +140,9 @@ def save_model_atomic(model: Any, tokenizer: Any, folder: Path) -> Path:
         if folder.exists():
             _remove(folder)
         os.replace(tmp, folder)
+    except Exception as error:  # a full disk, mostly: the checkpoint stays, so --resume saves the model again
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failure(folder, error, "the model") from error
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
