@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import jsonschema
@@ -478,6 +479,20 @@ class Recording(InProcessLauncher):
         return super().launch(job)
 
 
+def test_an_unfinished_run_without_its_checkpoint_starts_again(tmp_path, base_config):
+    grid = write_grid(tmp_path, [{"name": "plain"}])
+    output = tmp_path / "out"
+    compare(grid, output, launcher=FakeLauncher(lambda job: (0.6, 0.6)), log=False)
+    run = output / "runs" / "plain" / "default" / "seed0"
+    state = json.loads((run / "run_state.json").read_text())
+    (run / "run_state.json").write_text(json.dumps({**state, "completed_tasks": 1}))  # killed after its first task
+    shutil.rmtree(run / "checkpoints")  # ... and its checkpoint is gone: nothing to resume from
+    shutil.rmtree(run / "model")
+    again = FakeLauncher(lambda job: (0.6, 0.6))
+    compare(grid, output, launcher=again, log=False)
+    assert again.launched == [("plain", "default", 0, "overwrite")]
+
+
 def test_resume_a_half_finished_comparison(tmp_path, base_config, monkeypatch):
     import classp_hf.continual.runner as runner_module
 
@@ -498,6 +513,7 @@ def test_resume_a_half_finished_comparison(tmp_path, base_config, monkeypatch):
     seed1 = output / "runs" / "plain" / "default" / "seed1"
     assert json.loads((seed1 / "run_state.json").read_text())["completed_tasks"] == 1
     finished_at = (seed0 / "results.json").stat().st_mtime_ns
+    shutil.rmtree(seed0 / "checkpoints")  # a finished run's last checkpoint, deleted to save room
 
     launcher = Recording()
     comparison = compare(grid, output, launcher=launcher, log=False)

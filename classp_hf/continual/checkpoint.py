@@ -139,8 +139,13 @@ def _previous_checkpoint(output_dir: Path) -> Path | None:
         return None
 
 
-def read_run_state(output_dir: Path) -> RunState:
+def read_run_state(output_dir: Path, require_checkpoint: bool = True) -> RunState:
     """Reads and checks ``run_state.json``.
+
+    Args:
+        output_dir: the run's folder.
+        require_checkpoint: refuse a state whose checkpoint folder is gone (what resuming needs); `False` for
+            asking whether a run finished (its last checkpoint may have been deleted to save room).
 
     Raises:
         ResumeError: the file is missing, unreadable or inconsistent (naming it).
@@ -161,7 +166,7 @@ def read_run_state(output_dir: Path) -> RunState:
     folder = None
     if checkpoint is not None:
         folder = output_dir / str(checkpoint)
-        if not folder.is_dir():
+        if require_checkpoint and not folder.is_dir():
             raise ResumeError(f"--resume: the checkpoint {folder} named by {path} is missing")
     return RunState(completed, [str(task) for task in tasks], folder, int(processes))
 

@@ -163,13 +163,15 @@ def _run_state(run_dir: Path) -> _RunState:
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return "absent"
     try:
-        state = read_run_state(run_dir)
+        state = read_run_state(run_dir, require_checkpoint=False)  # a finished run needs no checkpoint
     except ResumeError:
         return "broken"
     if state.completed_tasks == len(state.tasks) and is_complete_model(run_dir / "model"):
         results = _read_results(run_dir)
         if results is not None and results.get("status") == "complete":
             return "finished"
+    if state.checkpoint is not None and not state.checkpoint.is_dir():
+        return "broken"  # nothing to resume from
     return "unfinished"
 
 
