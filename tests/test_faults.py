@@ -15,6 +15,7 @@ import classp_hf.continual.runner as runner_module
 from classp_hf.cli import main as cli_main
 from classp_hf.continual.checkpoint import ResumeError
 from classp_hf.continual.config import ConfigError, config_from_dict
+from classp_hf.continual.io import OutputWriteError
 from classp_hf.continual.launch import detect_backend
 from classp_hf.continual.outputs import save_model_atomic
 from classp_hf.continual.results import ResultsVersionError, RunResults
@@ -101,12 +102,18 @@ def test_a_kill_during_the_final_model_save_is_completed_on_resume(tmp_path, ref
 
 def test_save_model_atomic_leaves_no_half_written_folder(tmp_path, tiny_model):
     class Dies:
+        def __init__(self, error):
+            self.error = error
+
         def save_pretrained(self, folder):
             (folder / "config.json").write_text("{}")
-            raise Killed("killed while saving")
+            raise self.error
 
-    with pytest.raises(Killed):
-        save_model_atomic(Dies(), None, tmp_path / "model")
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C passes through as it is
+        save_model_atomic(Dies(KeyboardInterrupt()), None, tmp_path / "model")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OutputWriteError, match=r"cannot write the model .*model \(Killed: killed while saving\)"):
+        save_model_atomic(Dies(Killed("killed while saving")), None, tmp_path / "model")  # a failed write: one line
     assert list(tmp_path.iterdir()) == []
     save_model_atomic(tiny_model, None, tmp_path / "model")
     assert (tmp_path / "model" / "config.json").is_file()
