@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from classp_hf.continual.config import ConfigError, RunConfig, stored_config_differences
-from classp_hf.continual.io import write_failure, write_json_atomic
+from classp_hf.continual.io import first_line, write_failure, write_json_atomic
 from classp_hf.continual.optimizer_state import check_named_state
 from classp_hf.continual.outputs import is_complete_model, remove_stray_files, temporary_folder
 from classp_hf.continual.results import RESULTS_FILENAME, ResultsVersionError, RunResults
@@ -194,8 +194,7 @@ def _load_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ResumeError(f"--resume: the checkpoint file {path} is corrupt ({first})") from None
+        raise ResumeError(f"--resume: the checkpoint file {path} is corrupt ({first_line(error)})") from None
 
 
 def load_checkpoint(folder: Path) -> dict[str, Any]:

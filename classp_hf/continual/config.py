@@ -31,6 +31,8 @@ import torch
 import transformers
 import yaml
 
+from classp_hf.continual.io import first_line
+
 __all__ = [
     "ConfigError",
     "TaskConfig",
@@ -562,16 +564,11 @@ def parse_peft_section(raw: Any) -> dict[str, Any] | None:
             warnings.simplefilter("ignore")
             build_lora_config(section)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"config.peft: {_first_line(error)}") from None
+        raise ConfigError(f"config.peft: {first_line(error)}") from None
     return section
 
 
 # -- the training: section ---------------------------------------------------------------------
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def _training_field_types() -> dict[str, Any]:
@@ -671,8 +668,8 @@ def _training_arguments(options: Mapping[str, Any], named: Mapping[str, Any], wh
         return args
     for key, value in named.items():
         if _build_arguments({**RUNNER_TRAINING_DEFAULTS, key: value})[1] is not None:
-            raise ConfigError(f"{where}.{key}: {_first_line(error)}")
-    raise ConfigError(f"{where}: {_first_line(error)}")
+            raise ConfigError(f"{where}.{key}: {first_line(error)}")
+    raise ConfigError(f"{where}: {first_line(error)}")
 
 
 def _check_training_arguments(config: RunConfig) -> Any:
@@ -733,7 +730,7 @@ def _check_method(method: Any, method_args: Any, peft_section: dict[str, Any] | 
         parsed = parse_method_section(method, method_args)
         check_method_compatibility([name for name, _ in parsed], peft_section)
     except ValueError as error:
-        message = _first_line(error)
+        message = first_line(error)
         raise ConfigError(message if message.startswith("config.") else f"config.{message}") from None
     return (list(method) if isinstance(method, list) else method), dict(method_args or {})
 
@@ -755,7 +752,7 @@ def _check_optimizer_values(args: Any) -> None:
     try:
         optimizer_class([group], **kwargs)
     except (ValueError, TypeError) as error:
-        raise ConfigError(f"config.training.optim_args: {_first_line(error)}") from None
+        raise ConfigError(f"config.training.optim_args: {first_line(error)}") from None
 
 
 # -- tasks -------------------------------------------------------------------------------------
@@ -995,7 +992,7 @@ def parse_override_args(args: Sequence[str]) -> dict[str, Any]:
         try:
             overrides[key] = parse_yaml(text)
         except yaml.YAMLError as error:
-            problem = getattr(error, "problem", None) or _first_line(error)
+            problem = getattr(error, "problem", None) or first_line(error)
             raise ConfigError(f"override {key}: {text!r} is not a YAML value ({problem})") from None
     return overrides
 

@@ -14,6 +14,7 @@ __all__ = [
     "OutputWriteError",
     "atomic_write",
     "current_umask",
+    "first_line",
     "write_failure",
     "write_text_atomic",
     "write_json_atomic",
@@ -22,6 +23,12 @@ __all__ = [
 
 class OutputWriteError(OSError):
     """An output could not be written (a full disk, a lost mount): what was written before stays as it was."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when the message is empty)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _free_bytes(path: Path) -> int | None:
@@ -47,7 +54,7 @@ def write_failure(path: str | os.PathLike, error: BaseException, what: str = "")
         what: a word for it (``"the checkpoint"``), before the path.
     """
     path = Path(path)
-    first = str(error).splitlines()[0].strip() if str(error).strip() else type(error).__name__
+    first = first_line(error)
     free = _free_bytes(path)
     room = "" if free is None else f"; {free / 2**20:.0f} MiB free on its disk"
     return OutputWriteError(f"cannot write {what + ' ' if what else ''}{path} ({type(error).__name__}: {first}){room}")

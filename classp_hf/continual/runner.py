@@ -32,7 +32,7 @@ from classp_hf.continual.checkpoint import (
 )
 from classp_hf.continual.config import ConfigError, RunConfig, task_training_options
 from classp_hf.continual.evaluation import evaluate_own_adapters, evaluate_tasks
-from classp_hf.continual.io import write_text_atomic
+from classp_hf.continual.io import first_line, write_text_atomic
 from classp_hf.continual.launch import Backend, accelerator_available, detect_backend
 from classp_hf.continual.model_check import check_model
 from classp_hf.continual.optimizer_state import StateCarryingTrainer, capture_optimizer_state, named_state_bytes
@@ -179,8 +179,7 @@ class ContinualRunner:
                 **options,
             )
         except Exception as error:  # a missing, truncated or mismatched weights file raises many types
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise ConfigError(f"config.model: cannot load the weights of {source!r}: {first}") from None
+            raise ConfigError(f"config.model: cannot load the weights of {source!r}: {first_line(error)}") from None
 
     # -- one task ---------------------------------------------------------------------------
     def _context(self, index: int) -> TaskContext:
