@@ -75,18 +75,13 @@ def run_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _mean(values: Sequence[Any]) -> float | None:
-    kept = [float(v) for v in values if isinstance(v, (int, float))]
-    return sum(kept) / len(kept) if kept else None
-
-
 def _update_sparsity(per_task: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
     """CLASSP's per-task update diagnostics averaged over the tasks (all `None` when they were not recorded)."""
     sparsity = [record["sparsity"] for record in per_task if isinstance(record.get("sparsity"), Mapping)]
     return {
-        "update_fraction": _mean([s.get("mean_update_fraction") for s in sparsity]),
-        "task_update_fraction": _mean([s.get("ever_updated_fraction") for s in sparsity]),
-        "overlap_with_earlier": _mean([s.get("overlap_with_earlier") for s in sparsity]),
+        "update_fraction": _stat([s.get("mean_update_fraction") for s in sparsity])["mean"],
+        "task_update_fraction": _stat([s.get("ever_updated_fraction") for s in sparsity])["mean"],
+        "overlap_with_earlier": _stat([s.get("overlap_with_earlier") for s in sparsity])["mean"],
     }
 
 
