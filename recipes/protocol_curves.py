@@ -38,7 +38,17 @@ OPTIMIZERS: Mapping[str, Mapping[str, Any]] = {
     "adamw": {"training.optim": "adamw_torch", "training.learning_rate": 5.0e-5, "training.optim_args": None},
 }
 #: A record's fields that identify its run (a run whose key is already in the file is skipped).
-KEY_FIELDS = ("config", "task", "optimizer", "max_length", "max_train_samples", "epochs", "schedule", "seed")
+KEY_FIELDS = (
+    "config",
+    "task",
+    "optimizer",
+    "learning_rate",
+    "max_length",
+    "max_train_samples",
+    "epochs",
+    "schedule",
+    "seed",
+)
 #: How far above its majority class a task must end to count as learned (issue 18: majority + 15 points).
 LEARNED_MARGIN = 0.15
 
@@ -77,12 +87,31 @@ def curve_from_history(log_history: Sequence[Mapping[str, Any]]) -> list[dict[st
     return [{"step": step, "accuracy": points[step]} for step in sorted(points)]
 
 
+def learning_rates(pairs: Sequence[str]) -> dict[str, float]:
+    """``--learning-rate adamw=1e-4 ...``: each optimizer's learning rate, :data:`OPTIMIZERS`' where not given."""
+    rates = {name: float(point["training.learning_rate"]) for name, point in OPTIMIZERS.items()}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in OPTIMIZERS:
+            raise SystemExit(
+                f"--learning-rate: unknown optimizer {name!r} in {pair!r} (known: {', '.join(OPTIMIZERS)})"
+            )
+        try:
+            rates[name] = float(value)
+        except ValueError:
+            raise SystemExit(f"--learning-rate: {pair!r} is not NAME=NUMBER") from None
+        if not rates[name] > 0:
+            raise SystemExit(f"--learning-rate: {pair!r} must be positive")
+    return rates
+
+
 def overrides_for(task: str, optimizer: str, args: argparse.Namespace) -> dict[str, Any]:
     """The dotted-key overrides of one run: the optimizer's point and the sizes on the command line."""
     if optimizer not in OPTIMIZERS:
         raise SystemExit(f"--optimizers: unknown optimizer {optimizer!r} (known: {', '.join(OPTIMIZERS)})")
     return {
         **OPTIMIZERS[optimizer],
+        "training.learning_rate": learning_rates(args.learning_rate)[optimizer],
         "max_length": args.max_length,
         "seed": args.seed,
         "validation_fraction": args.validation_fraction,
@@ -196,6 +225,7 @@ def summary_rows(records: Sequence[Mapping[str, Any]], margin: float = LEARNED_M
             {
                 "task": record["task"],
                 "optimizer": record["optimizer"],
+                "learning_rate": record["learning_rate"],
                 "max_length": record["max_length"],
                 "train_examples": record["train_examples"],
                 "steps": record["steps"],
@@ -208,20 +238,21 @@ def summary_rows(records: Sequence[Mapping[str, Any]], margin: float = LEARNED_M
                 "minutes": record["wall_seconds"] / 60,
             }
         )
-    order = ("task", "max_length", "train_examples", "steps", "schedule", "optimizer")
+    order = ("task", "max_length", "train_examples", "steps", "schedule", "optimizer", "learning_rate")
     return sorted(rows, key=lambda row: tuple(row[name] for name in order))
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The summary rows as a Markdown table (accuracies in %)."""
     lines = [
-        "| task | optimizer | tokens | train ex. | steps | schedule | majority | final val. acc | best | "
+        "| task | optimizer | lr | tokens | train ex. | steps | schedule | majority | final val. acc | best | "
         "final - majority | learned (+15) | min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['task']} | {row['optimizer']} | {row['max_length']} | {row['train_examples']} | {row['steps']} "
+            f"| {row['task']} | {row['optimizer']} | {row['learning_rate']:g} | {row['max_length']} "
+            f"| {row['train_examples']} | {row['steps']} "
             f"| {row['schedule']} | {100 * row['majority']:.1f} | {100 * row['final']:.1f} | {100 * row['best']:.1f} "
             f"| {100 * row['margin']:+.1f} | {'yes' if row['learned'] else 'no'} | {row['minutes']:.1f} |"
         )
@@ -255,7 +286,8 @@ def plot_curves(records: Sequence[Mapping[str, Any]], output: Path, margin: floa
                 markersize=3,
                 alpha=0.6 if constant else 1.0,
                 color=colours.get(record["optimizer"], "tab:gray"),
-                label=f"{record['optimizer']}, {record['max_length']} tok, {record['schedule']}",
+                label=f"{record['optimizer']} lr {record['learning_rate']:g}, {record['max_length']} tok, "
+                f"{record['schedule']}, {record['steps']} steps",
             )
         majority = 100 * runs[0]["majority"]
         axis.axhline(majority, color="black", linewidth=0.8, label=f"majority ({majority:.1f}%)")
@@ -283,6 +315,9 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, required=True, help="JSON Lines file the records are appended to")
     run.add_argument("--tasks", nargs="+", required=True, help="task names of the config, each trained alone")
     run.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), help=f"of {', '.join(OPTIMIZERS)}")
+    run.add_argument(
+        "--learning-rate", nargs="+", default=[], metavar="NAME=LR", help="e.g. adamw=1e-4 (default: OPTIMIZERS')"
+    )
     run.add_argument("--max-length", type=int, default=128)
     run.add_argument("--max-train-samples", type=int, default=1000, help="before the validation split is held out")
     run.add_argument("--validation-fraction", type=float, default=0.2)
@@ -310,6 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "config": args.config.name,
                     "task": task,
                     "optimizer": optimizer,
+                    "learning_rate": learning_rates(args.learning_rate)[optimizer],
                     "max_length": args.max_length,
                     "max_train_samples": args.max_train_samples,
                     "epochs": args.epochs,
@@ -325,7 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     handle.write(json.dumps(record) + "\n")
                 points = " ".join(f"{p['step']}:{100 * p['accuracy']:.1f}" for p in record["curve"])
                 print(
-                    f"[protocol] {task} / {optimizer} / {args.max_length} tok / {args.schedule}: "
+                    f"[protocol] {task} / {optimizer} lr {record['learning_rate']:g} / {args.max_length} tok / "
+                    f"{args.schedule}: "
                     f"majority {100 * record['majority']:.1f}%, curve {points} ({record['wall_seconds']:.0f} s)",
                     flush=True,
                 )

@@ -87,12 +87,14 @@ def test_run_records_a_validation_curve_per_optimizer_and_skips_finished_runs(ti
     assert curves.main([*command, "--optimizers", "adamw", *ARGS[:-1], "2"]) == 0  # another interval: same run
     assert len(curves.read_records(output)) == 2
     assert curves.main([*command, "--optimizers", "adamw", "--schedule", "constant", *ARGS]) == 0
-    assert [r["schedule"] for r in curves.read_records(output)] == ["linear", "linear", "constant"]
+    assert curves.main([*command, "--optimizers", "adamw", "--learning-rate", "adamw=1e-4", *ARGS]) == 0
+    records = curves.read_records(output)
+    assert [(r["schedule"], r["learning_rate"]) for r in records[2:]] == [("constant", 5e-5), ("linear", 1e-4)]
 
     capsys.readouterr()
     assert curves.main(["table", str(output)]) == 0
     table = capsys.readouterr().out.strip().splitlines()
-    assert len(table) == 2 + 3 and all(line.count("|") == 13 for line in table)
+    assert len(table) == 2 + 4 and all(line.count("|") == 14 for line in table)
     figure = tmp_path / "figures" / "curves.png"
     assert curves.main(["plot", str(output), "--output", str(figure)]) == 0
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -103,6 +105,8 @@ def test_an_unknown_optimizer_or_task_is_refused_before_anything_runs(tiny_confi
     base = ["run", "--config", str(tiny_config), "--output", str(output)]
     with pytest.raises(SystemExit, match="--optimizers: unknown optimizer 'adam'"):
         curves.main([*base, "--tasks", "financial_phrasebank", "--optimizers", "classp", "adam"])
+    with pytest.raises(SystemExit, match="--learning-rate: 'adamw=fast' is not NAME=NUMBER"):
+        curves.main([*base, "--tasks", "financial_phrasebank", "--learning-rate", "adamw=fast"])
     with pytest.raises(SystemExit, match="--tasks: .* has no task 'imdb'"):
         curves.main([*base, "--tasks", "imdb"])
     assert not output.exists()
@@ -113,6 +117,7 @@ def test_learned_means_final_accuracy_at_least_majority_plus_15_points():
         return {
             "task": "t",
             "optimizer": optimizer,
+            "learning_rate": 1e-3,
             "max_length": 128,
             "train_examples": 800,
             "steps": 100,
