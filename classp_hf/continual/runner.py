@@ -32,6 +32,7 @@ from classp_hf.continual.checkpoint import (
 )
 from classp_hf.continual.config import ConfigError, RunConfig, task_training_options
 from classp_hf.continual.evaluation import evaluate_own_adapters, evaluate_tasks
+from classp_hf.continual.families import align_pad_token_id, check_sequence_classification, set_pad_token
 from classp_hf.continual.io import first_line, write_text_atomic
 from classp_hf.continual.launch import Backend, accelerator_available, detect_backend
 from classp_hf.continual.model_check import check_model
@@ -140,12 +141,17 @@ class ContinualRunner:
         """Loads the tokenizer, every task and the model; raises before writing anything."""
         config = self.config
         transformers.set_seed(config.seed)
-        model_path = check_model(config).path  # a missing, empty or broken model folder: one line, now
+        info = check_model(config)  # a missing, empty or broken model folder: one line, now
+        check_sequence_classification(info.model_type, config.model)
+        model_path = info.path
         self._print(f"[classp-hf] model {config.model} ({model_path})")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         except (OSError, ValueError) as error:
             raise ConfigError(f"config.model: cannot load {config.model!r}: {str(error).splitlines()[0]}") from None
+        padding = set_pad_token(self.tokenizer, config.model)  # decoder tokenizers ship without one
+        if padding:
+            self._print(padding)
         self.tasks = []
         for task in config.tasks:
             data = load_task(
@@ -154,14 +160,36 @@ class ContinualRunner:
             self._print(f"[classp-hf] task {task.name}: {len(data.train)} train, {len(data.test)} test examples")
             self.tasks.append(data)
         self.model = self._load_model(model_path)
+        checkpointing = self._checkpoints_activations()
         self.adapters = None
         if config.peft is not None:
             from classp_hf.continual.adapters import AdapterSetup
 
             self.adapters = AdapterSetup(config.peft)
             self.model = self.adapters.wrap(self.model, config.tasks[0].name)
+            if checkpointing:
+                # the base weights are frozen: without inputs that require grad, a checkpointed layer's
+                # LoRA weights would get no gradient (with use_reentrant=True)
+                self.model.enable_input_require_grads()
         self.method = build_method(config.method, config.method_args)
         _check_optim_group_patterns(self.task_args[0], self.model)
+
+    def _checkpoints_activations(self) -> bool:
+        """Whether ``training.gradient_checkpointing`` (or ``activation_checkpointing``) is on for any task.
+
+        Raises:
+            ConfigError: it is on for a model that does not support it.
+        """
+        names = ("gradient_checkpointing", "activation_checkpointing")
+        if not any(getattr(args, name, False) for args in self.task_args for name in names):
+            return False
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        if not getattr(base, "supports_gradient_checkpointing", False):
+            raise ConfigError(
+                f"config.training.gradient_checkpointing: {type(base).__name__} does not support gradient "
+                "checkpointing; leave it out"
+            )
+        return True
 
     def _load_model(self, source: str) -> torch.nn.Module:
         id2label = dict(enumerate(self.config.labels))
@@ -170,7 +198,7 @@ class ContinualRunner:
         if dtype is not None:
             options["dtype"] = _MODEL_DTYPES[dtype]
         try:
-            return AutoModelForSequenceClassification.from_pretrained(
+            model = AutoModelForSequenceClassification.from_pretrained(
                 source,
                 num_labels=len(self.config.labels),
                 id2label=id2label,
@@ -180,6 +208,8 @@ class ContinualRunner:
             )
         except Exception as error:  # a missing, truncated or mismatched weights file raises many types
             raise ConfigError(f"config.model: cannot load the weights of {source!r}: {first_line(error)}") from None
+        align_pad_token_id(model, self.tokenizer)  # decoders pool the last token that is not padding
+        return model
 
     # -- one task ---------------------------------------------------------------------------
     def _context(self, index: int) -> TaskContext:
