@@ -252,6 +252,27 @@ def test_head_found_by_what_the_model_reports(family_model_dir):
             assert classification_head(model) == head, family
 
 
+@pytest.mark.parametrize("family,peft", [("llama", None), ("distilbert", {**LORA, "target_modules": "all-linear"})])
+def test_optim_groups_head_pattern_is_the_head_the_model_reports(family, peft, family_model_dir, tmp_path):
+    training = {**run_config("x")["training"], "optim_groups": [{"params": "<head>", "lr_scale": 0.5}]}
+    raw = run_config(family_model_dir(family), training=training, peft=peft)
+    runner = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False)
+    runner.setup()
+    trainer = runner._trainer(0)
+    trainer.create_optimizer()
+    names = {id(p): n for n, p in runner.model.named_parameters()}
+    scaled = {names[id(p)] for g in trainer.optimizer.param_groups if g["lr"] == 0.5 * 1e-2 for p in g["params"]}
+    head = classification_head(runner.model.get_base_model() if peft else runner.model)
+    expected = {
+        n
+        for n, p in runner.model.named_parameters()
+        if p.requires_grad and n.removeprefix("base_model.model.").split(".")[0] in head
+    }
+    assert scaled == expected and expected
+    if family == "distilbert":
+        assert any("pre_classifier" in n for n in scaled)
+
+
 # -- methods, resume, memory: on one decoder (and O-LoRA on one encoder) ------------------------------------
 
 
@@ -327,6 +348,35 @@ def test_gradient_checkpointing_trains_what_the_plain_run_trains(variant, family
         torch.testing.assert_close(param, expected[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_lora_with_gradient_checkpointing_makes_the_inputs_require_grad(family_model_dir, tmp_path):
+    """Frozen embeddings give a reentrant checkpointed layer no input that requires grad: set up before training."""
+    training = {**run_config("x")["training"], "gradient_checkpointing": True}
+    raw = run_config(family_model_dir("llama"), training=training, peft=lora_section("llama"))
+    runner = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False)
+    runner.setup()
+    ids = torch.tensor([[5, 6, 7]])
+    assert not runner.model.get_input_embeddings().weight.requires_grad
+    assert runner.model.get_input_embeddings()(ids).requires_grad
+
+
+def test_gradient_checkpointing_unsupported_is_refused(family_model_dir, tmp_path, monkeypatch):
+    from transformers import LlamaForSequenceClassification
+
+    monkeypatch.setattr(LlamaForSequenceClassification, "supports_gradient_checkpointing", False)
+    training = {**run_config("x")["training"], "gradient_checkpointing": True}
+    runner = ContinualRunner(
+        config_from_dict(run_config(family_model_dir("llama"), training=training)), tmp_path / "out", log=False
+    )
+    message = (
+        "config.training.gradient_checkpointing: LlamaForSequenceClassification does not support gradient "
+        "checkpointing; leave it out"
+    )
+    with pytest.raises(ConfigError) as error:
+        runner.setup()
+    assert str(error.value) == message
+    assert not (tmp_path / "out").exists()
+
+
 def test_bfloat16_decoder_with_lora_on_the_cpu(family_model_dir, tmp_path):
     runner, results = method_run(
         tmp_path, family_model_dir("llama"), model_dtype="bfloat16", peft=lora_section("llama")
@@ -363,3 +413,29 @@ def test_decoder_lora_recipe_sets_up_with_a_tiny_decoder(family_model_dir, tmp_p
     names = {n for n, p in runner.model.named_parameters() if p.requires_grad}
     assert any(".q_proj.lora_A." in n for n in names) and any(".score.modules_to_save." in n for n in names)
     assert not (tmp_path / "out").exists()
+
+
+def test_compare_lora_classp_and_olora_on_a_decoder(family_model_dir, tmp_path):
+    """``classp-hf compare`` (in this process) on the tiny Llama: a shared adapter with CLASSP and O-LoRA complete."""
+    import yaml
+
+    from classp_hf.continual.compare import compare
+
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(run_config(family_model_dir("llama"), validation_fraction=0.25)))
+    small = {"peft.r": 4, "peft.lora_dropout": 0.0}
+    settings = [
+        {"name": "lora_classp", "preset": "lora_classp", "grid": None, "overrides": small},
+        {"name": "olora", "preset": "olora", "grid": None, "overrides": {**small, "training.learning_rate": 1e-3}},
+    ]
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"base": "base.yaml", "seeds": [0], "settings": settings}))
+    compare(grid, tmp_path / "out", launcher="inprocess", log=False)
+    comparison = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    runs = {setting["name"]: setting for setting in comparison["settings"]}
+    assert set(runs) == {"lora_classp", "olora"}
+    for name in runs:
+        results = json.loads((tmp_path / "out" / "runs" / name / "default" / "seed0" / "results.json").read_text())
+        assert results["status"] == "complete" and results["model"] == family_model_dir("llama")
+    olora = json.loads((tmp_path / "out" / "runs" / "olora" / "default" / "seed0" / "results.json").read_text())
+    assert olora["method"] == "olora" and olora["peft"]["adapters"] == "per_task"

@@ -30,7 +30,12 @@ __all__ = [
     "classification_head",
     "linear_layer_names",
     "check_lora_targets",
+    "HEAD_PATTERN",
+    "resolve_head_pattern",
 ]
+
+#: The ``optim_groups`` ``params`` value that stands for the classification head's parameters, whatever its name.
+HEAD_PATTERN = "<head>"
 
 
 def check_sequence_classification(model_type: str | None, model: str) -> None:
@@ -149,3 +154,34 @@ def check_lora_targets(section: Mapping[str, Any], model: nn.Module) -> None:
             f"config.peft.target_modules: PEFT has no default for {model_type!r} models; set it to some of the "
             f"model's linear layers: {', '.join(linear_layer_names(model))} (or all-linear)"
         )
+
+
+def resolve_head_pattern(optim_groups: Any, head: list[str]) -> Any:
+    """Replaces ``params: "<head>"`` in ``optim_groups`` by a pattern matching the head's parameters.
+
+    The pattern matches the head's modules at the top of the model, bare (``score.weight``) or inside a
+    ``PeftModel`` (``base_model.model.score.modules_to_save.default.weight``), and nothing else (DistilBERT's
+    ``classifier`` pattern does not match ``pre_classifier``).
+
+    Args:
+        optim_groups: ``TrainingArguments.optim_groups`` (a list of mappings, its JSON text, or `None`).
+        head: the names :func:`classification_head` returns.
+
+    Returns:
+        ``optim_groups`` unchanged when no entry uses ``<head>``, else the same form (list or JSON text) with
+        the pattern filled in.
+    """
+    import json
+    import re
+
+    groups = json.loads(optim_groups) if isinstance(optim_groups, str) and optim_groups.strip() else optim_groups
+    if not isinstance(groups, list) or not any(
+        isinstance(g, Mapping) and g.get("params") == HEAD_PATTERN for g in groups
+    ):
+        return optim_groups
+    pattern = rf"^(?:base_model\.model\.)?(?:{'|'.join(re.escape(name) for name in head)})\."
+    resolved = [
+        {**group, "params": pattern} if isinstance(group, Mapping) and group.get("params") == HEAD_PATTERN else group
+        for group in groups
+    ]
+    return json.dumps(resolved) if isinstance(optim_groups, str) else resolved

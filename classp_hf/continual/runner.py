@@ -32,7 +32,13 @@ from classp_hf.continual.checkpoint import (
 )
 from classp_hf.continual.config import ConfigError, RunConfig, task_training_options
 from classp_hf.continual.evaluation import evaluate_own_adapters, evaluate_tasks
-from classp_hf.continual.families import align_pad_token_id, check_sequence_classification, set_pad_token
+from classp_hf.continual.families import (
+    align_pad_token_id,
+    check_sequence_classification,
+    classification_head,
+    resolve_head_pattern,
+    set_pad_token,
+)
 from classp_hf.continual.io import first_line, write_text_atomic
 from classp_hf.continual.launch import Backend, accelerator_available, detect_backend
 from classp_hf.continual.model_check import check_model
@@ -172,6 +178,9 @@ class ContinualRunner:
                 # LoRA weights would get no gradient (with use_reentrant=True)
                 self.model.enable_input_require_grads()
         self.method = build_method(config.method, config.method_args)
+        head = classification_head(self.model.get_base_model() if self.adapters is not None else self.model)
+        for args in self.task_args:
+            args.optim_groups = resolve_head_pattern(args.optim_groups, head)
         _check_optim_group_patterns(self.task_args[0], self.model)
 
     def _checkpoints_activations(self) -> bool:
