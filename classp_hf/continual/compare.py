@@ -532,9 +532,8 @@ def _noise(output_dir: Path, settings: Sequence[SettingResult], reference: str, 
         setting.versus_reference = difference.to_dict() if difference is not None else {"note": why}
     return {
         "reference": reference,
-        "method": "paired bootstrap over test examples: resampled within each seed and task (the same draw for both "
-        "settings), the ACC difference averaged over the seeds both finished (seeds pooled, not resampled); "
-        "percentile interval",
+        "method": "test examples resampled within each seed and task (the same draw for both settings), the ACC "
+        "difference averaged over the seeds both finished (seeds pooled, not resampled), percentile interval",
         "resamples": BOOTSTRAP_RESAMPLES,
         "seed": BOOTSTRAP_SEED,
         "confidence": CONFIDENCE,

@@ -333,8 +333,8 @@ def _references_section(data: dict[str, Any]) -> list[str]:
         f"Gap to joint: ACC minus the joint reference's ACC ({joint}), in points. Share of single-task: each task's "
         f"mean final accuracy over its mean accuracy when trained alone ({single}). ACC − {reference}: the paired "
         f"difference to the reference setting `{reference}` on the same seeds and the same test examples, and its "
-        f"{100 * noise.get('confidence', 0.95):.0f}% interval from a paired bootstrap over examples and seeds "
-        f"({noise.get('method', '')}; {noise.get('resamples', '?')} resamples, seed {noise.get('seed', '?')}). "
+        f"{100 * noise.get('confidence', 0.95):.0f}% interval from a paired bootstrap over examples and seeds: "
+        f"{noise.get('method', '')}; {noise.get('resamples', '?')} resamples, seed {noise.get('seed', '?')}. "
         "*within noise*: the interval holds 0. The interval reflects the test sample and the seeds run; it does not "
         "cover seeds not run.",
         "",
@@ -356,11 +356,11 @@ def _cost_section(data: dict[str, Any]) -> list[str]:
         "CPU / run (s)",
     ]
     rows = []
-    for setting in data["settings"]:
+    for setting in _ordered(data):
         s = setting["summary"]
         rows.append(
             [
-                setting["name"],
+                _row_name(setting),
                 _count(s["trainable_parameters"]),
                 _count(s["total_parameters"]),
                 _pm(s["extra_memory_bytes"], 1 / _MIB, 2),
