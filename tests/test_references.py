@@ -42,7 +42,10 @@ def reference_config(model_dir, mode):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"queue_mode": "joint", "method": "ewc", "method_args": {"lambda_": 1.0}}, r"config\.method: queue_mode joint is a reference .*method: none"),
+        (
+            {"queue_mode": "joint", "method": "ewc", "method_args": {"lambda_": 1.0}},
+            r"config\.method: queue_mode joint is a reference .*method: none",
+        ),
         ({"queue_mode": "single_task", "peft": {"r": 4}}, r"config\.peft: queue_mode single_task trains the full"),
         ({"queue_mode": "parallel"}, r"config\.queue_mode: expected one of sequential, joint, single_task"),
     ],
@@ -217,7 +220,7 @@ class ReferenceLauncher(FakeLauncher):
         return attempt
 
 
-def test_compare_reports_references_paired_intervals_and_did_not_learn(tmp_path, base_config):
+def test_compare_reports_references_paired_intervals_and_did_not_learn(tmp_path, base_config):  # noqa: F811
     grid = write_grid(
         tmp_path,
         [
@@ -236,7 +239,8 @@ def test_compare_reports_references_paired_intervals_and_did_not_learn(tmp_path,
     settings = {s["name"]: s for s in data["settings"]}
     assert data["reference_settings"] == {"joint": "joint", "single_task": "single_task"}
     assert data["noise"]["reference"] == "base" and data["noise"]["resamples"] == 2000
-    assert [settings[name]["mode"] for name in ("base", "joint", "single_task")] == ["sequential", "joint", "single_task"]
+    modes = [settings[name]["mode"] for name in ("base", "joint", "single_task")]
+    assert modes == ["sequential", "joint", "single_task"]
 
     base, better, same = settings["base"], settings["better"], settings["same"]
     assert base["versus_reference"] is None  # the reference itself
@@ -263,12 +267,13 @@ def test_compare_reports_references_paired_intervals_and_did_not_learn(tmp_path,
     assert render_markdown(data) == markdown
 
 
-def test_reference_option_picks_the_setting_and_refuses_an_unknown_one(tmp_path, base_config, capsys):
+def test_reference_option_picks_the_setting_and_refuses_an_unknown_one(tmp_path, base_config, capsys):  # noqa: F811
     grid = write_grid(tmp_path, [{"name": "base", "preset": "adamw", "grid": None}, {"preset": "joint", "grid": None}])
     output = tmp_path / "out"
     code = cli_main(["compare", str(grid), "--output-dir", str(output), "--reference", "nope", "--quiet"])
     assert code == 2 and not output.exists()
-    assert "classp-hf: error: --reference nope: no setting of that name (settings: base, joint)" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "classp-hf: error: --reference nope: no setting of that name (settings: base, joint)" in error
     comparison = compare(grid, output, reference="joint", launcher=ReferenceLauncher(), log=False)
     data = comparison.to_dict()
     assert data["noise"]["reference"] == "joint" and comparison.setting("joint").versus_reference is None
