@@ -87,7 +87,7 @@ def run_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
         "accuracy_matrix": [list(row) for row in results["accuracy_matrix"]],
         "queue_mode": results.get("queue_mode", "sequential"),
         "own_task_accuracy": _own_task_row(results),
-        "majority_accuracy": list(results["majority_accuracy"]),
+        "majority_accuracy": list(results.get("majority_accuracy") or []),
         "trainable_parameters": trainable,
         "total_parameters": int(last.get("total_parameters", 0)),
         "optimizer_state_bytes": optimizer_bytes,
