@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from classp_hf.cli import main as cli_main
 from classp_hf.continual.compare import compare
-from classp_hf.continual.compare_noise import paired_bootstrap, paired_difference
-from classp_hf.continual.compare_report import load_comparison_schema, render_markdown
+from classp_hf.continual.compare.noise import paired_bootstrap, paired_difference
+from classp_hf.continual.compare.report import load_comparison_schema, render_markdown
 from classp_hf.continual.config import ConfigError, config_from_dict
 from classp_hf.continual.outputs import clear_run_outputs
 from classp_hf.continual.predictions import PREDICTIONS_FILENAME, read_predictions
@@ -282,7 +282,7 @@ def test_reference_option_picks_the_setting_and_refuses_an_unknown_one(tmp_path,
 
 
 def test_shipped_experiments_hold_the_references():
-    from classp_hf.continual.compare_grid import load_presets
+    from classp_hf.continual.compare.grid import load_presets
 
     presets = load_presets()
     assert presets["joint"].overrides["queue_mode"] == "joint"

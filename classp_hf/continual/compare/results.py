@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from classp_hf.continual.compare_grid import GridPoint
+from classp_hf.continual.compare.grid import GridPoint
 
 __all__ = [
     "COMPARISON_SCHEMA_VERSION",
@@ -253,7 +253,7 @@ class SettingResult:
     """One setting of a comparison: its grid points, the chosen one, its runs over the seeds and their summary.
 
     Args:
-        name, description, preset, overrides, grid: the setting (see :class:`~.compare_grid.Setting`).
+        name, description, preset, overrides, grid: the setting (see :class:`~.grid.Setting`).
         points: every grid point's first-seed run (one ``default`` point without a grid).
         chosen: the chosen point's name (`None` while undecided, or when every point failed).
         runs: the chosen point's runs, one per seed (the first-seed one is the grid's).
@@ -263,7 +263,7 @@ class SettingResult:
         references: ``gap_to_joint`` (ACC minus the joint reference's, fraction) and ``share_of_single_task``
             (each task's final accuracy over its single-task accuracy), `None` where the reference is missing.
         versus_reference: the paired bootstrap against the reference setting
-            (:meth:`~classp_hf.continual.compare_noise.PairedDifference.to_dict`, or ``{"note": why}``); `None`
+            (:meth:`~classp_hf.continual.compare.noise.PairedDifference.to_dict`, or ``{"note": why}``); `None`
             for the reference itself.
         did_not_learn: the tasks whose mean accuracy right after training on them stayed at or below their
             majority-class accuracy + :data:`LEARNED_MARGIN`.
@@ -386,8 +386,8 @@ class Comparison:
         }
 
     def table(self) -> str:
-        """The console table (see :func:`classp_hf.continual.compare_report.format_table`)."""
-        from classp_hf.continual.compare_report import format_table
+        """The console table (see :func:`classp_hf.continual.compare.report.format_table`)."""
+        from classp_hf.continual.compare.report import format_table
 
         return format_table(self.to_dict())
 
