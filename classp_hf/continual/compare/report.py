@@ -116,7 +116,12 @@ def _pct(value: float | None) -> str:
 
 
 def _pts(value: float | None) -> str:
-    return _NA if value is None else f"{100.0 * value:+.1f}"
+    return _NA if value is None else f"{_points(value):+.1f}"
+
+
+def _points(value: float) -> float:
+    """A fraction in points, rounded to one decimal, without a negative zero (``-1e-17`` reads ``+0.0``)."""
+    return round(100.0 * value, 1) + 0.0
 
 
 def _count(stat: dict[str, Any]) -> str:
@@ -164,7 +169,7 @@ def _difference(setting: dict[str, Any], markdown: bool = True) -> str:
         return "reference"
     if "mean" not in versus:
         return _NA
-    return f"{100 * versus['mean']:+.1f} [{100 * versus['low']:+.1f}, {100 * versus['high']:+.1f}]"
+    return f"{_points(versus['mean']):+.1f} [{_points(versus['low']):+.1f}, {_points(versus['high']):+.1f}]"
 
 
 def _notes(setting: dict[str, Any], data: dict[str, Any]) -> str:
@@ -173,7 +178,8 @@ def _notes(setting: dict[str, Any], data: dict[str, Any]) -> str:
     versus = setting.get("versus_reference") or {}
     if versus.get("within_noise"):
         notes.append(f"within noise of {(data.get('noise') or {}).get('reference', 'the reference')}")
-    notes += [f"did not learn {task}" for task in setting.get("did_not_learn", [])]
+    if setting.get("did_not_learn"):
+        notes.append(f"did not learn {', '.join(setting['did_not_learn'])}")
     return "; ".join(notes)
 
 
