@@ -271,21 +271,25 @@ def plot_curves(records: Sequence[Mapping[str, Any]], output: Path, margin: floa
     rows = (len(tasks) + columns - 1) // columns
     figure, axes = plt.subplots(rows, columns, figsize=(6 * columns, 3.8 * rows), squeeze=False)
     colours = {"classp": "tab:red", "adamw": "tab:blue"}
+    other_lr = {"classp": "tab:orange", "adamw": "tab:cyan"}  # a learning rate other than OPTIMIZERS'
     styles = {64: ":", 128: "-", 256: "--"}
+    markers = {1.0: "v", 2.0: "o", 4.0: "^"}  # by epochs (squares: a constant schedule)
     for axis, task in zip(axes.flat, tasks):
         runs = [record for record in records if record["task"] == task]
         for record in runs:
             steps = [point["step"] for point in record["curve"]]
             values = [100 * point["accuracy"] for point in record["curve"]]
             constant = record["schedule"] == "constant"
+            default_lr = OPTIMIZERS.get(record["optimizer"], {}).get("training.learning_rate")
+            palette = colours if record["learning_rate"] == default_lr else other_lr
             axis.plot(
                 steps,
                 values,
                 linestyle=styles.get(record["max_length"], "-."),
-                marker="s" if constant else "o",
+                marker="s" if constant else markers.get(float(record["epochs"]), "D"),
                 markersize=3,
                 alpha=0.6 if constant else 1.0,
-                color=colours.get(record["optimizer"], "tab:gray"),
+                color=palette.get(record["optimizer"], "tab:gray"),
                 label=f"{record['optimizer']} lr {record['learning_rate']:g}, {record['max_length']} tok, "
                 f"{record['schedule']}, {record['steps']} steps",
             )
@@ -300,7 +304,11 @@ def plot_curves(records: Sequence[Mapping[str, Any]], output: Path, margin: floa
         axis.legend(fontsize=7, loc="lower right")
     for axis in list(axes.flat)[len(tasks) :]:
         axis.set_visible(False)
-    figure.suptitle("Each task trained alone: MiniLM, CLASSP lr 1e-3 (red) vs AdamW lr 5e-5 (blue), seed 0")
+    figure.suptitle(
+        "Each task trained alone: MiniLM, CLASSP (red; orange: lr other than 1e-3) vs AdamW (blue; cyan: lr other "
+        "than 5e-5), seed 0; markers: circles 2 epochs, triangles 4",
+        fontsize=9,
+    )
     figure.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=110)
