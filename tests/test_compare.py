@@ -208,7 +208,7 @@ def test_shipped_grid_files_load_with_their_profiles(name):
             if profile == "gpu":
                 assert samples == {None} and sizes == (256, 1)
             else:  # docs/protocol.md's sizes by default; the earlier ones (64 tokens, one epoch) as `smoke`
-                assert samples <= {800, 1000} and sizes == ((128, 2) if profile is None else (64, 1))
+                assert samples <= {800, 1000} and sizes == ((128, 4) if profile is None else (64, 1))
                 assert {task.max_eval_samples for task in config.tasks} <= {400, 500}
 
 
