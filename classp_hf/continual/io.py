@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from classp_hf.continual.errors import OutputWriteError
+
 __all__ = [
     "OutputWriteError",
     "atomic_write",
@@ -19,10 +21,6 @@ __all__ = [
     "write_text_atomic",
     "write_json_atomic",
 ]
-
-
-class OutputWriteError(OSError):
-    """An output could not be written (a full disk, a lost mount): what was written before stays as it was."""
 
 
 def first_line(error: BaseException) -> str:

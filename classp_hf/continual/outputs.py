@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from classp_hf.continual.errors import OutputDirError
 from classp_hf.continual.io import current_umask, write_failure
 
 __all__ = [
@@ -42,10 +43,6 @@ RUN_OUTPUTS = (
     "logs",
 )
 _TEMP_PREFIX = ".classp-tmp-"
-
-
-class OutputDirError(ValueError):
-    """The output directory is not usable (non-empty without ``--overwrite``, a file in the way)."""
 
 
 def prepare_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:

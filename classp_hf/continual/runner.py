@@ -31,12 +31,14 @@ from classp_hf.continual.checkpoint import (
     start_run_state,
 )
 from classp_hf.continual.config import ConfigError, RunConfig, task_training_options
+from classp_hf.continual.console import library_output, set_console_callbacks
 from classp_hf.continual.evaluation import evaluate_own_adapters, evaluate_tasks
 from classp_hf.continual.io import first_line, write_text_atomic
 from classp_hf.continual.launch import Backend, accelerator_available, detect_backend
 from classp_hf.continual.model_check import check_model
 from classp_hf.continual.optimizer_state import StateCarryingTrainer, capture_optimizer_state, named_state_bytes
 from classp_hf.continual.outputs import OutputDirError, clear_run_outputs, prepare_output_dir, save_model_atomic
+from classp_hf.continual.report import format_matrix_table, write_report
 from classp_hf.continual.results import RunResults
 from classp_hf.continual.tasks import TaskData, load_task
 from classp_hf.methods import TaskContext, build_method
@@ -85,6 +87,8 @@ class ContinualRunner:
         overwrite: start afresh in a folder an earlier run wrote into (removes only what a run writes).
         log: prints progress lines (main process only).
         resume: continue the run in ``output_dir`` after its last checkpointed task (same config).
+        verbose: let transformers, datasets and Python warnings print as they do (the load report, evaluation and
+            saving bars, the Trainer's log dicts); by default they are held back (see :mod:`.console`).
     """
 
     config: RunConfig
@@ -92,6 +96,7 @@ class ContinualRunner:
     overwrite: bool = False
     log: bool = True
     resume: bool = False
+    verbose: bool = False
     tasks: list[TaskData] = field(default_factory=list, init=False)
     results: RunResults | None = field(default=None, init=False)
 
@@ -106,13 +111,15 @@ class ContinualRunner:
         else:
             prepare_output_dir(self.output_dir, self.overwrite)
         self.is_main = _is_main_process(self.backend.use_cpu)
-        self.task_args = [self._training_arguments(index) for index in range(len(self.config.tasks))]
+        with library_output(self.verbose):
+            self.task_args = [self._training_arguments(index) for index in range(len(self.config.tasks))]
         self.optimizer_state: dict[str, Any] | None = None
         self.optimizer: torch.optim.Optimizer | None = None  # the last task's (unwrapped) optimizer
         self.ever_updated: dict[str, torch.Tensor] = {}
 
-    def _print(self, message: str) -> None:
-        if self.log and self.is_main:
+    def _print(self, message: str, detail: bool = False) -> None:
+        """A progress line (main process only); a ``detail`` line only with ``verbose``."""
+        if self.log and self.is_main and (self.verbose or not detail):
             print(message, flush=True)
 
     # -- set-up -----------------------------------------------------------------------------
@@ -141,7 +148,7 @@ class ContinualRunner:
         config = self.config
         transformers.set_seed(config.seed)
         model_path = check_model(config).path  # a missing, empty or broken model folder: one line, now
-        self._print(f"[classp-hf] model {config.model} ({model_path})")
+        self._print(f"[classp-hf] model {config.model} ({model_path})", detail=True)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         except (OSError, ValueError) as error:
@@ -151,7 +158,9 @@ class ContinualRunner:
             data = load_task(
                 task, config.labels, self.tokenizer, config.max_length, config.seed, config.validation_fraction
             )
-            self._print(f"[classp-hf] task {task.name}: {len(data.train)} train, {len(data.test)} test examples")
+            self._print(
+                f"[classp-hf] task {task.name}: {len(data.train)} train, {len(data.test)} test examples", detail=True
+            )
             self.tasks.append(data)
         self.model = self._load_model(model_path)
         self.adapters = None
@@ -218,6 +227,7 @@ class ContinualRunner:
             continual_method=self.method,
             carried_optimizer_state=self.optimizer_state,
         )
+        set_console_callbacks(context.trainer, self.verbose)
         return context.trainer
 
     @property
@@ -260,14 +270,15 @@ class ContinualRunner:
         trainer = self._trainer(index, context)
         results = self.results
         if not results.initial_accuracy:
-            self._print("[classp-hf] evaluating the untrained model on every task")
+            self._print("[classp-hf] evaluating the untrained model on every task", detail=True)
             scores = evaluate_tasks(trainer, self.tasks)
             validation = evaluate_tasks(trainer, self.tasks, "validation").accuracy if results.validation else None
             results.set_initial(scores.accuracy, scores.macro_f1, validation, scores.task_label_accuracy)
         args = trainer.args
         self._print(
             f"[classp-hf] task {index + 1}/{total} {data.name}: start "
-            f"({len(data.train)} examples, optim {results.optimizer['name']}, lr {args.learning_rate:g})"
+            f"({len(data.train)} train, {len(data.test)} test examples, optim {results.optimizer['name']}, "
+            f"lr {args.learning_rate:g})"
         )
         self.method.before_task(context)
         started = time.perf_counter()
@@ -314,6 +325,7 @@ class ContinualRunner:
         )
         if self.is_main:
             results.write(self.output_dir)
+            write_report(results.to_dict(), self.output_dir)
         self._save_task_outputs(index, trainer)
         self._save_checkpoint(index, trainer, tracking)
         self._print(
@@ -444,8 +456,10 @@ class ContinualRunner:
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> RunResults:
         """Trains on every task in order and returns the results (also in results.json)."""
-        from classp_hf.continual.report import format_matrix_table
+        with library_output(self.verbose):
+            return self._run()
 
+    def _run(self) -> RunResults:
         point = self.resume_point
         if point is not None and point.finished():
             self._print(f"[classp-hf] the run in {self.output_dir} is already complete; nothing to do")
@@ -506,6 +520,7 @@ def run_continual(
     overwrite: bool = False,
     log: bool = True,
     resume: bool = False,
+    verbose: bool = False,
 ) -> RunResults:
     """Runs a continual fine-tuning config (see :class:`ContinualRunner`).
 
@@ -515,8 +530,10 @@ def run_continual(
         overwrite: start afresh in a folder an earlier run wrote into.
         log: print progress lines.
         resume: continue the run in ``output_dir`` after its last checkpointed task.
+        verbose: let the libraries print as they do (see :mod:`.console`).
 
     Returns:
         The results (also written to ``output_dir/results.json``).
     """
-    return ContinualRunner(config, Path(output_dir), overwrite=overwrite, log=log, resume=resume).run()
+    runner = ContinualRunner(config, Path(output_dir), overwrite=overwrite, log=log, resume=resume, verbose=verbose)
+    return runner.run()
