@@ -191,3 +191,12 @@ def test_a_climbing_import_is_found(tmp_path, source, expected):
     )
     found = climbing_imports(import_graph(package))
     assert len(found) == len(expected) and all(line.startswith(start) for line, start in zip(found, expected))
+
+
+def test_error_classes_live_in_errors_and_keep_their_old_names():
+    from classp_hf.continual import checkpoint, config, errors, io, outputs, results
+
+    assert config.ConfigError is errors.ConfigError and checkpoint.ConfigError is errors.ConfigError
+    assert outputs.OutputDirError is errors.OutputDirError and checkpoint.ResumeError is errors.ResumeError
+    assert results.ResultsVersionError is errors.ResultsVersionError and io.OutputWriteError is errors.OutputWriteError
+    assert import_graph()["classp_hf.continual.errors"] == set()

@@ -43,7 +43,7 @@ from classp_hf.continual.results import RunResults
 from classp_hf.continual.tasks import TaskData, load_task
 from classp_hf.methods import TaskContext, build_method
 from classp_hf.metrics.continual import majority_class_accuracy
-from classp_hf.trainer import optimizer_diagnostics
+from classp_hf.trainer import optimizer_diagnostics, unwrap_optimizer
 from classp_hf.training_args import TrainingArguments, optimizer_name
 
 __all__ = ["ContinualRunner", "run_continual", "OutputDirError", "ResumeError", "prepare_output_dir"]
@@ -217,7 +217,6 @@ class ContinualRunner:
             transformers.set_seed(self.config.seed + index)  # a fresh adapter's initialisation, the same on resume
             if self.adapters.start_task(self.model, self.tasks[index].name):
                 self.optimizer_state = None  # a new adapter's parameters start with fresh optimizer state
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.output_dir / "logs" / self.tasks[index].name)
         context.trainer = StateCarryingTrainer(
             model=self.model,
             args=self.task_args[index],
@@ -228,6 +227,7 @@ class ContinualRunner:
             carried_optimizer_state=self.optimizer_state,
         )
         set_console_callbacks(context.trainer, self.verbose)
+        _set_tensorboard_folder(context.trainer, self.output_dir / "logs" / self.tasks[index].name)
         return context.trainer
 
     @property
@@ -286,7 +286,7 @@ class ContinualRunner:
             trainer.add_callback(_TrackUpdates())
         output = trainer.train()
         seconds = time.perf_counter() - started
-        self.optimizer = classp_hf.trainer._unwrap_optimizer(trainer.optimizer)
+        self.optimizer = unwrap_optimizer(trainer.optimizer)
         self.optimizer_state = capture_optimizer_state(trainer)
         self.method.after_task(context)
         scores = evaluate_tasks(trainer, self.tasks)
@@ -496,11 +496,24 @@ def _check_optim_group_patterns(args: TrainingArguments, model: torch.nn.Module)
             )
 
 
+def _set_tensorboard_folder(trainer: transformers.Trainer, folder: Path) -> None:
+    """Points the Trainer's TensorBoard callback (``report_to: tensorboard``) at ``folder`` (one per task).
+
+    transformers reads the folder from ``TENSORBOARD_LOGGING_DIR`` when the callback is made; setting the callback's
+    own ``logging_dir`` before training starts does the same without changing the process's environment.
+    """
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback):
+            callback.logging_dir = str(folder)
+
+
 class _TrackUpdates(transformers.TrainerCallback):
     """Turns on CLASSP's per-element update tracking once the task's optimizer exists."""
 
     def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
-        classp_hf.trainer._unwrap_optimizer(optimizer).track_updates()
+        unwrap_optimizer(optimizer).track_updates()
 
 
 class _WithStateDict:
