@@ -181,6 +181,16 @@ def test_console_callbacks(tmp_path, tiny_model):
     assert kinds(verbose=True, terminal=False, disable_tqdm=True) == {PrinterCallback}
 
 
+def test_a_quiet_run_keeps_the_training_bar_setting(tmp_path, headless_model_dir):
+    """transformers turns ``disable_tqdm`` on for arguments built while it logs errors only: the runner builds them
+    before holding the libraries' output back, so the bar stays on a terminal."""
+    from classp_hf.continual.runner import ContinualRunner
+
+    config = config_from_dict(yaml.safe_load(write_config(tmp_path, headless_model_dir).read_text()))
+    runner = ContinualRunner(config, tmp_path / "out", log=False, verbose=False)
+    assert [args.disable_tqdm for args in runner.task_args] == [False] * 3
+
+
 def _run_cli(tmp_path: Path, model_dir: str, name: str, *extra: str) -> subprocess.CompletedProcess:
     config = write_config(tmp_path, model_dir)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))

@@ -111,8 +111,8 @@ class ContinualRunner:
         else:
             prepare_output_dir(self.output_dir, self.overwrite)
         self.is_main = _is_main_process(self.backend.use_cpu)
-        with library_output(self.verbose):
-            self.task_args = [self._training_arguments(index) for index in range(len(self.config.tasks))]
+        # outside library_output: TrainingArguments turns disable_tqdm on when transformers logs errors only
+        self.task_args = [self._training_arguments(index) for index in range(len(self.config.tasks))]
         self.optimizer_state: dict[str, Any] | None = None
         self.optimizer: torch.optim.Optimizer | None = None  # the last task's (unwrapped) optimizer
         self.ever_updated: dict[str, torch.Tensor] = {}
