@@ -219,3 +219,18 @@ def test_a_plain_run_prints_one_line_per_task_event_and_the_table(tmp_path, head
         assert (tmp_path / "quiet" / name).is_file() and (tmp_path / "verbose" / name).is_file()
     quiet_config = yaml.safe_load((tmp_path / "quiet" / "config.yaml").read_text())
     assert quiet_config == yaml.safe_load((tmp_path / "verbose" / "config.yaml").read_text())
+
+
+def test_an_in_process_comparison_keeps_the_libraries_off_its_console(tmp_path, headless_model_dir, capfd):
+    """transformers' logger writes to the stderr it started with, past the run's redirected log file: the runs of
+    ``compare --in-process`` hold the libraries' output back, so the console has the comparison's lines only."""
+    write_config(tmp_path, headless_model_dir)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"base": "run.yaml", "seeds": [0], "settings": [{"name": "classp"}]}))
+    argv = ["compare", str(grid), "--output-dir", str(tmp_path / "out"), "--in-process", "tasks.*.max_train_samples=8"]
+    assert cli_main(argv) == 0
+    captured = capfd.readouterr()
+    shown = captured.out + captured.err
+    assert "[compare] 1/1 classp seed 0: done" in shown and "LOAD REPORT" not in shown and "MISSING" not in shown
+    log = (tmp_path / "out" / "logs" / "classp" / "default" / "seed0.log").read_text()
+    assert "task 3/3 amazon_reviews: done" in log
