@@ -38,7 +38,15 @@ from typing import Any
 
 import yaml
 
-from classp_hf.continual.config import ConfigError, RunConfig, check_keys, config_from_dict, parse_yaml, require
+from classp_hf.continual.config import (
+    ConfigError,
+    RunConfig,
+    check_keys,
+    config_from_dict,
+    parse_yaml,
+    read_yaml_file,
+    require,
+)
 
 __all__ = [
     "PRESETS_RESOURCE",
@@ -299,8 +307,7 @@ def load_presets(path: str | os.PathLike | None = None) -> dict[str, Preset]:
         ConfigError: naming the preset and key.
     """
     where = str(path) if path is not None else f"classp_hf/{PRESETS_RESOURCE}"
-    text = Path(path).read_text(encoding="utf-8") if path is not None else _shipped_presets_text()
-    raw = parse_yaml(text)
+    raw = read_yaml_file(Path(path), "presets") if path is not None else parse_yaml(_shipped_presets_text())
     require(isinstance(raw, dict) and raw, f"{where}: expected a mapping of preset names")
     return {str(name): _preset_from_dict(name, value, where) for name, value in raw.items()}
 
@@ -401,10 +408,7 @@ class Grid:
     def _base_raw(self) -> dict[str, Any]:
         path = self.base_config
         require(path.is_file(), f"{self.source}: base: config file not found: {path}")
-        try:
-            raw = parse_yaml(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: malformed YAML: {getattr(error, 'problem', None) or error}") from None
+        raw = read_yaml_file(path, "base")
         require(isinstance(raw, dict), f"{path}: expected a mapping at the top level")
         return raw
 
@@ -547,10 +551,7 @@ def load_grid(
     """
     path = Path(path)
     require(path.is_file(), f"grid file not found: {path}")
-    try:
-        raw = parse_yaml(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: malformed YAML: {getattr(error, 'problem', None) or error}") from None
+    raw = read_yaml_file(path, "grid")
     return grid_from_dict(raw, path.resolve().parent, str(path), profile=profile, seeds=seeds, overrides=overrides)
 
 
