@@ -154,8 +154,8 @@ def compare_command(args: argparse.Namespace) -> int:
     from classp_hf.continual.config import parse_override_args
 
     grid, overrides = args.grid, list(args.overrides)
-    if grid is not None and "=" in grid and not Path(grid).is_file():
-        grid, overrides = None, [grid, *overrides]
+    if grid is not None and not Path(grid).is_file() and ("=" in grid or args.config is not None):
+        grid, overrides = None, [grid, *overrides]  # with --config, a positional is an override (checked as one)
     try:
         comparison = compare(
             grid,

@@ -45,6 +45,38 @@ def adapter_name_for_task(task_name: str) -> str:
 
 
 @dataclass
+def check_target_modules(target_modules: Any, model: nn.Module) -> None:
+    """Matches ``peft.target_modules`` against the model's module names as PEFT does, before it wraps anything.
+
+    A list entry matches a module whose name is the entry or ends with ``.<entry>``; a string is a regular
+    expression that must match a whole name (``all-linear`` is PEFT's own and passes).
+
+    Raises:
+        ConfigError: ``config.peft.target_modules: ...`` naming the entry and the candidate names.
+    """
+    import re
+
+    from classp_hf.continual.config import ConfigError
+
+    if not target_modules or target_modules == "all-linear":
+        return
+    names = [name for name, _ in model.named_modules() if name]
+    leaves = [name for name, module in model.named_modules() if name and any(True for _ in module.parameters(False))]
+    candidates = ", ".join(dict.fromkeys(name.rsplit(".", 1)[-1] for name in leaves))
+    if isinstance(target_modules, str):
+        if not any(re.fullmatch(target_modules, name) for name in names):
+            raise ConfigError(
+                f"config.peft.target_modules: {target_modules!r} matches no module name of the model "
+                f"(a string is a regular expression over whole names; modules with weights: {candidates})"
+            )
+        return
+    for entry in target_modules:
+        if not any(name == entry or name.endswith(f".{entry}") for name in names):
+            raise ConfigError(
+                f"config.peft.target_modules: {entry!r} matches no module of the model (candidates: {candidates})"
+            )
+
+
 class AdapterSetup:
     """Applies a validated ``peft:`` section to a model and manages its adapters across tasks.
 
@@ -64,9 +96,14 @@ class AdapterSetup:
         return adapter_name_for_task(task_name) if self.per_task else "default"
 
     def wrap(self, model: torch.nn.Module, first_task: str) -> Any:
-        """Wraps the base model in a ``PeftModel`` with the first task's adapter."""
+        """Wraps the base model in a ``PeftModel`` with the first task's adapter.
+
+        Raises:
+            ConfigError: a ``target_modules`` entry that matches no module of the model (with candidates).
+        """
         import peft
 
+        check_target_modules(self.section.get("target_modules"), model)
         name = self.adapter_name(first_task)
         self.names = [name]
         return peft.get_peft_model(model, build_lora_config(self.section), adapter_name=name)

@@ -62,7 +62,7 @@ from classp_hf.continual.compare_results import (
     summarize,
 )
 from classp_hf.continual.config import ConfigError, RunConfig, stored_config_differences
-from classp_hf.continual.io import write_json_atomic, write_text_atomic
+from classp_hf.continual.io import check_writable_folder, write_json_atomic, write_text_atomic
 from classp_hf.continual.outputs import OutputDirError, is_complete_model
 
 __all__ = [
@@ -613,7 +613,7 @@ def compare(
 
     grid = _resolve_grid(grid, config, presets, seeds, overrides, profile)
     runner, launcher_name, threads = _make_launcher(launcher, jobs)
-    output_dir = Path(output_dir)
+    output_dir = check_writable_folder(output_dir)
     check_output_dir(output_dir)
     if report_only and (overwrite or not _is_comparison_folder(output_dir)):
         raise ConfigError(

@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from classp_hf.continual.config import (
+    MAX_SEED,
     ConfigError,
     RunConfig,
     check_keys,
@@ -65,7 +66,8 @@ __all__ = [
 PRESETS_RESOURCE = "presets.yaml"
 """The presets shipped in the package (``classp_hf/presets.yaml``)."""
 
-_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+#: A setting's or preset's name (it names a folder: not ``.`` or ``..``).
+_NAME = re.compile(r"(?!\.+$)[A-Za-z0-9_.+-]+")
 _GRID_KEYS = {"base", "description", "seeds", "overrides", "settings", "profiles"}
 _SETTING_KEYS = {"name", "preset", "description", "overrides", "grid"}
 _PRESET_KEYS = {"description", "optimizer", "optim_args", "method", "method_args", "overrides", "grid"}
@@ -332,7 +334,7 @@ def _setting_from_raw(raw: Any, index: int, presets: Mapping[str, Preset], sourc
     name = raw.get("name", preset_name)
     require(
         isinstance(name, str) and _NAME.fullmatch(name) is not None,
-        f"{where}.name: {name!r}: use letters, digits and _.+- (it names a folder)",
+        f"{where}.name: {name!r}: use letters, digits and _.+-, not only dots (it names a folder)",
     )
     where = f"{source}: settings[{index}] ({name})"
     overrides = merge_overrides(base.overrides, _check_overrides(raw.get("overrides"), f"{where}.overrides"))
@@ -359,6 +361,8 @@ def parse_seeds(raw: Any, where: str = "seeds") -> list[int]:
         f"{where}: expected a non-empty list of non-negative integers, got {raw!r}",
     )
     require(len(set(raw)) == len(raw), f"{where}: a seed is listed twice in {raw}")
+    for seed in raw:
+        require(seed <= MAX_SEED, f"{where}: seed {seed} is out of range (a seed is an integer in [0, 2**32 - 1])")
     return list(raw)
 
 

@@ -32,7 +32,7 @@ from classp_hf.continual.checkpoint import (
 )
 from classp_hf.continual.config import ConfigError, RunConfig, task_training_options
 from classp_hf.continual.evaluation import evaluate_own_adapters, evaluate_tasks
-from classp_hf.continual.io import first_line, write_text_atomic
+from classp_hf.continual.io import check_writable_folder, first_line, write_text_atomic
 from classp_hf.continual.launch import Backend, accelerator_available, detect_backend
 from classp_hf.continual.model_check import check_model
 from classp_hf.continual.optimizer_state import StateCarryingTrainer, capture_optimizer_state, named_state_bytes
@@ -41,7 +41,7 @@ from classp_hf.continual.results import RunResults
 from classp_hf.continual.tasks import TaskData, load_task
 from classp_hf.methods import TaskContext, build_method
 from classp_hf.metrics.continual import majority_class_accuracy
-from classp_hf.trainer import optimizer_diagnostics
+from classp_hf.trainer import optimizer_diagnostics, optimizer_hyperparameters
 from classp_hf.training_args import TrainingArguments, optimizer_name
 
 __all__ = ["ContinualRunner", "run_continual", "OutputDirError", "ResumeError", "prepare_output_dir"]
@@ -96,7 +96,7 @@ class ContinualRunner:
     results: RunResults | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.output_dir = Path(self.output_dir)
+        self.output_dir = check_writable_folder(self.output_dir)
         if self.resume and self.overwrite:
             raise ResumeError("--resume and --overwrite exclude each other: --overwrite starts the run afresh")
         self.backend: Backend = detect_backend(self.config.training, self.config.peft)
@@ -276,6 +276,8 @@ class ContinualRunner:
         output = trainer.train()
         seconds = time.perf_counter() - started
         self.optimizer = classp_hf.trainer._unwrap_optimizer(trainer.optimizer)
+        # what the optimizer was built with, read back from it (the config's optim_args are only text)
+        results.optimizer["hyperparameters"] = optimizer_hyperparameters(self.optimizer)
         self.optimizer_state = capture_optimizer_state(trainer)
         self.method.after_task(context)
         scores = evaluate_tasks(trainer, self.tasks)
@@ -474,7 +476,21 @@ def _check_optim_group_patterns(args: TrainingArguments, model: torch.nn.Module)
 
     groups = parse_optim_groups(getattr(args, "optim_groups", None))
     names = [name for name, param in model.named_parameters() if param.requires_grad]
+    taken = [0] * len(groups)  # a parameter goes to the first entry that matches it
+    for name in names:
+        first = next((index for index, group in enumerate(groups) if re.search(group["params"], name)), None)
+        if first is not None:
+            taken[first] += 1
     for index, group in enumerate(groups):
+        if taken[index]:
+            continue
+        earlier = [i for i in range(index) if any(re.search(group["params"], n) for n in names)]
+        if earlier:
+            raise ConfigError(
+                f"config.training.optim_groups[{index}].params: {group['params']!r} matches only parameters that "
+                f"optim_groups[{earlier[0]}] takes first (a parameter goes to the first entry that matches it); "
+                "put it before, or narrow the earlier pattern"
+            )
         if not any(re.search(group["params"], name) for name in names):
             raise ConfigError(
                 f"config.training.optim_groups[{index}].params: {group['params']!r} matches no trainable parameter "

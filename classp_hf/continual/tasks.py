@@ -194,6 +194,15 @@ def _label_names(split: datasets.Dataset, column: str) -> list[str]:
     return [str(v) for v in values]
 
 
+def _distinct_label_names(split: datasets.Dataset, column: str) -> list[str]:
+    """The distinct labels of a whole split, as names, in order of first appearance."""
+    feature = split.features[column]
+    values = split.unique(column)
+    if isinstance(feature, datasets.ClassLabel):
+        return [feature.int2str(int(v)) for v in values]
+    return [str(v) for v in values]
+
+
 def load_task(
     task: TaskConfig,
     labels: list[str],
@@ -224,6 +233,9 @@ def load_task(
     prepared = {}
     for split in ("train", "test"):
         data = raw[split]
+        # every label of the whole split, not only the sampled rows: whether a config is accepted must not
+        # depend on the seed
+        label_mapping(task, _distinct_label_names(data, task.label_column), labels)
         limit = task.max_train_samples if split == "train" else task.max_eval_samples
         if limit is not None and limit < len(data):
             data = data.shuffle(seed=seed).select(range(limit))
