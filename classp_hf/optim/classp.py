@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach
+from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach, _device_dtype_check_for_fused
 
 from classp_hf.optim import _fused
 from classp_hf.optim._rows import (
@@ -536,6 +536,8 @@ class CLASSP(Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("CLASSP does not support sparse gradients; use a dense embedding")
+                if group["fused"]:  # as torch's fused optimizers: a meta (or other unsupported) device is refused
+                    _device_dtype_check_for_fused(p)
                 params.append(local_tensor(p))
                 grads.append(local_tensor(p.grad))
                 grad_sums.append(self._grad_sum(p, group["state_dtype"]))
@@ -1243,7 +1245,6 @@ def _fused_classp(
         weight_decay=weight_decay,
         maximize=maximize,
     )
-    update = _fused.compiled_update()
     device = params[0].device
     counts = []
     for (param_device, _), indices in _by_device_and_dtype(params).items():
@@ -1254,7 +1255,37 @@ def _fused_classp(
             param, grad, grad_sum, plan = params[index], grads[index], grad_sums[index], plans[index]
             mask = None if update_masks is None else update_masks[index]
             given = None if cutoffs is None else cutoffs[index]
-            if not _fusable(param, grad, grad_sum, mask):
+            result = None
+            if _fusable(param, grad, grad_sum, mask):
+                if param.numel() == 0:  # nothing to update; a gathered tensor still draws its whole tensor's noise
+                    if rounder is not None:
+                        rounder(param, param.to(dtype), generators[param_device], plan)
+                    continue
+                structure = (
+                    param_device.type,
+                    param.dtype,
+                    grad.dtype,
+                    dtype,
+                    mask is None,
+                    _fused.power_kind(power),
+                    apply_decay,
+                    maximize,
+                    rounder is None,
+                )
+                result = _fused.run_fused_update(
+                    structure,
+                    _flat_alias(param.detach()),
+                    _flat_alias(grad.detach()),
+                    _flat_alias(grad_sum),
+                    None if mask is None else _flat_alias(mask),
+                    *scalars,
+                    _fused_cutoff(grad, threshold, threshold_mode, given, dtype),
+                    kind=_fused.power_kind(power),
+                    apply_decay=apply_decay,
+                    maximize=maximize,
+                    write_weight=rounder is None,
+                )
+            if result is None:  # not contiguous, or past the recompile limit: the single-tensor path
                 counts.append(
                     _single_tensor_classp(
                         [param],
@@ -1268,22 +1299,7 @@ def _fused_classp(
                     ).to(device)
                 )
                 continue
-            if param.numel() == 0:  # nothing to update; a gathered tensor still draws its whole tensor's noise
-                if rounder is not None:
-                    rounder(param, param.to(dtype), generators[param_device], plan)
-                continue
-            count, weight = update(
-                _flat_alias(param.detach()),
-                _flat_alias(grad.detach()),
-                _flat_alias(grad_sum),
-                None if mask is None else _flat_alias(mask),
-                *scalars,
-                _fused_cutoff(grad, threshold, threshold_mode, given, dtype),
-                kind=_fused.power_kind(power),
-                apply_decay=apply_decay,
-                maximize=maximize,
-                write_weight=rounder is None,
-            )
+            count, weight = result
             if weight is not None:
                 rounder(param, weight.view_as(param), generators[param_device], plan)
             counts.append(count.to(device))
