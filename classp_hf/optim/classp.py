@@ -338,9 +338,18 @@ class CLASSP(Optimizer):
         """Adds a param group after checking its hyperparameters (see :class:`CLASSP`)."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        validate_hyperparameters(group)
-        if any(p.is_sparse for p in group["params"]):
-            raise RuntimeError("CLASSP does not support sparse parameters")
+        try:
+            validate_hyperparameters(group)
+            if any(p.is_sparse for p in group["params"]):
+                raise RuntimeError("CLASSP does not support sparse parameters")
+            if any(torch.is_complex(p) for p in group["params"]):
+                raise RuntimeError(
+                    "CLASSP does not support complex parameters; optimize torch.view_as_real(p) (a real parameter "
+                    "holding the real and imaginary parts) instead"
+                )
+        except (ValueError, RuntimeError):
+            self.param_groups.pop()  # a refused group leaves the optimizer as it was
+            raise
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
