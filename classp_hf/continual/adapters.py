@@ -44,7 +44,6 @@ def adapter_name_for_task(task_name: str) -> str:
     return f"task~{task_name.replace('.', '+')}~"
 
 
-@dataclass
 def check_target_modules(target_modules: Any, model: nn.Module) -> None:
     """Matches ``peft.target_modules`` against the model's module names as PEFT does, before it wraps anything.
 
@@ -77,6 +76,7 @@ def check_target_modules(target_modules: Any, model: nn.Module) -> None:
             )
 
 
+@dataclass
 class AdapterSetup:
     """Applies a validated ``peft:`` section to a model and manages its adapters across tasks.
 

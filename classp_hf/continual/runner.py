@@ -169,6 +169,9 @@ class ContinualRunner:
         dtype = getattr(self.config, "model_dtype", None)
         if dtype is not None:
             options["dtype"] = _MODEL_DTYPES[dtype]
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        if not self.log:  # --quiet: no "Loading weights" bar either (an error after it stays one line)
+            transformers.utils.logging.disable_progress_bar()
         try:
             return AutoModelForSequenceClassification.from_pretrained(
                 source,
@@ -180,6 +183,9 @@ class ContinualRunner:
             )
         except Exception as error:  # a missing, truncated or mismatched weights file raises many types
             raise ConfigError(f"config.model: cannot load the weights of {source!r}: {first_line(error)}") from None
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
 
     # -- one task ---------------------------------------------------------------------------
     def _context(self, index: int) -> TaskContext:
