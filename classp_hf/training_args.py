@@ -156,7 +156,7 @@ def check_transformers_optim_args(args: transformers.TrainingArguments) -> dict[
         try:
             optimizer_class([torch.nn.Parameter(torch.zeros(1))], **kwargs)
         except (ValueError, TypeError) as error:
-            raise ValueError(f"optim_args for {name!r}: {_first_line(error)}") from None
+            raise ValueError(_first_line(error)) from None  # torch's own message: "Invalid momentum value: -1.0"
     return dict(kwargs)
 
 

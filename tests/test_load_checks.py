@@ -61,7 +61,7 @@ CASES = {
     ),
     "sgd momentum -1": Case(
         training(optim="sgd", optim_args="momentum=-1"),
-        r"config\.training\.optim_args: optim_args for 'sgd': Invalid momentum value: -1\.0",
+        r"config\.training\.optim_args: Invalid momentum value: -1\.0",
     ),
     "epochs 0": Case(
         training(num_train_epochs=0), r"config\.training\.num_train_epochs: 0 trains no step; give a positive number"

@@ -790,8 +790,11 @@ def _training_arguments(options: Mapping[str, Any], named: Mapping[str, Any], wh
     args, error = _build_arguments(options)
     if error is None:
         return args
+    optimizer = {"optim": options["optim"]} if "optim" in options else {}  # optim_args mean something per optim
+    if "optim" in named and _build_arguments({**RUNNER_TRAINING_DEFAULTS, **optimizer})[1] is not None:
+        raise ConfigError(f"{where}.optim: {first_line(error)}")
     for key, value in named.items():
-        if _build_arguments({**RUNNER_TRAINING_DEFAULTS, key: value})[1] is not None:
+        if _build_arguments({**RUNNER_TRAINING_DEFAULTS, **optimizer, key: value})[1] is not None:
             raise ConfigError(f"{where}.{key}: {first_line(error)}")
     raise ConfigError(f"{where}: {first_line(error)}")
 
