@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from classp_hf.cli import main as cli_main
-from classp_hf.continual.compare import (
+from classp_hf.continual.compare.execute import (
     Attempt,
     InProcessLauncher,
     RunRecord,
@@ -26,8 +26,8 @@ from classp_hf.continual.compare import (
     select_point,
     summarize,
 )
-from classp_hf.continual.compare_grid import GridPoint, grid_from_presets, load_grid, load_presets, merge_overrides
-from classp_hf.continual.compare_report import FIGURES, load_comparison_schema, render_markdown
+from classp_hf.continual.compare.grid import GridPoint, grid_from_presets, load_grid, load_presets, merge_overrides
+from classp_hf.continual.compare.report import FIGURES, load_comparison_schema, render_markdown
 from classp_hf.continual.config import ConfigError
 
 from .test_runner import raw_config, tiny_model_dir  # noqa: F401  (tiny_model_dir is a fixture)
@@ -237,7 +237,7 @@ def test_experiment_2_reuses_a_grid_point_of_experiment_1():
     fpb_imdb = load_grid(EXPERIMENTS / "fpb_imdb.yaml")
     queue = load_grid(EXPERIMENTS / "sentiment_queue.yaml")
     offered = {s.name: [chosen_keys(fpb_imdb, s, point) for point in s.points] for s in fpb_imdb.settings}
-    assert len(queue.settings) == 10 and queue.seeds == [0, 1, 2]
+    assert len(queue.settings) == 12 and queue.seeds == [0, 1, 2]  # 10 settings and the two references
     for setting in queue.settings:
         assert len(setting.points) == 1, setting.name
         assert chosen_keys(queue, setting, setting.points[0]) in offered[setting.name], setting.name

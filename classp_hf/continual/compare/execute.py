@@ -1,6 +1,6 @@
 """``classp-hf compare``: settings side by side over seeds, grids chosen on validation accuracy.
 
-A comparison (:class:`~classp_hf.continual.compare_grid.Grid`: a base config, settings, seeds) runs in one folder::
+A comparison (:class:`~classp_hf.continual.compare.grid.Grid`: a base config, settings, seeds) runs in one folder::
 
     DIR/compare_plan.json                          what is compared (marks DIR as a comparison folder)
     DIR/runs/<setting>/<grid point>/seed<k>/       ordinary run folders (classp-hf run)
@@ -19,9 +19,9 @@ failed one is tried again. Runs are subprocesses (``classp-hf run``), ``jobs`` a
 ``OMP_NUM_THREADS = max(1, cores // jobs)`` unless the environment sets it; ``launcher="inprocess"`` runs them one
 by one in this process. A failed run is recorded with its error line and reported, never averaged.
 
-This module plans and schedules; the parts: :mod:`.compare_grid` (grid files and presets), :mod:`.compare_launch`
-(launching one run), :mod:`.compare_results` (a run's numbers, the choice of a grid point, the summary over seeds,
-the :class:`Comparison` object) and :mod:`.compare_report` (comparison.json, comparison.md, the figures).
+This module plans and schedules; the parts: :mod:`.grid` (grid files and presets), :mod:`.launch`
+(launching one run), :mod:`.results` (a run's numbers, the choice of a grid point, the summary over seeds,
+the :class:`Comparison` object) and :mod:`.report` (comparison.json, comparison.md, the figures).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from typing import Any, Literal
 
 import yaml
 
-from classp_hf.continual.compare_grid import Grid, GridPoint, Setting, grid_from_presets, load_grid
-from classp_hf.continual.compare_launch import (
+from classp_hf.continual.compare.grid import Grid, GridPoint, Setting, grid_from_presets, load_grid
+from classp_hf.continual.compare.launch import (
     Attempt,
     InProcessLauncher,
     Launcher,
@@ -51,12 +51,13 @@ from classp_hf.continual.compare_launch import (
     available_cores,
     error_line,
 )
-from classp_hf.continual.compare_results import (
+from classp_hf.continual.compare.results import (
     COMPARISON_SCHEMA_VERSION,
     Comparison,
     PointResult,
     RunRecord,
     SettingResult,
+    apply_references,
     run_metrics,
     select_point,
     summarize,
@@ -456,8 +457,8 @@ def _queue_sizes(grid: Grid, output_dir: Path, settings: Sequence[SettingResult]
     first = grid.settings[0]
     config = grid.run_config(first, first.points[0], grid.seeds[0])
     tasks: list[dict[str, Any]] = [{"name": task.name} for task in config.tasks]
-    complete = [r for s in settings for r in [p.run for p in s.points] + s.runs if r.complete]
-    results = _read_results(output_dir / complete[0].run_dir) if complete else None
+    complete = [r for s in settings if not s.is_reference for r in [p.run for p in s.points] + s.runs if r.complete]
+    results = _read_results(output_dir / complete[0].run_dir) if complete else None  # a joint run has one stage
     if results is not None:
         for task, record in zip(tasks, results["per_task"]):
             task.update(train_examples=record.get("train_examples"), steps=record.get("steps"))
@@ -472,6 +473,7 @@ def _queue_sizes(grid: Grid, output_dir: Path, settings: Sequence[SettingResult]
 
 def _setting_result(grid: Grid, setting: Setting, execution: _Execution) -> SettingResult:
     first = grid.seeds[0]
+    mode = grid.run_config(setting, setting.points[0], first).queue_mode
     points = [
         PointResult(p.name, p.label, p.overrides, execution.records[(setting.name, p.name, first)])
         for p in setting.points
@@ -494,7 +496,48 @@ def _setting_result(grid: Grid, setting: Setting, execution: _Execution) -> Sett
         chosen=chosen,
         runs=runs,
         summary=summarize(runs),
+        mode=mode,
     )
+
+
+def _check_reference(grid: Grid, reference: str | None) -> str:
+    """The reference setting's name (default: the first setting).
+
+    Raises:
+        ConfigError: no setting of that name.
+    """
+    names = [setting.name for setting in grid.settings]
+    if reference is None:
+        return names[0]
+    if reference not in names:
+        raise ConfigError(f"--reference {reference}: no setting of that name (settings: {', '.join(names)})")
+    return reference
+
+
+def _noise(output_dir: Path, settings: Sequence[SettingResult], reference: str, tasks: list[str]) -> dict[str, Any]:
+    """Fills each setting's ``versus_reference`` (the paired bootstrap against ``reference``); returns the method."""
+    from classp_hf.continual.compare.noise import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, paired_difference
+    from classp_hf.continual.predictions import read_predictions
+
+    def predictions(setting: SettingResult) -> dict[int, dict[str, Any] | None]:
+        return {r.seed: read_predictions(output_dir / r.run_dir) for r in setting.runs if r.complete}
+
+    base = next(setting for setting in settings if setting.name == reference)
+    theirs = predictions(base)
+    for setting in settings:
+        if setting.name == reference:
+            setting.versus_reference = None
+            continue
+        difference, why = paired_difference(predictions(setting), theirs, tasks)
+        setting.versus_reference = difference.to_dict() if difference is not None else {"note": why}
+    return {
+        "reference": reference,
+        "method": "test examples resampled within each seed and task (the same draw for both settings), the ACC "
+        "difference averaged over the seeds both finished (seeds pooled, not resampled), percentile interval",
+        "resamples": BOOTSTRAP_RESAMPLES,
+        "seed": BOOTSTRAP_SEED,
+        "confidence": CONFIDENCE,
+    }
 
 
 def _plan(grid: Grid) -> dict[str, Any]:
@@ -580,6 +623,7 @@ def compare(
     seeds: Sequence[int] | str | None = None,
     overrides: Mapping[str, Any] | None = None,
     profile: str | None = None,
+    reference: str | None = None,
     jobs: int = 1,
     launcher: Literal["subprocess", "inprocess"] | Launcher = "subprocess",
     overwrite: bool = False,
@@ -589,13 +633,15 @@ def compare(
     """Runs a comparison (or continues one) and writes ``comparison.json``, ``comparison.md`` and the figures.
 
     Args:
-        grid: a grid file, a :class:`~classp_hf.continual.compare_grid.Grid`, or `None` with ``config``.
+        grid: a grid file, a :class:`~classp_hf.continual.compare.grid.Grid`, or `None` with ``config``.
         output_dir: the comparison folder (absent, empty, or a comparison folder to continue).
         config, presets: instead of a grid file: a base run config and shipped preset names (``"classp,adamw"``).
         seeds: replace the grid's seeds (``[0, 1, 2]`` or ``"0,1,2"``); grids run on the first.
         overrides: dotted keys applied over every setting's own (``{"validation_fraction": 0.2}``); a grid point's
             values still win.
         profile: a ``profiles:`` entry of the grid file (e.g. ``gpu``).
+        reference: the setting every other one is compared with, paired over seeds and test examples (default:
+            the first setting); see :mod:`.noise`.
         jobs: runs at once (subprocesses, each with ``OMP_NUM_THREADS = max(1, cores // jobs)`` unless set).
         launcher: ``subprocess`` (default), ``inprocess`` (one at a time, in this process), or a :class:`Launcher`.
         overwrite: remove what an earlier comparison wrote into ``output_dir`` and start afresh.
@@ -609,9 +655,10 @@ def compare(
         ConfigError, OutputDirError: bad input in one line (the grid, a preset, a key, a folder, a run made with
             another config), before anything is written or run.
     """
-    from classp_hf.continual.compare_report import write_comparison
+    from classp_hf.continual.compare.report import write_comparison
 
     grid = _resolve_grid(grid, config, presets, seeds, overrides, profile)
+    reference = _check_reference(grid, reference)
     runner, launcher_name, threads = _make_launcher(launcher, jobs)
     output_dir = check_writable_folder(output_dir)
     check_output_dir(output_dir)
@@ -637,6 +684,9 @@ def compare(
     settings = [_setting_result(grid, setting, execution) for setting in grid.settings]
     records = list(execution.records.values())
     queue = _queue_sizes(grid, output_dir, settings)
+    task_names = [task["name"] for task in queue["tasks"]]
+    reference_settings = apply_references(settings, task_names)
+    noise = _noise(output_dir, settings, reference, task_names)
     comparison = Comparison(
         source=grid.source,
         description=grid.description,
@@ -649,6 +699,8 @@ def compare(
         settings=settings,
         wall_seconds=sum(r.wall_seconds or 0.0 for r in records),
         cpu_seconds=sum(r.cpu_seconds or 0.0 for r in records),
+        noise=noise,
+        reference_settings=reference_settings,
     )
     write_comparison(comparison.to_dict(), output_dir)
     if log:
