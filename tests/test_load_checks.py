@@ -23,7 +23,7 @@ import yaml
 
 from classp_hf.cli import main as cli_main
 from classp_hf.continual import io as io_module
-from classp_hf.continual.compare_grid import load_grid
+from classp_hf.continual.compare.grid import load_grid
 from classp_hf.continual.config import ConfigError, config_from_dict, load_config
 
 from .test_bad_input import Case, assert_refused, peft, task, top, training
