@@ -33,6 +33,13 @@ from classp_hf.continual.checkpoint import (
 )
 from classp_hf.continual.config import ConfigError, RunConfig, task_training_options
 from classp_hf.continual.evaluation import evaluate_own_adapters, evaluate_tasks
+from classp_hf.continual.families import (
+    align_pad_token_id,
+    check_sequence_classification,
+    classification_head,
+    resolve_head_pattern,
+    set_pad_token,
+)
 from classp_hf.continual.io import check_writable_folder, first_line, write_text_atomic
 from classp_hf.continual.launch import Backend, accelerator_available, detect_backend
 from classp_hf.continual.model_check import check_model
@@ -145,12 +152,17 @@ class ContinualRunner:
         """Loads the tokenizer, every task and the model; raises before writing anything."""
         config = self.config
         transformers.set_seed(config.seed)
-        model_path = check_model(config).path  # a missing, empty or broken model folder: one line, now
+        info = check_model(config)  # a missing, empty or broken model folder: one line, now
+        check_sequence_classification(info.model_type, config.model)
+        model_path = info.path
         self._print(f"[classp-hf] model {config.model} ({model_path})")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         except (OSError, ValueError) as error:
             raise ConfigError(f"config.model: cannot load {config.model!r}: {str(error).splitlines()[0]}") from None
+        padding = set_pad_token(self.tokenizer, config.model)  # decoder tokenizers ship without one
+        if padding:
+            self._print(padding)
         self.tasks = []
         for task in config.tasks:
             data = load_task(
@@ -161,14 +173,39 @@ class ContinualRunner:
         self.stages = self._stage_data()
         self.model_path = model_path
         self.model = self._load_model(model_path)
+        checkpointing = self._checkpoints_activations()
         self.adapters = None
         if config.peft is not None:
             from classp_hf.continual.adapters import AdapterSetup
 
             self.adapters = AdapterSetup(config.peft)
             self.model = self.adapters.wrap(self.model, config.tasks[0].name)
+            if checkpointing:
+                # the base weights are frozen: without inputs that require grad, a checkpointed layer's
+                # LoRA weights would get no gradient (with use_reentrant=True)
+                self.model.enable_input_require_grads()
         self.method = build_method(config.method, config.method_args)
+        head = classification_head(self.model.get_base_model() if self.adapters is not None else self.model)
+        for args in self.task_args:
+            args.optim_groups = resolve_head_pattern(args.optim_groups, head)
         _check_optim_group_patterns(self.task_args[0], self.model)
+
+    def _checkpoints_activations(self) -> bool:
+        """Whether ``training.gradient_checkpointing`` (or ``activation_checkpointing``) is on for any task.
+
+        Raises:
+            ConfigError: it is on for a model that does not support it.
+        """
+        names = ("gradient_checkpointing", "activation_checkpointing")
+        if not any(getattr(args, name, False) for args in self.task_args for name in names):
+            return False
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        if not getattr(base, "supports_gradient_checkpointing", False):
+            raise ConfigError(
+                f"config.training.gradient_checkpointing: {type(base).__name__} does not support gradient "
+                "checkpointing; leave it out"
+            )
+        return True
 
     def _stage_data(self) -> list[TaskData]:
         """What each training stage trains on: the tasks, or for ``queue_mode: joint`` one stage on the union of
@@ -201,7 +238,7 @@ class ContinualRunner:
         if not self.log:  # --quiet: no "Loading weights" bar either (an error after it stays one line)
             transformers.utils.logging.disable_progress_bar()
         try:
-            return AutoModelForSequenceClassification.from_pretrained(
+            model = AutoModelForSequenceClassification.from_pretrained(
                 source,
                 num_labels=len(self.config.labels),
                 id2label=id2label,
@@ -214,6 +251,8 @@ class ContinualRunner:
         finally:
             if bars:
                 transformers.utils.logging.enable_progress_bar()
+        align_pad_token_id(model, self.tokenizer)  # decoders pool the last token that is not padding
+        return model
 
     # -- one task ---------------------------------------------------------------------------
     def _context(self, index: int) -> TaskContext:
@@ -536,22 +575,21 @@ def _check_optim_group_patterns(args: TrainingArguments, model: torch.nn.Module)
 
     groups = parse_optim_groups(getattr(args, "optim_groups", None))
     names = [name for name, param in model.named_parameters() if param.requires_grad]
-    taken = [0] * len(groups)  # a parameter goes to the first entry that matches it
-    for name in names:
-        first = next((index for index, group in enumerate(groups) if re.search(group["params"], name)), None)
-        if first is not None:
-            taken[first] += 1
+    owner = {  # a parameter goes to the first entry that matches it
+        name: next((index for index, group in enumerate(groups) if re.search(group["params"], name)), None)
+        for name in names
+    }
     for index, group in enumerate(groups):
-        if taken[index]:
+        matched = [name for name in names if re.search(group["params"], name)]
+        if any(owner[name] == index for name in matched):
             continue
-        earlier = [i for i in range(index) if any(re.search(group["params"], n) for n in names)]
-        if earlier:
+        if matched:
             raise ConfigError(
                 f"config.training.optim_groups[{index}].params: {group['params']!r} matches only parameters that "
-                f"optim_groups[{earlier[0]}] takes first (a parameter goes to the first entry that matches it); "
-                "put it before, or narrow the earlier pattern"
+                f"optim_groups[{owner[matched[0]]}] takes first (a parameter goes to the first entry that matches "
+                "it); put it before, or narrow the earlier pattern"
             )
-        if not any(re.search(group["params"], name) for name in names):
+        if not matched:
             raise ConfigError(
                 f"config.training.optim_groups[{index}].params: {group['params']!r} matches no trainable parameter "
                 f"(e.g. {', '.join(names[:3])}, ...)"
