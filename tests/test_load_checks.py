@@ -94,7 +94,8 @@ CASES = {
     ),
     "target_modules": Case(
         peft(target_modules=["query", "qkv_proj"]),
-        r"config\.peft\.target_modules: 'qkv_proj' matches no module of the model \(candidates: .*query, key, value",
+        r"config\.peft\.target_modules: 'qkv_proj' matches no module of the model \(the model's linear layers: "
+        r".*key, .*query, value",
     ),
     "label outside the sample": Case(
         label_outside_the_sample, r"tasks \(amazon_reviews\)\.label_map: dataset label 'mixed' has no mapping"

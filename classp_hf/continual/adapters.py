@@ -63,19 +63,19 @@ def check_target_modules(target_modules: Any, model: nn.Module) -> None:
     if not target_modules or target_modules == "all-linear":
         return
     names = [name for name, _ in model.named_modules() if name]
-    leaves = [name for name, module in model.named_modules() if name and any(True for _ in module.parameters(False))]
-    candidates = ", ".join(dict.fromkeys(name.rsplit(".", 1)[-1] for name in leaves))
+    candidates = ", ".join(linear_layer_names(model))
     if isinstance(target_modules, str):
         if not any(re.fullmatch(target_modules, name) for name in names):
             raise ConfigError(
                 f"config.peft.target_modules: {target_modules!r} matches no module name of the model "
-                f"(a string is a regular expression over whole names; modules with weights: {candidates})"
+                f"(a string is a regular expression over whole names; the model's linear layers: {candidates})"
             )
         return
     for entry in target_modules:
         if not any(name == entry or name.endswith(f".{entry}") for name in names):
             raise ConfigError(
-                f"config.peft.target_modules: {entry!r} matches no module of the model (candidates: {candidates})"
+                f"config.peft.target_modules: {entry!r} matches no module of the model (the model's linear layers: "
+                f"{candidates}, or all-linear)"
             )
 
 
