@@ -179,6 +179,7 @@ def test_every_shipped_preset_builds_a_valid_config(base_config):
     presets = load_presets()
     expected = {"sgd", "adamw", "adagrad", "classp", "classp_sparse", "classp_threshold_only", "classp_p2", "ewc"}
     expected |= {"ewc_online", "replay", "lwf", "classp+replay", "classp+ewc", "classp_head", "lora_classp"}
+    expected |= {"classp_decay"}
     expected |= {"lora_adamw", "lora_per_task", "olora", "lora_replay"}
     assert expected <= set(presets)
     grid = grid_from_presets(base_config, ",".join(presets))  # builds and validates every grid point's config
@@ -190,6 +191,10 @@ def test_every_shipped_preset_builds_a_valid_config(base_config):
     assert [point.name for point in by_name["ewc"].points] == ["lambda_-1e4", "lambda_-1e5", "lambda_-1e6"]
     only = by_name["classp_threshold_only"]
     assert "apply_decay=false" in grid.run_config(only, only.points[0], 0).training["optim_args"]
+    decay = by_name["classp_decay"]
+    assert [grid.run_config(decay, point, 0).training["optim_args"] for point in decay.points] == [
+        f"threshold=0,grad_sum_decay={gamma}" for gamma in ("0.1", "0.5", "1")
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in EXPERIMENTS.glob("*.yaml")))
