@@ -1,6 +1,7 @@
 """Where one run's wall time goes: runs ``classp-hf run CONFIG`` once and prints its phases and training share.
 
     python benchmarks/run_breakdown.py recipes/configs/fpb_imdb.yaml [key=value ...] [--output-dir DIR] [--json FILE]
+        [--cache-dir DIR]
 
 The run is a subprocess (``python -m classp_hf.cli run``), timed from outside: ``process start-up`` is the wall time
 before the runner started (interpreter and imports), the other phases come from ``results.json``'s ``timing``
@@ -58,11 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted-key overrides of the config")
     parser.add_argument("--output-dir", default=None, help="keep the run here (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="the cache a comparison gives its runs (tokenized tasks, untrained-model scores); run twice with the "
+        "same folder to time a comparison's later runs",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="run-breakdown-") as scratch:
         output = Path(args.output_dir or Path(scratch) / "run")
         command = [sys.executable, "-m", "classp_hf.cli", "run", args.config, *args.overrides]
         command += ["--output-dir", str(output), "--overwrite", "--quiet"]
+        if args.cache_dir:
+            command += ["--cache-dir", args.cache_dir]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
         env.setdefault("TQDM_DISABLE", "1")
