@@ -12,9 +12,9 @@ import torch
 
 import classp_hf.continual.runner as runner_module
 from classp_hf.continual import tasks as tasks_module
-from classp_hf.continual.checkpoint import read_run_state
+from classp_hf.continual.checkpoint import ResumeError, read_run_state
 from classp_hf.continual.compare import _run_state
-from classp_hf.continual.config import TaskConfig, config_from_dict, stored_config_differences
+from classp_hf.continual.config import ConfigError, TaskConfig, config_from_dict, stored_config_differences
 from classp_hf.continual.evaluation import _logits, length_order
 from classp_hf.continual.results import validate_results
 from classp_hf.continual.runner import ContinualRunner
@@ -163,6 +163,17 @@ def test_a_run_without_its_last_checkpoint_is_finished_and_shares_the_cache(
     assert second["initial_macro_f1"] == first["initial_macro_f1"]
     assert second["validation"]["initial_accuracy"] == first["validation"]["initial_accuracy"]
     assert second["task_labels"]["initial_accuracy"] == first["task_labels"]["initial_accuracy"]
+    # a run recorded finished without a checkpoint but whose final model is gone: refused in one line
+    (run / "model" / "config.json").unlink()
+    assert _run_state(run) == "broken"  # compare starts it afresh
+    with pytest.raises(ResumeError, match=r"^--resume: .*records a finished run without a checkpoint, but its final"):
+        ContinualRunner(config_from_dict(raw), run, log=False, resume=True)
+
+
+def test_keep_last_checkpoint_must_be_a_bool(tiny_model_dir):  # noqa: F811
+    with pytest.raises(ConfigError, match=r"^config\.keep_last_checkpoint: expected true or false$"):
+        config_from_dict(raw_config(tiny_model_dir, keep_last_checkpoint="no"))
+    assert config_from_dict(raw_config(tiny_model_dir)).keep_last_checkpoint is True
 
 
 def test_phase_timer_counts_a_nested_phase_once():
