@@ -43,17 +43,24 @@ def length_order(dataset: Any) -> np.ndarray:
     return np.argsort(-lengths, kind="stable")
 
 
+def _no_autograd(trainer: Any) -> Any:
+    """``torch.inference_mode`` for a model trained whole in each process; ``torch.no_grad`` (what the Trainer uses
+    anyway) under FSDP and DeepSpeed, whose gathered parameters must stay usable by the training that follows."""
+    sharded = getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)
+    return torch.no_grad() if sharded else torch.inference_mode()
+
+
 def _logits(trainer: Any, dataset: Any, prefix: str, sort_by_length: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The logits and labels of every example of ``dataset``, in its order.
 
-    The forward passes run under ``torch.inference_mode`` and, with ``sort_by_length``, in :func:`length_order`
-    (attention masks keep each example's logits those of its own tokens; the predictions are put back in the
-    dataset's order).
+    The forward passes run under ``torch.inference_mode`` (``no_grad`` on sharded backends) and, with
+    ``sort_by_length``, in :func:`length_order` (attention masks keep each example's logits those of its own
+    tokens; the predictions are put back in the dataset's order).
     """
     order = length_order(dataset) if sort_by_length and "input_ids" in dataset.column_names else None
     if order is not None and np.array_equal(order, np.arange(len(order))):
         order = None
-    with torch.inference_mode():
+    with _no_autograd(trainer):
         output = trainer.predict(dataset if order is None else dataset.select(order), metric_key_prefix=prefix)
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
     logits, labels = np.asarray(logits), np.asarray(output.label_ids)
