@@ -176,14 +176,16 @@ def test_keep_last_checkpoint_must_be_a_bool(tiny_model_dir):  # noqa: F811
     assert config_from_dict(raw_config(tiny_model_dir)).keep_last_checkpoint is True
 
 
-def test_phase_timer_counts_a_nested_phase_once():
+def test_phase_timer_counts_a_nested_phase_toward_itself_only():
     timer = PhaseTimer({"phases": {"training": 2.0}, "total_seconds": 5.0, "attempts": 1})
     with timer.phase("startup"):
         with timer.phase("training"):
+            sum(range(10**5))
+        with timer.phase("startup"):
             pass
     record = timer.to_dict()
-    assert record["phases"]["training"] == 2.0 and record["attempts"] == 2
-    assert record["total_seconds"] >= 5.0
+    assert record["phases"]["training"] > 2.0 and record["phases"]["startup"] >= 0 and record["attempts"] == 2
+    assert sum(record["phases"].values()) <= record["total_seconds"]
     with pytest.raises(ValueError, match="unknown phase 'warmup'"):
         with timer.phase("warmup"):
             pass

@@ -64,6 +64,7 @@ def initial_scores_key(
         "validation_fraction": config.validation_fraction,
         "model_dtype": config.model_dtype,
         "peft": config.peft,
+        "queue_mode": getattr(config, "queue_mode", "sequential"),
         "tasks": list(task_keys),
         "eval_batch_size": eval_batch_size,
         "backend": backend,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 import transformers
@@ -33,13 +34,21 @@ from classp_hf.continual.checkpoint import (
 )
 from classp_hf.continual.config import ConfigError, RunConfig, task_training_options
 from classp_hf.continual.evaluation import TaskScores, evaluate_own_adapters, evaluate_tasks
+from classp_hf.continual.families import (
+    align_pad_token_id,
+    check_sequence_classification,
+    classification_head,
+    resolve_head_pattern,
+    set_pad_token,
+)
 from classp_hf.continual.initial_cache import initial_scores_key, read_initial_scores, write_initial_scores
 from classp_hf.continual.io import first_line, write_text_atomic
 from classp_hf.continual.launch import Backend, accelerator_available, detect_backend
 from classp_hf.continual.model_check import check_model
 from classp_hf.continual.optimizer_state import StateCarryingTrainer, capture_optimizer_state, named_state_bytes
 from classp_hf.continual.outputs import OutputDirError, clear_run_outputs, prepare_output_dir, save_model_atomic
-from classp_hf.continual.results import RunResults
+from classp_hf.continual.predictions import final_stage, record_predictions
+from classp_hf.continual.results import JOINT_STAGE, RunResults, stage_names
 from classp_hf.continual.tasks import TaskData, load_task
 from classp_hf.continual.timing import PhaseTimer
 from classp_hf.methods import TaskContext, build_method
@@ -100,6 +109,7 @@ class ContinualRunner:
     resume: bool = False
     cache_dir: Path | None = None
     tasks: list[TaskData] = field(default_factory=list, init=False)
+    stages: list[TaskData] = field(default_factory=list, init=False)
     results: RunResults | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -116,7 +126,8 @@ class ContinualRunner:
         earlier = point.results.timing if point is not None and point.results is not None else None
         self.timer = PhaseTimer(earlier)
         self.is_main = _is_main_process(self.backend.use_cpu)
-        self.task_args = [self._training_arguments(index) for index in range(len(self.config.tasks))]
+        self.stage_names = stage_names([task.name for task in self.config.tasks], self.config.queue_mode)
+        self.task_args = [self._training_arguments(index) for index in range(len(self.stage_names))]
         self.optimizer_state: dict[str, Any] | None = None
         self.optimizer: torch.optim.Optimizer | None = None  # the last task's (unwrapped) optimizer
         self.ever_updated: dict[str, torch.Tensor] = {}
@@ -127,11 +138,12 @@ class ContinualRunner:
 
     # -- set-up -----------------------------------------------------------------------------
     def _training_arguments(self, index: int) -> TrainingArguments:
-        """The ``classp_hf.TrainingArguments`` of task ``index`` (top-level options + its overrides)."""
+        """The ``classp_hf.TrainingArguments`` of stage ``index``: the top-level options and the task's overrides (a
+        joint run's one stage has none)."""
         task = self.config.tasks[index]
         options = task_training_options(self.config, index)
         options.update(
-            output_dir=str(self.output_dir / "trainer" / task.name),
+            output_dir=str(self.output_dir / "trainer" / self.stage_names[index]),
             seed=self.config.seed,
             save_strategy="no",
         )
@@ -150,13 +162,17 @@ class ContinualRunner:
         """Loads the tokenizer, every task and the model; raises before writing anything."""
         config = self.config
         transformers.set_seed(config.seed)
-        with self.timer.phase("startup"):
-            model_path = self.model_path = check_model(config).path  # a missing, empty or broken model: one line, now
-            self._print(f"[classp-hf] model {config.model} ({model_path})")
-            try:
-                self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-            except (OSError, ValueError) as error:
-                raise ConfigError(f"config.model: cannot load {config.model!r}: {str(error).splitlines()[0]}") from None
+        info = check_model(config)  # a missing, empty or broken model folder: one line, now
+        check_sequence_classification(info.model_type, config.model)
+        model_path = info.path
+        self._print(f"[classp-hf] model {config.model} ({model_path})")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"config.model: cannot load {config.model!r}: {str(error).splitlines()[0]}") from None
+        padding = set_pad_token(self.tokenizer, config.model)  # decoder tokenizers ship without one
+        if padding:
+            self._print(padding)
         self.tasks = []
         with self.timer.phase("tokenization"):
             for task in config.tasks:
@@ -171,16 +187,63 @@ class ContinualRunner:
                 )
                 self._print(f"[classp-hf] task {task.name}: {len(data.train)} train, {len(data.test)} test examples")
                 self.tasks.append(data)
-        with self.timer.phase("startup"):
-            self.model = self._load_model(model_path)
-            self.adapters = None
-            if config.peft is not None:
-                from classp_hf.continual.adapters import AdapterSetup
+        self.stages = self._stage_data()
+        self.model_path = model_path
+        self.model = self._load_model(model_path)
+        checkpointing = self._checkpoints_activations()
+        self.adapters = None
+        if config.peft is not None:
+            from classp_hf.continual.adapters import AdapterSetup
 
-                self.adapters = AdapterSetup(config.peft)
-                self.model = self.adapters.wrap(self.model, config.tasks[0].name)
-            self.method = build_method(config.method, config.method_args)
-            _check_optim_group_patterns(self.task_args[0], self.model)
+            self.adapters = AdapterSetup(config.peft)
+            self.model = self.adapters.wrap(self.model, config.tasks[0].name)
+            if checkpointing:
+                # the base weights are frozen: without inputs that require grad, a checkpointed layer's
+                # LoRA weights would get no gradient (with use_reentrant=True)
+                self.model.enable_input_require_grads()
+        self.method = build_method(config.method, config.method_args)
+        head = classification_head(self.model.get_base_model() if self.adapters is not None else self.model)
+        for args in self.task_args:
+            args.optim_groups = resolve_head_pattern(args.optim_groups, head)
+        _check_optim_group_patterns(self.task_args[0], self.model)
+
+    def _checkpoints_activations(self) -> bool:
+        """Whether ``training.gradient_checkpointing`` (or ``activation_checkpointing``) is on for any task.
+
+        Raises:
+            ConfigError: it is on for a model that does not support it.
+        """
+        names = ("gradient_checkpointing", "activation_checkpointing")
+        if not any(getattr(args, name, False) for args in self.task_args for name in names):
+            return False
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        if not getattr(base, "supports_gradient_checkpointing", False):
+            raise ConfigError(
+                f"config.training.gradient_checkpointing: {type(base).__name__} does not support gradient "
+                "checkpointing; leave it out"
+            )
+        return True
+
+    def _stage_data(self) -> list[TaskData]:
+        """What each training stage trains on: the tasks, or for ``queue_mode: joint`` one stage on the union of
+        every task's training (and test) examples, in the same epochs."""
+        if self.config.queue_mode != "joint":
+            return list(self.tasks)
+        union = TaskData(
+            name=JOINT_STAGE,
+            train=datasets.concatenate_datasets([data.train for data in self.tasks]),
+            test=datasets.concatenate_datasets([data.test for data in self.tasks]),
+        )
+        self._print(f"[classp-hf] joint training: one stage on {len(union.train)} examples of every task")
+        return [union]
+
+    def _fresh_model(self) -> None:
+        """``queue_mode: single_task``: the pretrained model again (the same head initialisation as a run of the
+        task alone), with fresh optimizer state."""
+        transformers.set_seed(self.config.seed)
+        self.model = self._load_model(self.model_path)
+        self.optimizer_state = None
+        self.ever_updated = {}
 
     def _load_model(self, source: str) -> torch.nn.Module:
         id2label = dict(enumerate(self.config.labels))
@@ -189,7 +252,7 @@ class ContinualRunner:
         if dtype is not None:
             options["dtype"] = _MODEL_DTYPES[dtype]
         try:
-            return AutoModelForSequenceClassification.from_pretrained(
+            model = AutoModelForSequenceClassification.from_pretrained(
                 source,
                 num_labels=len(self.config.labels),
                 id2label=id2label,
@@ -199,11 +262,13 @@ class ContinualRunner:
             )
         except Exception as error:  # a missing, truncated or mismatched weights file raises many types
             raise ConfigError(f"config.model: cannot load the weights of {source!r}: {first_line(error)}") from None
+        align_pad_token_id(model, self.tokenizer)  # decoders pool the last token that is not padding
+        return model
 
     # -- one task ---------------------------------------------------------------------------
     def _context(self, index: int) -> TaskContext:
-        """What the continual method sees of task ``index`` (the trainer is added once it exists)."""
-        data, args = self.tasks[index], self.task_args[index]
+        """What the continual method sees of stage ``index`` (the trainer is added once it exists)."""
+        data, args = self.stages[index], self.task_args[index]
         return TaskContext(
             index=index,
             name=data.name,
@@ -227,7 +292,7 @@ class ContinualRunner:
             transformers.set_seed(self.config.seed + index)  # a fresh adapter's initialisation, the same on resume
             if self.adapters.start_task(self.model, self.tasks[index].name):
                 self.optimizer_state = None  # a new adapter's parameters start with fresh optimizer state
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.output_dir / "logs" / self.tasks[index].name)
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.output_dir / "logs" / self.stages[index].name)
         context.trainer = StateCarryingTrainer(
             model=self.model,
             args=self.task_args[index],
@@ -273,8 +338,10 @@ class ContinualRunner:
         }
 
     def _train_task(self, index: int, tracking: bool) -> StateCarryingTrainer:
-        """Trains task ``index``, evaluates every task, records the row and checkpoints; returns the trainer."""
-        data, total = self.tasks[index], len(self.tasks)
+        """Trains stage ``index``, evaluates every task, records the row and checkpoints; returns the trainer."""
+        data, total = self.stages[index], len(self.stages)
+        if self.config.queue_mode == "single_task" and index > 0:
+            self._fresh_model()
         timer = self.timer
         with timer.phase("method"):
             context = self._context(index)
@@ -326,7 +393,7 @@ class ContinualRunner:
             "method_state_bytes": int(self.method.state_bytes()),
         }
         if tracking:
-            record["sparsity"] = self._sparsity(first=index == 0)
+            record["sparsity"] = self._sparsity(first=index == 0 or self.config.queue_mode == "single_task")
         results.add_task(
             scores.accuracy,
             scores.macro_f1,
@@ -336,15 +403,66 @@ class ContinualRunner:
             task_label_accuracy=scores.task_label_accuracy,
         )
         self._write_results()
+        if self.is_main:
+            with timer.phase("report"):
+                self._record_predictions(index, scores)
         with timer.phase("checkpoint"):
             self._save_task_outputs(index, trainer)
-            if self.config.keep_last_checkpoint or index < len(self.tasks) - 1:
+            if self.config.keep_last_checkpoint or index < len(self.stages) - 1:
                 self._save_checkpoint(index, trainer, tracking)
         self._print(
             f"[classp-hf] task {index + 1}/{total} {data.name}: done in {seconds:.1f}s, "
-            f"loss {output.training_loss:.4f}, accuracy on it {scores.accuracy[index]:.1%}"
+            f"loss {output.training_loss:.4f}, accuracy on it {self._own_accuracy(index, scores.accuracy):.1%}"
         )
         return trainer
+
+    def _own_accuracy(self, index: int, accuracy: list[float]) -> float:
+        """The accuracy on what stage ``index`` trained on (a joint stage: the mean over the tasks)."""
+        return float(np.mean(accuracy)) if self.config.queue_mode == "joint" else accuracy[index]
+
+    def _record_predictions(self, index: int, scores: Any) -> None:
+        """Writes ``predictions.json``: the predictions of the tasks whose final accuracy stage ``index`` decides."""
+        mode, total = self.config.queue_mode, len(self.tasks)
+        columns = [j for j in range(total) if final_stage(j, total, mode) == index]
+        if mode == "sequential":
+            columns = list(range(total))  # each stage's row; the last one stays
+        record_predictions(
+            self.output_dir,
+            stage=index,
+            task_names=[data.name for data in self.tasks],
+            columns=columns,
+            example_index=[data.test_index or list(range(len(data.test))) for data in self.tasks],
+            labels=scores.references,
+            predictions=scores.predictions,
+            queue_mode=mode,
+            seed=self.config.seed,
+        )
+
+    # -- outputs ----------------------------------------------------------------------------
+    def _save_task_outputs(self, index: int, trainer: Any) -> None:
+        """LoRA runs: the task's adapter (and with ``merge: true`` a merged full model)."""
+        if self.adapters is None or not self.is_main:
+            return
+        name = self.tasks[index].name
+        self.adapters.save(self.model, self.output_dir / "adapters" / name, name)
+        if self.adapters.section["merge"]:
+            merged = self.adapters.merged_copy(self.model, name, with_earlier=self._stacks_adapters)
+            save_model_atomic(merged, self.tokenizer, self.output_dir / "merged" / name)
+
+    def _model_state_dict(self, trainer: Any | None) -> dict[str, torch.Tensor] | None:
+        """The full model state dict under a sharded backend (collective: every process calls it), else `None`
+        (also when no trainer sharded the model in this process)."""
+        if not self.backend.sharded or trainer is None:
+            return None
+        return trainer.accelerator.get_state_dict(trainer.model_wrapped)
+
+    def _write_results(self, report: bool = True) -> None:
+        """results.json (with the timing so far) and, with ``report``, report.md and the plots (main process)."""
+        if not self.is_main:
+            return
+        with self.timer.phase("report"):
+            self.results.timing = self.timer.to_dict()
+            self.results.write(self.output_dir, report=report)
 
     def _initial_key(self, trainer: Any) -> str | None:
         """The untrained model's key in the cache (:mod:`.initial_cache`), or `None` without a cache (or with
@@ -387,32 +505,6 @@ class ContinualRunner:
                 )
         results.set_initial(scores.accuracy, scores.macro_f1, validation, scores.task_label_accuracy)
 
-    # -- outputs ----------------------------------------------------------------------------
-    def _write_results(self, report: bool = True) -> None:
-        """results.json (with the timing so far) and, with ``report``, report.md and the plots (main process)."""
-        if not self.is_main:
-            return
-        with self.timer.phase("report"):
-            self.results.timing = self.timer.to_dict()
-            self.results.write(self.output_dir, report=report)
-
-    def _save_task_outputs(self, index: int, trainer: Any) -> None:
-        """LoRA runs: the task's adapter (and with ``merge: true`` a merged full model)."""
-        if self.adapters is None or not self.is_main:
-            return
-        name = self.tasks[index].name
-        self.adapters.save(self.model, self.output_dir / "adapters" / name, name)
-        if self.adapters.section["merge"]:
-            merged = self.adapters.merged_copy(self.model, name, with_earlier=self._stacks_adapters)
-            save_model_atomic(merged, self.tokenizer, self.output_dir / "merged" / name)
-
-    def _model_state_dict(self, trainer: Any | None) -> dict[str, torch.Tensor] | None:
-        """The full model state dict under a sharded backend (collective: every process calls it), else `None`
-        (also when no trainer sharded the model in this process)."""
-        if not self.backend.sharded or trainer is None:
-            return None
-        return trainer.accelerator.get_state_dict(trainer.model_wrapped)
-
     def _save_checkpoint(self, index: int, trainer: Any, tracking: bool) -> None:
         """Model, optimizer, method state (and update masks) after task ``index``; see :mod:`.checkpoint`."""
         state_dict = self._model_state_dict(trainer)
@@ -425,7 +517,7 @@ class ContinualRunner:
         save_checkpoint(
             self.output_dir,
             index,
-            [data.name for data in self.tasks],
+            list(self.stage_names),
             save_model,
             self.optimizer_state,
             self.method.state_dict(),
@@ -467,14 +559,14 @@ class ContinualRunner:
             total_parameters=sum(p.numel() for p in self.model.parameters()),
             peft=dict(config.peft) if config.peft else None,
             backend=self.backend.to_dict(getattr(config, "model_dtype", None)),
+            queue_mode=config.queue_mode,
         )
         if self.is_main:
-            with self.timer.phase("startup"):
-                if self.overwrite:
-                    clear_run_outputs(self.output_dir)
-                self.output_dir.mkdir(parents=True, exist_ok=True)
-                write_text_atomic(self.output_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-                start_run_state(self.output_dir, [data.name for data in self.tasks], self.backend.num_processes)
+            if self.overwrite:
+                clear_run_outputs(self.output_dir)
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.output_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+            start_run_state(self.output_dir, list(self.stage_names), self.backend.num_processes)
 
     def _restore(self) -> int:
         """``--resume``: loads the last checkpoint and the results so far; returns the next task's index.
@@ -484,7 +576,7 @@ class ContinualRunner:
         """
         point = self.resume_point
         done = point.completed_tasks
-        names = [data.name for data in self.tasks]
+        names = list(self.stage_names)
         if done == 0:  # killed during the first task: start it again
             if self.is_main:
                 point.clean_up()
@@ -524,21 +616,21 @@ class ContinualRunner:
             self._print(f"[classp-hf] the run in {self.output_dir} is already complete; nothing to do")
             self.results = point.results
             return self.results
-        if not self.tasks:
-            self.setup()
         with self.timer.phase("startup"):
+            if not self.tasks:
+                self.setup()
             start = self._restore() if self.resume else None
-        if start is None:
-            self._start()
-            start = 0
+            if start is None:
+                self._start()
+                start = 0
         tracking = self._tracks_updates()
         trainer = None
-        for index in range(start, len(self.tasks)):
+        for index in range(start, len(self.stages)):
             trainer = self._train_task(index, tracking)
         with self.timer.phase("final_model"):
             self._save_final_model(trainer)  # also when every task was done and only the final model was missing
             if not self.config.keep_last_checkpoint and self.is_main:
-                finish_run_state(self.output_dir, [data.name for data in self.tasks], self.backend.num_processes)
+                finish_run_state(self.output_dir, list(self.stage_names), self.backend.num_processes)
         self._write_results(report=False)  # the finished run's timing: results.json alone, the report is written
         self._print("\n" + format_matrix_table(self.results.to_dict()))
         return self.results
@@ -594,8 +686,7 @@ def run_continual(
         overwrite: start afresh in a folder an earlier run wrote into.
         log: print progress lines.
         resume: continue the run in ``output_dir`` after its last checkpointed task.
-        cache_dir: a folder of tokenized tasks and untrained-model scores shared by runs (see
-            :class:`ContinualRunner`).
+        cache_dir: a folder of tokenized tasks and untrained-model scores shared by runs (see :class:`ContinualRunner`).
 
     Returns:
         The results (also written to ``output_dir/results.json``).

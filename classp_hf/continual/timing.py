@@ -35,26 +35,27 @@ class PhaseTimer:
         self.seconds = {name: float(phases.get(name, 0.0)) for name in PHASES}
         self.earlier_total = float(earlier.get("total_seconds", 0.0))
         self.attempts = int(earlier.get("attempts", 0)) + 1
-        self._open: str | None = None
+        self._open: list[str] = []
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Counts the time spent in the ``with`` block toward ``name`` (one of :data:`PHASES`).
 
-        A phase opened inside another one counts toward the outer one only (no second by twice).
+        A phase opened inside another one pauses it: its seconds count toward the inner phase only (the same phase
+        nested counts once).
         """
         if name not in self.seconds:
             raise ValueError(f"unknown phase {name!r} (one of {', '.join(PHASES)})")
-        if self._open is not None:
-            yield
-            return
-        self._open = name
+        self._open.append(name)
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.seconds[name] += time.perf_counter() - start
-            self._open = None
+            elapsed = time.perf_counter() - start
+            self.seconds[name] += elapsed
+            self._open.pop()
+            if self._open:
+                self.seconds[self._open[-1]] -= elapsed
 
     def to_dict(self) -> dict[str, Any]:
         """The ``timing`` record so far.

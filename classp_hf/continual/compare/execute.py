@@ -57,6 +57,7 @@ from classp_hf.continual.compare.results import (
     PointResult,
     RunRecord,
     SettingResult,
+    apply_references,
     run_metrics,
     select_point,
     summarize,
@@ -479,8 +480,8 @@ def _queue_sizes(grid: Grid, output_dir: Path, settings: Sequence[SettingResult]
     first = grid.settings[0]
     config = grid.run_config(first, first.points[0], grid.seeds[0])
     tasks: list[dict[str, Any]] = [{"name": task.name} for task in config.tasks]
-    complete = [r for s in settings for r in [p.run for p in s.points] + s.runs if r.complete]
-    results = _read_results(output_dir / complete[0].run_dir) if complete else None
+    complete = [r for s in settings if not s.is_reference for r in [p.run for p in s.points] + s.runs if r.complete]
+    results = _read_results(output_dir / complete[0].run_dir) if complete else None  # a joint run has one stage
     if results is not None:
         for task, record in zip(tasks, results["per_task"]):
             task.update(train_examples=record.get("train_examples"), steps=record.get("steps"))
@@ -495,6 +496,7 @@ def _queue_sizes(grid: Grid, output_dir: Path, settings: Sequence[SettingResult]
 
 def _setting_result(grid: Grid, setting: Setting, execution: _Execution) -> SettingResult:
     first = grid.seeds[0]
+    mode = grid.run_config(setting, setting.points[0], first).queue_mode
     points = [
         PointResult(p.name, p.label, p.overrides, execution.records[(setting.name, p.name, first)])
         for p in setting.points
@@ -517,7 +519,48 @@ def _setting_result(grid: Grid, setting: Setting, execution: _Execution) -> Sett
         chosen=chosen,
         runs=runs,
         summary=summarize(runs),
+        mode=mode,
     )
+
+
+def _check_reference(grid: Grid, reference: str | None) -> str:
+    """The reference setting's name (default: the first setting).
+
+    Raises:
+        ConfigError: no setting of that name.
+    """
+    names = [setting.name for setting in grid.settings]
+    if reference is None:
+        return names[0]
+    if reference not in names:
+        raise ConfigError(f"--reference {reference}: no setting of that name (settings: {', '.join(names)})")
+    return reference
+
+
+def _noise(output_dir: Path, settings: Sequence[SettingResult], reference: str, tasks: list[str]) -> dict[str, Any]:
+    """Fills each setting's ``versus_reference`` (the paired bootstrap against ``reference``); returns the method."""
+    from classp_hf.continual.compare.noise import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, paired_difference
+    from classp_hf.continual.predictions import read_predictions
+
+    def predictions(setting: SettingResult) -> dict[int, dict[str, Any] | None]:
+        return {r.seed: read_predictions(output_dir / r.run_dir) for r in setting.runs if r.complete}
+
+    base = next(setting for setting in settings if setting.name == reference)
+    theirs = predictions(base)
+    for setting in settings:
+        if setting.name == reference:
+            setting.versus_reference = None
+            continue
+        difference, why = paired_difference(predictions(setting), theirs, tasks)
+        setting.versus_reference = difference.to_dict() if difference is not None else {"note": why}
+    return {
+        "reference": reference,
+        "method": "test examples resampled within each seed and task (the same draw for both settings), the ACC "
+        "difference averaged over the seeds both finished (seeds pooled, not resampled), percentile interval",
+        "resamples": BOOTSTRAP_RESAMPLES,
+        "seed": BOOTSTRAP_SEED,
+        "confidence": CONFIDENCE,
+    }
 
 
 def _plan(grid: Grid) -> dict[str, Any]:
@@ -603,6 +646,7 @@ def compare(
     seeds: Sequence[int] | str | None = None,
     overrides: Mapping[str, Any] | None = None,
     profile: str | None = None,
+    reference: str | None = None,
     jobs: int = 1,
     launcher: Literal["subprocess", "inprocess"] | Launcher = "subprocess",
     overwrite: bool = False,
@@ -619,6 +663,8 @@ def compare(
         overrides: dotted keys applied over every setting's own (``{"validation_fraction": 0.2}``); a grid point's
             values still win.
         profile: a ``profiles:`` entry of the grid file (e.g. ``gpu``).
+        reference: the setting every other one is compared with, paired over seeds and test examples (default:
+            the first setting); see :mod:`.noise`.
         jobs: runs at once (subprocesses, each with ``OMP_NUM_THREADS = max(1, cores // jobs)`` unless set).
         launcher: ``subprocess`` (default), ``inprocess`` (one at a time, in this process), or a :class:`Launcher`.
         overwrite: remove what an earlier comparison wrote into ``output_dir`` and start afresh.
@@ -635,6 +681,7 @@ def compare(
     from classp_hf.continual.compare.report import write_comparison
 
     grid = _resolve_grid(grid, config, presets, seeds, overrides, profile)
+    reference = _check_reference(grid, reference)
     runner, launcher_name, threads = _make_launcher(launcher, jobs)
     output_dir = Path(output_dir)
     check_output_dir(output_dir)
@@ -660,6 +707,9 @@ def compare(
     settings = [_setting_result(grid, setting, execution) for setting in grid.settings]
     records = list(execution.records.values())
     queue = _queue_sizes(grid, output_dir, settings)
+    task_names = [task["name"] for task in queue["tasks"]]
+    reference_settings = apply_references(settings, task_names)
+    noise = _noise(output_dir, settings, reference, task_names)
     comparison = Comparison(
         source=grid.source,
         description=grid.description,
@@ -672,6 +722,8 @@ def compare(
         settings=settings,
         wall_seconds=sum(r.wall_seconds or 0.0 for r in records),
         cpu_seconds=sum(r.cpu_seconds or 0.0 for r in records),
+        noise=noise,
+        reference_settings=reference_settings,
     )
     write_comparison(comparison.to_dict(), output_dir)
     if log:
