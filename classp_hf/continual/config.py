@@ -93,6 +93,10 @@ _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _UNUSED_OUTPUT_DIR = os.path.join(os.sep, "nonexistent", "classp-hf-config-check")
 
 
+#: Config keys that change what a run keeps on disk, not its results: no difference for ``--resume`` or run reuse.
+RESULT_NEUTRAL_KEYS = frozenset({"keep_last_checkpoint"})
+
+
 class ConfigError(ValueError):
     """A run config is invalid; the message names the offending key."""
 
@@ -151,6 +155,11 @@ class RunConfig:
             :mod:`classp_hf.continual.adapters`.
         model_dtype: the dtype the model is loaded in: ``float32``, ``bfloat16`` or ``float16``;
             `None` (default): as saved.
+        keep_last_checkpoint: keep the last task's checkpoint once the run has finished (default `True`); `False`
+            (what ``classp-hf compare`` sets for its runs) skips writing it and removes the one before once the
+            final model is saved: a finished run then holds no checkpoint (nothing is left to resume; a run killed
+            before its final model resumes from the task before and trains the last task again). It does not change
+            the results, so it is no difference for ``--resume`` or run reuse.
         queue_mode: ``sequential`` (default: the tasks in order, one model), or a reference: ``joint`` (one stage
             on the union of every task's training data, the same epochs; the upper bound) or ``single_task`` (each
             task trained alone from the pretrained model, fresh optimizer state: its own ceiling). Both train
@@ -169,6 +178,7 @@ class RunConfig:
     validation_fraction: float = 0.0
     peft: dict[str, Any] | None = None
     model_dtype: ModelDtype | None = None
+    keep_last_checkpoint: bool = True
     queue_mode: QueueMode = "sequential"
     source: str | None = None
 
@@ -210,7 +220,8 @@ def stored_config_differences(config: RunConfig, path: Path) -> list[str]:
 
     The one comparison behind ``--resume`` (the same config or nothing) and run reuse in ``classp-hf compare`` (a
     finished run is reused only for an identical config). The config is compared as its ``config.yaml`` reads back
-    (tuples as lists), and a key the stored file lacks counts as its default (:meth:`RunConfig.with_defaults`).
+    (tuples as lists), a key the stored file lacks counts as its default (:meth:`RunConfig.with_defaults`), and the
+    keys of :data:`RESULT_NEUTRAL_KEYS` (what a run keeps on disk) are not compared.
 
     Args:
         config: the config wanted now.
@@ -230,7 +241,11 @@ def stored_config_differences(config: RunConfig, path: Path) -> list[str]:
     if not isinstance(stored, dict):
         raise ConfigError(f"{path} is corrupt (not a mapping)")
     wanted = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return _differences(wanted, RunConfig.with_defaults(stored))
+    stored = RunConfig.with_defaults(stored)
+    for key in RESULT_NEUTRAL_KEYS:
+        wanted.pop(key, None)
+        stored.pop(key, None)
+    return _differences(wanted, stored)
 
 
 def _differences(wanted: Any, stored: Any, prefix: str = "") -> list[str]:
@@ -1083,6 +1098,8 @@ def config_from_dict(
     method, method_args = raw.get("method", "none"), raw.get("method_args") or {}
     diagnostics = raw.get("diagnostics", False)
     require(isinstance(diagnostics, bool), "config.diagnostics: expected true or false")
+    keep_last_checkpoint = raw.get("keep_last_checkpoint", True)
+    require(isinstance(keep_last_checkpoint, bool), "config.keep_last_checkpoint: expected true or false")
     queue_mode = check_value(raw.get("queue_mode", "sequential"), QueueMode, "config.queue_mode")
     validation_fraction = raw.get("validation_fraction", 0.0)
     require(
@@ -1113,6 +1130,7 @@ def config_from_dict(
         method=method,
         method_args=method_args,
         diagnostics=diagnostics,
+        keep_last_checkpoint=keep_last_checkpoint,
         validation_fraction=float(validation_fraction),
         peft=peft_section,
         model_dtype=model_dtype,

@@ -436,9 +436,11 @@ class Grid:
             ConfigError: naming the setting and point, then the key.
         """
         overrides = self.overrides_for(setting, point, seed)
+        raw = copy.deepcopy(self._base_raw)
+        raw.setdefault("keep_last_checkpoint", False)  # a finished run of a comparison keeps no checkpoint
         try:
             return config_from_dict(
-                copy.deepcopy(self._base_raw),
+                raw,
                 base_dir=self.base_config.resolve().parent,
                 source=str(self.base_config),
                 overrides=overrides,
