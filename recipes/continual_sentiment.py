@@ -24,7 +24,14 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     return run_command(
-        args.config, args.output_dir, args.overwrite, args.quiet, args.resume, args.overrides, args.verbose
+        args.config,
+        args.output_dir,
+        args.overwrite,
+        args.quiet,
+        args.resume,
+        args.overrides,
+        args.cache_dir,
+        args.verbose,
     )
 
 

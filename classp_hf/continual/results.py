@@ -259,6 +259,7 @@ class RunResults:
     accuracy_matrix_own_adapter: list[list[float]] | None = None
     task_labels: TaskLabelResults | None = None
     resumed_after_tasks: list[int] = field(default_factory=list)
+    timing: dict[str, Any] | None = None
     queue_mode: str = "sequential"
     schema_version: int = SCHEMA_VERSION
 
@@ -369,7 +370,7 @@ class RunResults:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``results.json`` (optional parts left out when absent)."""
         data = dataclasses.asdict(self)
-        for key in ("validation", "accuracy_matrix_own_adapter", "task_labels"):
+        for key in ("validation", "accuracy_matrix_own_adapter", "task_labels", "timing"):
             if data[key] is None:
                 data.pop(key)
         if not data["resumed_after_tasks"]:
@@ -420,6 +421,9 @@ class RunResults:
     def write(self, output_dir: str | Path) -> Path:
         """Validates the results and writes ``results.json`` atomically (the runner then writes the report from it,
         :func:`classp_hf.continual.report.write_report`).
+
+        Args:
+            output_dir: the run's folder.
 
         Returns:
             The path of ``results.json``.

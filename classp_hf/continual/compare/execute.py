@@ -63,7 +63,7 @@ from classp_hf.continual.compare.results import (
     summarize,
 )
 from classp_hf.continual.config import ConfigError, RunConfig, stored_config_differences
-from classp_hf.continual.io import write_json_atomic, write_text_atomic
+from classp_hf.continual.io import check_writable_folder, write_json_atomic, write_text_atomic
 from classp_hf.continual.outputs import OutputDirError, is_complete_model
 
 __all__ = [
@@ -85,8 +85,19 @@ __all__ = [
 
 PLAN_FILENAME = "compare_plan.json"
 COMPARISON_FILENAME = "comparison.json"
+#: The cache its runs share (tokenized tasks, the untrained model's scores; see ``classp-hf run --cache-dir``).
+CACHE_FOLDER = "cache"
 #: Everything ``compare`` writes into its folder (``--overwrite`` removes these, nothing else).
-COMPARE_OUTPUTS = (PLAN_FILENAME, COMPARISON_FILENAME, "comparison.md", "figures", "runs", "configs", "logs")
+COMPARE_OUTPUTS = (
+    PLAN_FILENAME,
+    COMPARISON_FILENAME,
+    "comparison.md",
+    "figures",
+    "runs",
+    "configs",
+    "logs",
+    CACHE_FOLDER,
+)
 _PREFIX = "[compare]"
 
 
@@ -173,6 +184,8 @@ def _run_state(run_dir: Path) -> _RunState:
             return "finished"
     if state.checkpoint is not None and not state.checkpoint.is_dir():
         return "broken"  # nothing to resume from
+    if state.checkpoint is None and state.completed_tasks > 0:
+        return "broken"  # recorded finished without a checkpoint (keep_last_checkpoint: false), but incomplete
     return "unfinished"
 
 
@@ -290,7 +303,17 @@ class _Execution:
             return None
         config = self.grid.run_config(setting, point, seed)
         mode = {"absent": "start", "unfinished": "resume", "broken": "overwrite"}[state]
-        return RunJob(setting.name, point, seed, config, paths.run_dir, paths.config_path, paths.log_path, mode)
+        return RunJob(
+            setting.name,
+            point,
+            seed,
+            config,
+            paths.run_dir,
+            paths.config_path,
+            paths.log_path,
+            mode,
+            cache_dir=self.output_dir / CACHE_FOLDER,
+        )
 
     # -- after a run
     def _finish(self, setting: Setting, point: GridPoint, seed: int, attempt: Attempt | None) -> RunRecord:
@@ -660,7 +683,7 @@ def compare(
     grid = _resolve_grid(grid, config, presets, seeds, overrides, profile)
     reference = _check_reference(grid, reference)
     runner, launcher_name, threads = _make_launcher(launcher, jobs)
-    output_dir = Path(output_dir)
+    output_dir = check_writable_folder(output_dir)
     check_output_dir(output_dir)
     if report_only and (overwrite or not _is_comparison_folder(output_dir)):
         raise ConfigError(

@@ -38,6 +38,7 @@ class RunJob:
         config_path: where its resolved config is written (what a subprocess reads).
         log_path: its output.
         mode: ``start`` (new folder), ``resume`` (a killed run) or ``overwrite`` (a folder without a run state).
+        cache_dir: the comparison's cache folder shared by its runs (``classp-hf run --cache-dir``), or `None`.
     """
 
     setting: str
@@ -48,6 +49,7 @@ class RunJob:
     config_path: Path
     log_path: Path
     mode: Literal["start", "resume", "overwrite"]
+    cache_dir: Path | None = None
 
     @property
     def title(self) -> str:
@@ -116,6 +118,7 @@ class InProcessLauncher:
                         resume=job.mode == "resume",
                         log=True,
                         verbose=False,
+                        cache_dir=job.cache_dir,
                     )
             except Exception as caught:  # any failure of one run is recorded, the comparison goes on
                 error = error_line(caught)
@@ -169,6 +172,8 @@ class SubprocessLauncher:
         """The command line of ``job``."""
         command = [sys.executable, "-m", "classp_hf.cli", "run", str(job.config_path), "--output-dir", str(job.run_dir)]
         command.append("--verbose")  # the log is a file: everything the libraries print helps explain a failure
+        if job.cache_dir is not None:
+            command += ["--cache-dir", str(job.cache_dir)]
         if job.mode == "resume":
             command.append("--resume")
         elif job.mode == "overwrite":
