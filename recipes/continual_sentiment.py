@@ -30,8 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.quiet,
         args.resume,
         args.overrides,
-        args.cache_dir,
-        args.verbose,
+        verbose=args.verbose,
+        cache_dir=args.cache_dir,
     )
 
 
