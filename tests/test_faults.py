@@ -65,7 +65,7 @@ def test_overwrite_removes_only_what_a_run_writes_and_never_resumes_the_old_run(
     with pytest.raises(Killed):  # the new run dies before finishing any task
         KilledInFirstTask(config_from_dict(other), output, log=False, overwrite=True).run()
     names = sorted(p.name for p in output.iterdir())
-    assert names == ["config.yaml", "data", "notes.txt", "run_state.json"]
+    assert names == ["classp-hf-owner.json", "config.yaml", "data", "notes.txt", "run_state.json"]
     assert (output / "notes.txt").read_text() == "mine" and (output / "data" / "x.csv").is_file()
     # --resume continues the new run (seed 3), not the old complete one
     assert cli_main(["run", str(write_config(tmp_path, raw)), "--output-dir", str(output), "--resume"]) == 2

@@ -12,6 +12,7 @@ therefore has a complete checkpoint named by ``run_state.json`` (or none yet), a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ import torch
 from classp_hf.continual.config import ConfigError, RunConfig, stored_config_differences
 from classp_hf.continual.io import first_line, write_failure, write_json_atomic
 from classp_hf.continual.optimizer_state import check_named_state
-from classp_hf.continual.outputs import is_complete_model, remove_stray_files, temporary_folder
+from classp_hf.continual.outputs import is_complete_model, remove_stray_files, replace_folder, temporary_folder
+from classp_hf.continual.ownership import remove_owned
 from classp_hf.continual.results import RESULTS_FILENAME, ResultsVersionError, RunResults
 
 __all__ = [
@@ -108,9 +110,7 @@ def save_checkpoint(
         torch.save(method_state, tmp / METHOD_FILE)
         if update_masks is not None:
             torch.save(update_masks, tmp / UPDATE_MASKS_FILE)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        replace_folder(tmp, folder)
     except Exception as error:  # a full disk, mostly: the run stops, the previous checkpoint stays usable
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_failure(folder, error, "the checkpoint") from error
@@ -128,7 +128,8 @@ def save_checkpoint(
         },
     )
     if previous is not None and previous.resolve() != folder.resolve():
-        shutil.rmtree(previous, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_owned(previous)  # what the run wrote there; a user's files stay
     return folder
 
 

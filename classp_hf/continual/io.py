@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from classp_hf.continual.ownership import record_written
+
 __all__ = [
     "OutputWriteError",
     "atomic_write",
@@ -72,6 +74,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    record_written(path)  # into the folder's manifest before the file exists (see .ownership)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
