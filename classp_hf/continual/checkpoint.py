@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,8 +196,23 @@ def check_same_config(config: RunConfig, output_dir: Path) -> None:
 def _load_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's weights_only loader: one paragraph of advice, then the cause
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if found is None:
+            raise ResumeError(f"--resume: the checkpoint file {path} is corrupt ({_unpickling_cause(error)})") from None
+        raise ResumeError(
+            f"--resume: the checkpoint file {path} refused: not a plain tensor file (it would load "
+            f"{found.group(1)}; a run writes only tensors and plain data, so this file is not a run's)"
+        ) from None
     except Exception as error:  # torch raises many types for a damaged file
         raise ResumeError(f"--resume: the checkpoint file {path} is corrupt ({first_line(error)})") from None
+
+
+def _unpickling_cause(error: BaseException) -> str:
+    """The cause in torch's weights_only message (the line after its advice), else its first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    causes = [line for line in lines[1:] if not line.startswith(("Check the documentation", "Please file an issue"))]
+    return causes[0] if causes else first_line(error)
 
 
 def load_checkpoint(folder: Path) -> dict[str, Any]:
