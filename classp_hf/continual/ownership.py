@@ -393,7 +393,8 @@ class Owner:
 
 
 def _clear_nested(folder: Path) -> list[str]:
-    """Clears a run folder inside a comparison (through its marker, or its legacy names), marker included."""
+    """Clears a run folder inside a comparison (through its marker, or its legacy names). A folder left empty loses
+    its marker; one that still holds a user's files keeps a marker (an empty manifest), so it stays a run folder."""
     nested = Owner.read(folder) if (folder / MARKER_FILENAME).is_file() else None
     if nested is None:
         entries = legacy_entries(folder)
@@ -401,9 +402,13 @@ def _clear_nested(folder: Path) -> list[str]:
             return []
         nested = Owner(folder, {"tool": TOOL, "kind": "run", "written": entries})
     removed = nested.clear()
-    for name in (MARKER_FILENAME, LOCK_FILENAME):
-        with contextlib.suppress(FileNotFoundError):
-            (folder / name).unlink()
+    _remove_temporary(folder)
+    if [entry.name for entry in folder_entries(folder)] in ([], [MARKER_FILENAME]):
+        (folder / MARKER_FILENAME).unlink(missing_ok=True)
+    elif (folder / MARKER_FILENAME).is_file():
+        nested.save()
+    else:
+        Owner.create(folder, "run")
     return removed
 
 

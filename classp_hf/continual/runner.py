@@ -478,17 +478,19 @@ class ContinualRunner:
     def _claim_folder(self) -> None:
         """Locks the output folder (main process) and checks again what was checked without the lock: every process
         gets the main process's verdict, so none goes on alone."""
-        error: str | None = None
+        caught: ValueError | None = None
         if self.is_main:
             try:
                 self.lock.acquire()
                 self._check_again()
-            except ValueError as caught:
+            except ValueError as error:
                 self.lock.release()
-                error = str(caught)
-        error = _broadcast_from_main(error, self.backend.num_processes)
-        if error is not None:
-            raise (ResumeError if self.resume else OutputDirError)(error)
+                caught = error
+        message = _broadcast_from_main(None if caught is None else str(caught), self.backend.num_processes)
+        if caught is not None:
+            raise caught
+        if message is not None:
+            raise (ResumeError if self.resume else OutputDirError)(message)
 
     def _check_again(self) -> None:
         """The folder as it is now, under the lock, must be what the runner was made for."""
