@@ -89,6 +89,8 @@ def test_a_kill_during_the_final_model_save_is_completed_on_resume(tmp_path, ref
     (half / "config.json").write_text("{")
     (output / ".results.json.xyz.tmp").write_text("{")
     (output / "checkpoints" / "task-00-financial_phrasebank").mkdir()  # a half-deleted older checkpoint
+    (output / "checkpoints" / "mine").mkdir()  # a user's folder: not the run's to clean up
+    (output / "checkpoints" / "mine" / "c.txt").write_text("keep")
     assert cli_main(["run", str(write_config(tmp_path, raw)), "--output-dir", str(output), "--resume"]) == 0
     assert "already complete" not in capsys.readouterr().out
     from transformers import AutoModelForSequenceClassification
@@ -97,7 +99,8 @@ def test_a_kill_during_the_final_model_save_is_completed_on_resume(tmp_path, ref
     for name, tensor in expected.items():
         torch.testing.assert_close(saved[name], tensor, rtol=0, atol=0)
     assert not half.exists() and not (output / ".results.json.xyz.tmp").exists()
-    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["task-01-amazon_reviews"]
+    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["mine", "task-01-amazon_reviews"]
+    assert (output / "checkpoints" / "mine" / "c.txt").read_text() == "keep"
 
 
 def test_save_model_atomic_leaves_no_half_written_folder(tmp_path, tiny_model):

@@ -19,6 +19,7 @@ from classp_hf.cli import main as cli_main
 from classp_hf.continual.compare import compare
 from classp_hf.continual.compare_launch import InProcessLauncher
 from classp_hf.continual.config import config_from_dict
+from classp_hf.continual.outputs import clear_run_outputs, prepare_output_dir
 from classp_hf.continual.ownership import (
     LOCK_FILENAME,
     MARKER_FILENAME,
@@ -134,7 +135,8 @@ def test_second_run_and_compare_on_a_live_folder_exit_2_in_one_line(tmp_path, ti
         assert len(err) == 1 and f"is in use by another classp-hf process (pid {held.pid})" in err[0], err
     with pytest.raises(FolderBusyError, match=f"pid {held.pid}"):  # the Python API
         continual.run(config, folder, log=False)
-    args = ["compare", "validation_fraction=0.2", "--config", str(config), "--presets", "adamw", "--seeds", "0", "--output-dir", str(folder)]
+    args = ["compare", "validation_fraction=0.2", "--config", str(config), "--presets", "adamw", "--seeds", "0"]
+    args += ["--output-dir", str(folder)]
     assert cli_main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"(pid {held.pid})" in err[0], err
@@ -224,11 +226,11 @@ def test_overwrite_keeps_user_files_under_every_output_name_and_in_folders_of_ea
     (folder / MARKER_FILENAME).unlink()  # a run folder of an earlier classp_hf: run_state.json, no marker
     legacy = set(legacy_entries(folder))
     assert "run_state.json" in legacy and "model/model.safetensors" in legacy and not set(files) & legacy
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    assert cli_main(["run", str(config), "--output-dir", str(folder), "--overwrite", "--quiet"]) == 0
+    assert prepare_output_dir(folder, overwrite=True) == folder  # recognised as a run's folder
+    clear_run_outputs(folder)
     assert_kept(folder, files)
-    assert (folder / MARKER_FILENAME).is_file() and (folder / "results.json").is_file()
+    left = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert left == set(files)  # everything the earlier version wrote is gone, the user's files are not
 
 
 def test_owner_clear_removes_only_the_manifest_and_empty_folders(tmp_path):

@@ -151,6 +151,16 @@ def interrupted(tmp_path, tiny_model_dir):  # noqa: F811
     return raw, config_path, output
 
 
+class _Payload:
+    """Unpickled without weights_only, this would create a file: what a malicious checkpoint file could do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
 def _checkpoint(output):
     return output / json.loads((output / "run_state.json").read_text())["checkpoint"]
 
@@ -163,11 +173,22 @@ def _checkpoint(output):
         (lambda raw, path, out: (_checkpoint(out) / "optimizer.pt").write_bytes(b"junk"), "optimizer.pt is corrupt"),
         (lambda raw, path, out: (_checkpoint(out) / "method.pt").unlink(), "method.pt is missing"),
         (
+            lambda raw, path, out: torch.save({"state": _Payload(out / "ran")}, _checkpoint(out) / "optimizer.pt"),
+            "optimizer.pt refused: not a plain tensor file (it would load builtins.open; a run writes only tensors",
+        ),
+        (
             lambda raw, path, out: path.write_text(yaml.safe_dump({**raw, "seed": 7})),
             "the config differs from the run's",
         ),
     ],
-    ids=["no-run-state", "corrupt-run-state", "corrupt-optimizer", "missing-method", "other-config"],
+    ids=[
+        "no-run-state",
+        "corrupt-run-state",
+        "corrupt-optimizer",
+        "missing-method",
+        "malicious-optimizer",
+        "other-config",
+    ],
 )
 def test_resume_refuses_bad_state_with_one_line_and_keeps_everything(interrupted, capsys, damage, message):
     raw, config_path, output = interrupted

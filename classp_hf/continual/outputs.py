@@ -113,7 +113,7 @@ def clear_run_outputs(output_dir: Path) -> list[str]:
     if owner is not None:
         removed += owner.remove(output_dir / "run_state.json")
         removed += owner.clear()
-    removed.extend(remove_stray_files(output_dir))
+    removed.extend(remove_stray_files(output_dir, owner=owner))
     return removed
 
 
@@ -143,12 +143,17 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def remove_stray_files(output_dir: Path, keep_checkpoint: Path | None = None) -> list[str]:
+def remove_stray_files(output_dir: Path, keep_checkpoint: Path | None = None, owner: Owner | None = None) -> list[str]:
     """Removes what a kill can leave behind: temporary files of atomic writes, half-saved models, and
     checkpoints other than ``keep_checkpoint`` (the one ``run_state.json`` names).
 
     A checkpoint is the run's when the folder's manifest lists it (or, with no active marker, when it is named
     ``task-NN-<task>``); anything else in ``checkpoints/`` is a user's and stays.
+
+    Args:
+        output_dir: the run folder.
+        keep_checkpoint: the checkpoint to keep.
+        owner: whose manifest says what is the run's (default: the active owner of the folder).
 
     Returns:
         The paths removed, relative to ``output_dir``.
@@ -165,7 +170,7 @@ def remove_stray_files(output_dir: Path, keep_checkpoint: Path | None = None) ->
                 removed.append(str(item.relative_to(output_dir)))
     checkpoints = output_dir / "checkpoints"
     if checkpoints.is_dir():
-        owner = active_owner(checkpoints)
+        owner = owner or active_owner(checkpoints)
         keep = keep_checkpoint.resolve() if keep_checkpoint is not None else None
         for item in checkpoints.iterdir():
             if item.resolve() == keep:
