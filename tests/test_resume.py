@@ -174,7 +174,7 @@ def _checkpoint(output):
         (lambda raw, path, out: (_checkpoint(out) / "method.pt").unlink(), "method.pt is missing"),
         (
             lambda raw, path, out: torch.save({"state": _Payload(out / "ran")}, _checkpoint(out) / "optimizer.pt"),
-            "optimizer.pt refused: not a plain tensor file (it would load builtins.open; a run writes only tensors",
+            "optimizer.pt refused: not a plain tensor file (it would load io.open; a run writes only tensors",
         ),
         (
             lambda raw, path, out: path.write_text(yaml.safe_dump({**raw, "seed": 7})),
