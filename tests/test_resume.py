@@ -201,6 +201,21 @@ def test_resume_refuses_bad_state_with_one_line_and_keeps_everything(interrupted
     assert snapshot(output) == before
 
 
+def test_resume_of_a_run_live_in_another_process_is_refused(interrupted, capsys):
+    from .test_ownership import LockHolder
+
+    _, config_path, output = interrupted
+    holder = LockHolder(output)  # the run goes on in another process (it holds the folder's lock)
+    try:
+        before = snapshot(output)
+        assert cli_main(["run", str(config_path), "--output-dir", str(output), "--resume"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"is in use by another classp-hf process (pid {holder.pid})" in err[0], err
+        assert snapshot(output) == before
+    finally:
+        holder.kill()
+
+
 def test_resume_and_overwrite_exclude_each_other(interrupted, capsys):
     _, config_path, output = interrupted
     before = snapshot(output)
