@@ -297,3 +297,11 @@ def test_bad_input_with_overwrite_writes_nothing_into_a_marked_folder(tmp_path, 
     with pytest.raises(ValueError, match="column 'body'"):
         continual.run(config_from_dict(raw), folder, overwrite=True, log=False)
     assert sorted(p.name for p in folder.iterdir()) == [MARKER_FILENAME, "keep.txt"]
+
+
+def test_a_corrupt_marker_is_one_line(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / MARKER_FILENAME).write_text("{")
+    with pytest.raises(ValueError, match=r"owner\.json is corrupt \(JSONDecodeError\); remove the folder yourself"):
+        prepare_output_dir(folder, overwrite=True)

@@ -2,7 +2,8 @@
 
 A comparison (:class:`~classp_hf.continual.compare_grid.Grid`: a base config, settings, seeds) runs in one folder::
 
-    DIR/compare_plan.json                          what is compared (marks DIR as a comparison folder)
+    DIR/classp-hf-owner.json                       the marker: a comparison's folder, and what it wrote (.ownership)
+    DIR/compare_plan.json                          what is compared
     DIR/runs/<setting>/<grid point>/seed<k>/       ordinary run folders (classp-hf run)
     DIR/configs/<setting>/<grid point>/seed<k>.yaml   each run's resolved config
     DIR/logs/<setting>/<grid point>/seed<k>.log|.json  its output, and the wall and CPU time of each attempt
