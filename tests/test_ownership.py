@@ -305,3 +305,18 @@ def test_a_corrupt_marker_is_one_line(tmp_path):
     (folder / MARKER_FILENAME).write_text("{")
     with pytest.raises(ValueError, match=r"owner\.json is corrupt \(JSONDecodeError\); remove the folder yourself"):
         prepare_output_dir(folder, overwrite=True)
+
+
+def test_a_crafted_manifest_removes_nothing_outside_the_folder(tmp_path):
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "config.json").write_text("keep")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "model").symlink_to(elsewhere)
+    marker = {"tool": "classp-hf", "kind": "run", "written": ["../precious.txt", str(outside), "model/config.json"]}
+    (folder / MARKER_FILENAME).write_text(json.dumps(marker))
+    clear_run_outputs(folder)
+    assert outside.read_text() == "keep" and (elsewhere / "config.json").read_text() == "keep"

@@ -254,7 +254,7 @@ class Owner:
     def __init__(self, root: Path, data: dict[str, Any]) -> None:
         self.root = Path(os.path.abspath(root))
         self.data = data
-        self.written: set[str] = set(data.get("written", []))
+        self.written: set[str] = {entry for entry in data.get("written", []) if _is_inside(entry)}
         self._lock = threading.Lock()
 
     @property
@@ -377,8 +377,12 @@ class Owner:
     def _remove_entries(self, entries: list[str]) -> list[str]:
         removed: list[str] = []
         # deepest first, so a folder is looked at after what it held
+        real_root = os.path.realpath(self.root)
         for entry in sorted(set(entries), key=lambda e: (-e.count("/"), e)):
             path = self.root / entry
+            parent = os.path.realpath(path.parent)
+            if parent != real_root and not parent.startswith(real_root + os.sep):  # a symlink out of the folder
+                continue
             if path.is_symlink() or path.is_file():
                 path.unlink()
                 removed.append(entry)
@@ -390,6 +394,13 @@ class Owner:
                     path.rmdir()
                     removed.append(entry)
         return removed
+
+
+def _is_inside(entry: Any) -> bool:
+    """A manifest entry names a path inside the folder (relative, no ``..``): a crafted marker removes nothing else."""
+    if not isinstance(entry, str) or not entry or entry.startswith("/") or "\\" in entry:
+        return False
+    return all(part not in ("", ".", "..") for part in entry.split("/"))
 
 
 def _clear_nested(folder: Path) -> list[str]:
