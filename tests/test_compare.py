@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from classp_hf.cli import main as cli_main
-from classp_hf.continual.compare import (
+from classp_hf.continual.compare.execute import (
     Attempt,
     InProcessLauncher,
     RunRecord,
@@ -26,8 +26,8 @@ from classp_hf.continual.compare import (
     select_point,
     summarize,
 )
-from classp_hf.continual.compare_grid import GridPoint, grid_from_presets, load_grid, load_presets, merge_overrides
-from classp_hf.continual.compare_report import FIGURES, load_comparison_schema, render_markdown
+from classp_hf.continual.compare.grid import GridPoint, grid_from_presets, load_grid, load_presets, merge_overrides
+from classp_hf.continual.compare.report import FIGURES, load_comparison_schema, render_markdown
 from classp_hf.continual.config import ConfigError
 from classp_hf.continual.ownership import Owner
 

@@ -35,6 +35,14 @@ def test_every_image_a_page_shows_exists(page):
 
 def test_the_path_pattern_finds_what_the_pages_write():
     """The check above would pass on pages it cannot read; this pins what it reads."""
-    readme = _mentions(REPO / "README.md")
-    assert "recipes/experiments/fpb_imdb.yaml" in readme and "recipes/configs/sentiment_queue_lora.yaml" in readme
+    readme, usage = _mentions(REPO / "README.md"), _mentions(REPO / "docs" / "usage.md")
+    assert "recipes/experiments/fpb_imdb.yaml" in readme and "recipes/configs/sentiment_queue_lora.yaml" in usage
     assert _PATH.findall("see `docs/nope.md` and git show 04fc4bd:benchmarks/<name>.py") == ["docs/nope.md"]
+
+
+def test_the_readme_is_a_front_door_that_indexes_every_docs_page():
+    """The README stays short (issue 21: at most ~220 lines) and its index names every page under docs/."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 220
+    pages = {f"docs/{page.name}" for page in (REPO / "docs").glob("*.md")}
+    assert pages <= set(_mentions(REPO / "README.md")), pages - set(_mentions(REPO / "README.md"))

@@ -200,9 +200,9 @@ def test_stateless_methods_refuse_foreign_state():
         NoMethod(strength=1)
 
 
-def test_the_custom_method_example_in_the_readme_runs(tmp_path, capsys, monkeypatch):
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    code = text.split("#### Write your own method", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+def test_the_custom_method_example_in_the_docs_runs(tmp_path, capsys, monkeypatch):
+    text = (REPO / "docs" / "methods.md").read_text(encoding="utf-8")
+    code = text.split("## Writing your own method", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     script = tmp_path / "example.py"
     script.write_text(code.replace("/tmp/l2_anchor", str(tmp_path)), encoding="utf-8")
     monkeypatch.chdir(tmp_path)

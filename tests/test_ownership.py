@@ -17,7 +17,7 @@ import yaml
 import classp_hf.continual as continual
 from classp_hf.cli import main as cli_main
 from classp_hf.continual.compare import compare
-from classp_hf.continual.compare_launch import InProcessLauncher
+from classp_hf.continual.compare.launch import InProcessLauncher
 from classp_hf.continual.config import config_from_dict
 from classp_hf.continual.outputs import clear_run_outputs, prepare_output_dir
 from classp_hf.continual.ownership import (

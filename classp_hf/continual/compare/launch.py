@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from classp_hf.continual.compare_grid import GridPoint
+from classp_hf.continual.compare.grid import GridPoint
 from classp_hf.continual.config import RunConfig
 
 __all__ = ["RunJob", "Attempt", "Launcher", "InProcessLauncher", "SubprocessLauncher", "available_cores", "error_line"]

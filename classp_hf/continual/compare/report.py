@@ -2,7 +2,7 @@
 table and four figures (accuracy matrices side by side, the first task across the queue, ACC against extra memory,
 stability against plasticity).
 
-Every function takes the comparison dict (:meth:`classp_hf.continual.compare.Comparison.to_dict`, see
+Every function takes the comparison dict (:meth:`classp_hf.continual.compare.results.Comparison.to_dict`, see
 ``classp_hf/schemas/comparison.schema.json``). Figures are drawn on a bare Agg figure (no pyplot), as in
 :mod:`classp_hf.continual.report`.
 """
@@ -37,7 +37,7 @@ __all__ = [
     "write_comparison",
 ]
 
-COMPARISON_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "comparison.schema.json"
+COMPARISON_SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "comparison.schema.json"
 #: Figure file names, under ``figures/``.
 FIGURES = {
     "matrices": "accuracy_matrices.png",

@@ -1,6 +1,6 @@
 """``classp-hf compare``: settings side by side over seeds, grids chosen on validation accuracy.
 
-A comparison (:class:`~classp_hf.continual.compare_grid.Grid`: a base config, settings, seeds) runs in one folder::
+A comparison (:class:`~classp_hf.continual.compare.grid.Grid`: a base config, settings, seeds) runs in one folder::
 
     DIR/classp-hf-owner.json                       the marker: a comparison's folder, and what it wrote (.ownership)
     DIR/compare_plan.json                          what is compared
@@ -20,9 +20,9 @@ failed one is tried again. Runs are subprocesses (``classp-hf run``), ``jobs`` a
 ``OMP_NUM_THREADS = max(1, cores // jobs)`` unless the environment sets it; ``launcher="inprocess"`` runs them one
 by one in this process. A failed run is recorded with its error line and reported, never averaged.
 
-This module plans and schedules; the parts: :mod:`.compare_grid` (grid files and presets), :mod:`.compare_launch`
-(launching one run), :mod:`.compare_results` (a run's numbers, the choice of a grid point, the summary over seeds,
-the :class:`Comparison` object) and :mod:`.compare_report` (comparison.json, comparison.md, the figures).
+This module plans and schedules; the parts: :mod:`.grid` (grid files and presets), :mod:`.launch`
+(launching one run), :mod:`.results` (a run's numbers, the choice of a grid point, the summary over seeds,
+the :class:`Comparison` object) and :mod:`.report` (comparison.json, comparison.md, the figures).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from typing import Any, Literal
 
 import yaml
 
-from classp_hf.continual.compare_grid import Grid, GridPoint, Setting, grid_from_presets, load_grid
-from classp_hf.continual.compare_launch import (
+from classp_hf.continual.compare.grid import Grid, GridPoint, Setting, grid_from_presets, load_grid
+from classp_hf.continual.compare.launch import (
     Attempt,
     InProcessLauncher,
     Launcher,
@@ -51,7 +51,7 @@ from classp_hf.continual.compare_launch import (
     available_cores,
     error_line,
 )
-from classp_hf.continual.compare_results import (
+from classp_hf.continual.compare.results import (
     COMPARISON_SCHEMA_VERSION,
     Comparison,
     PointResult,
@@ -629,7 +629,7 @@ def compare(
     """Runs a comparison (or continues one) and writes ``comparison.json``, ``comparison.md`` and the figures.
 
     Args:
-        grid: a grid file, a :class:`~classp_hf.continual.compare_grid.Grid`, or `None` with ``config``.
+        grid: a grid file, a :class:`~classp_hf.continual.compare.grid.Grid`, or `None` with ``config``.
         output_dir: the comparison folder (absent, empty, or a comparison folder to continue).
         config, presets: instead of a grid file: a base run config and shipped preset names (``"classp,adamw"``).
         seeds: replace the grid's seeds (``[0, 1, 2]`` or ``"0,1,2"``); grids run on the first.
@@ -682,7 +682,7 @@ def _compare(
     report_only: bool,
     log: bool,
 ) -> Comparison:
-    from classp_hf.continual.compare_report import write_comparison
+    from classp_hf.continual.compare.report import write_comparison
 
     if not report_only:  # marks the folder as a comparison before any run starts
         write_json_atomic(output_dir / PLAN_FILENAME, _plan(grid))

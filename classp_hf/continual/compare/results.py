@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from classp_hf.continual.compare_grid import GridPoint
+from classp_hf.continual.compare.grid import GridPoint
 
 __all__ = [
     "COMPARISON_SCHEMA_VERSION",
@@ -229,7 +229,7 @@ class SettingResult:
     """One setting of a comparison: its grid points, the chosen one, its runs over the seeds and their summary.
 
     Args:
-        name, description, preset, overrides, grid: the setting (see :class:`~.compare_grid.Setting`).
+        name, description, preset, overrides, grid: the setting (see :class:`~.grid.Setting`).
         points: every grid point's first-seed run (one ``default`` point without a grid).
         chosen: the chosen point's name (`None` while undecided, or when every point failed).
         runs: the chosen point's runs, one per seed (the first-seed one is the grid's).
@@ -333,7 +333,7 @@ class Comparison:
         }
 
     def table(self) -> str:
-        """The console table (see :func:`classp_hf.continual.compare_report.format_table`)."""
-        from classp_hf.continual.compare_report import format_table
+        """The console table (see :func:`classp_hf.continual.compare.report.format_table`)."""
+        from classp_hf.continual.compare.report import format_table
 
         return format_table(self.to_dict())
