@@ -169,7 +169,8 @@ def _broadcast_worker(rank: int, init_file: str, results: str) -> None:
 
 
 def test_only_the_main_process_locks_and_every_rank_gets_its_verdict(tmp_path):
-    torch.multiprocessing.spawn(_broadcast_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    args = (str(tmp_path / "init"), str(tmp_path))
+    torch.multiprocessing.start_processes(_broadcast_worker, args=args, nprocs=2, start_method="fork")
     verdicts = {(tmp_path / f"{rank}.txt").read_text() for rank in (0, 1)}
     assert verdicts == {"--output-dir D is in use by another classp-hf process (pid 7)"}  # rank 1 stops too
 
