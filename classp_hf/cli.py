@@ -85,6 +85,12 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2 (grids run on the first)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, as subprocesses (default 1)")
     parser.add_argument("--profile", default=None, help="a profiles: entry of the grid file (e.g. gpu)")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="the setting the others are compared with (paired bootstrap over seeds and test examples; default: the "
+        "first setting)",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="start afresh: remove what an earlier comparison wrote")
     mode.add_argument("--report-only", action="store_true", help="run nothing; report what the folder holds")
@@ -165,6 +171,7 @@ def compare_command(args: argparse.Namespace) -> int:
             seeds=args.seeds,
             overrides=parse_override_args(overrides),
             profile=args.profile,
+            reference=args.reference,
             jobs=args.jobs,
             launcher="inprocess" if args.in_process else "subprocess",
             overwrite=args.overwrite,

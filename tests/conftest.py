@@ -64,3 +64,28 @@ def tiny_model():
 
     torch.manual_seed(0)
     return BertForSequenceClassification(tiny_bert_config())
+
+
+@pytest.fixture(scope="session")
+def family_tokenizers() -> dict:
+    """``{"wordpiece": ..., "bpe": ...}``: the two tokenizers the tiny family models use (see model_families)."""
+    from .model_families import bpe_tokenizer, wordpiece_tokenizer
+
+    return {"wordpiece": wordpiece_tokenizer(), "bpe": bpe_tokenizer()}
+
+
+@pytest.fixture(scope="session")
+def family_model_dir(tmp_path_factory, family_tokenizers):
+    """``family_model_dir(family)``: the folder of a tiny random model of ``family`` (built once per session)."""
+    from .model_families import FAMILIES, save_tiny_model
+
+    folders: dict[str, str] = {}
+
+    def build(family: str) -> str:
+        if family not in folders:
+            folder = tmp_path_factory.mktemp(f"tiny-{family}")
+            save_tiny_model(family, folder, family_tokenizers[FAMILIES[family][1]])
+            folders[family] = str(folder)
+        return folders[family]
+
+    return build

@@ -242,7 +242,7 @@ def test_experiment_2_reuses_a_grid_point_of_experiment_1():
     fpb_imdb = load_grid(EXPERIMENTS / "fpb_imdb.yaml")
     queue = load_grid(EXPERIMENTS / "sentiment_queue.yaml")
     offered = {s.name: [chosen_keys(fpb_imdb, s, point) for point in s.points] for s in fpb_imdb.settings}
-    assert len(queue.settings) == 10 and queue.seeds == [0, 1, 2]
+    assert len(queue.settings) == 12 and queue.seeds == [0, 1, 2]  # 10 settings and the two references
     for setting in queue.settings:
         assert len(setting.points) == 1, setting.name
         assert chosen_keys(queue, setting, setting.points[0]) in offered[setting.name], setting.name

@@ -109,6 +109,10 @@ def test_resumed_full_run_matches_the_uninterrupted_one(tmp_path, reference_full
     for got, want in zip(results["per_task"], reference_results["per_task"]):
         assert got["sparsity"] == want["sparsity"]
     assert json.loads((output / "results.json").read_text()) == results
+    # The final predictions (compare's paired bootstrap) are the uninterrupted run's, from the last task's model.
+    predictions = json.loads((output / "predictions.json").read_text())
+    assert predictions == json.loads((reference.output_dir / "predictions.json").read_text())
+    assert {entry["stage"] for entry in predictions["tasks"]} == {2} and len(predictions["tasks"]) == 3
     assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["task-02-airline_tweets"]
     assert (output / "model" / "config.json").is_file()
 

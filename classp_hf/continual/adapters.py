@@ -7,8 +7,10 @@ The config's ``peft:`` section takes any ``peft.LoraConfig`` field plus:
 - ``adapters: per_task``: a new adapter for each task (PEFT name ``task~<task name>~``, saved under
   ``adapters/<task name>/``), initialised from the previous task's adapter (``init: previous``,
   default; copied tensor by tensor) or fresh (``init: fresh``); earlier adapters are frozen.
-  The classification head is in ``modules_to_save``, so each adapter carries its own copy of the
-  head: with ``init: previous`` the new copy starts from the previous adapter's head, with
+  The classification head (every module the model adds to its base model, see
+  :func:`~classp_hf.continual.families.classification_head`: ``classifier``, ``score``, DistilBERT's
+  ``pre_classifier``, DeBERTa's ``pooler``, ...) is in ``modules_to_save``, so each adapter carries its
+  own copy of the head: with ``init: previous`` the new copy starts from the previous adapter's head, with
   ``fresh`` from the base model's head. Every parameter a new adapter trains is new, so it starts
   with fresh optimizer state (a new optimizer per task, the head's copy included).
 - ``merge: true``: after each task also save a merged full model (merging a copy; the base
@@ -26,7 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from classp_hf.continual.config import build_lora_config, parse_peft_section
+from classp_hf.continual.config import ConfigError, build_lora_config, parse_peft_section
+from classp_hf.continual.families import check_lora_targets, classification_head, linear_layer_names
 from classp_hf.continual.outputs import replace_folder
 
 __all__ = ["AdapterSetup", "parse_peft_section", "adapter_name_for_task"]
@@ -54,6 +57,7 @@ class AdapterSetup:
 
     section: dict[str, Any]
     names: list[str] = field(default_factory=list)
+    head: list[str] = field(default_factory=list)
 
     @property
     def per_task(self) -> bool:
@@ -63,13 +67,33 @@ class AdapterSetup:
         """The adapter a task trains: :func:`adapter_name_for_task` (per_task) or ``default`` (shared)."""
         return adapter_name_for_task(task_name) if self.per_task else "default"
 
+    def lora_config(self) -> Any:
+        """The ``peft.LoraConfig`` of each adapter: the section's, the model's head added to ``modules_to_save``."""
+        section = dict(self.section)
+        section["modules_to_save"] = list(dict.fromkeys([*(section.get("modules_to_save") or []), *self.head]))
+        return build_lora_config(section)
+
     def wrap(self, model: torch.nn.Module, first_task: str) -> Any:
-        """Wraps the base model in a ``PeftModel`` with the first task's adapter."""
+        """Wraps the base model in a ``PeftModel`` with the first task's adapter.
+
+        Raises:
+            ConfigError: ``target_modules`` left out on a family PEFT has no default for, or matching
+                none of the model's layers (naming the key and the model's linear layers).
+        """
         import peft
 
+        check_lora_targets(self.section, model)
+        self.head = classification_head(model)
         name = self.adapter_name(first_task)
         self.names = [name]
-        return peft.get_peft_model(model, build_lora_config(self.section), adapter_name=name)
+        try:
+            return peft.get_peft_model(model, self.lora_config(), adapter_name=name)
+        except ValueError as error:  # PEFT's "Target modules {...} not found in the base model ..."
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(
+                f"config.peft.target_modules: {message} (the model's linear layers: "
+                f"{', '.join(linear_layer_names(model))}, or all-linear)"
+            ) from None
 
     def start_task(self, model: Any, task_name: str) -> bool:
         """Before a later task: in per_task mode, add and activate its adapter (earlier ones frozen).
@@ -81,7 +105,7 @@ class AdapterSetup:
         if name in self.names:
             return False
         previous = self.names[-1]
-        model.add_adapter(name, build_lora_config(self.section))
+        model.add_adapter(name, self.lora_config())
         if self.section["init"] == "previous":
             self._copy_adapter(model, previous, name)
         model.set_adapter(name)

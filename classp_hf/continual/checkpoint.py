@@ -28,7 +28,7 @@ from classp_hf.continual.io import first_line, write_failure, write_json_atomic
 from classp_hf.continual.optimizer_state import check_named_state
 from classp_hf.continual.outputs import is_complete_model, remove_stray_files, replace_folder, temporary_folder
 from classp_hf.continual.ownership import remove_owned
-from classp_hf.continual.results import RESULTS_FILENAME, ResultsVersionError, RunResults
+from classp_hf.continual.results import RESULTS_FILENAME, ResultsVersionError, RunResults, stage_names
 
 __all__ = [
     "RUN_STATE",
@@ -302,7 +302,7 @@ class ResumePoint:
         """
         run_state = read_run_state(output_dir)
         check_same_config(config, output_dir)
-        names = [task.name for task in config.tasks]
+        names = stage_names([task.name for task in config.tasks], config.queue_mode)
         if run_state.tasks != names:
             raise ResumeError(f"--resume: {RUN_STATE} lists the tasks {run_state.tasks}, the config {names}")
         if run_state.checkpoint is None:

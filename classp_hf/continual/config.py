@@ -83,6 +83,8 @@ RUNNER_TRAINING_DEFAULTS: Mapping[str, Any] = types.MappingProxyType({"report_to
 #: ``model_dtype`` values: the dtype the model's weights are loaded in (null: as saved).
 ModelDtype = Literal["float32", "bfloat16", "float16"]
 MODEL_DTYPES: tuple[str, ...] = typing.get_args(ModelDtype)
+#: ``queue_mode`` values (see :data:`classp_hf.continual.results.QUEUE_MODES`).
+QueueMode = Literal["sequential", "joint", "single_task"]
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 #: Where TrainingArguments are built to validate a config; building them creates no folder (tested).
 _UNUSED_OUTPUT_DIR = os.path.join(os.sep, "nonexistent", "classp-hf-config-check")
@@ -146,6 +148,10 @@ class RunConfig:
             :mod:`classp_hf.continual.adapters`.
         model_dtype: the dtype the model is loaded in: ``float32``, ``bfloat16`` or ``float16``;
             `None` (default): as saved.
+        queue_mode: ``sequential`` (default: the tasks in order, one model), or a reference: ``joint`` (one stage
+            on the union of every task's training data, the same epochs; the upper bound) or ``single_task`` (each
+            task trained alone from the pretrained model, fresh optimizer state: its own ceiling). Both train
+            without a continual method and without ``peft``; ``joint`` takes no per-task ``training``.
     """
 
     model: str
@@ -160,6 +166,7 @@ class RunConfig:
     validation_fraction: float = 0.0
     peft: dict[str, Any] | None = None
     model_dtype: ModelDtype | None = None
+    queue_mode: QueueMode = "sequential"
     source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -880,6 +887,28 @@ def _task_from_dict(raw: Any, index: int, labels: list[str], base_dir: Path | No
     )
 
 
+def _check_queue_mode(queue_mode: str, method: Any, peft_section: Any, tasks: list[TaskConfig]) -> None:
+    """The references (``joint``, ``single_task``) train plain fine-tuning: no method, no ``peft``; ``joint`` one
+    set of training options for its one stage."""
+    if queue_mode == "sequential":
+        return
+    require(
+        method == "none",
+        f"config.method: queue_mode {queue_mode} is a reference trained without a continual method (got {method!r}); "
+        "use method: none",
+    )
+    require(
+        peft_section is None, f"config.peft: queue_mode {queue_mode} trains the full model; remove the peft section"
+    )
+    if queue_mode == "joint":
+        for index, task in enumerate(tasks):
+            require(
+                not task.training,
+                f"tasks[{index}] ({task.name}).training: queue_mode joint trains every task in one stage; set "
+                "training options at the top level",
+            )
+
+
 # -- the whole config --------------------------------------------------------------------------
 
 
@@ -924,6 +953,7 @@ def config_from_dict(
     method, method_args = raw.get("method", "none"), raw.get("method_args") or {}
     diagnostics = raw.get("diagnostics", False)
     require(isinstance(diagnostics, bool), "config.diagnostics: expected true or false")
+    queue_mode = check_value(raw.get("queue_mode", "sequential"), QueueMode, "config.queue_mode")
     validation_fraction = raw.get("validation_fraction", 0.0)
     require(
         isinstance(validation_fraction, (int, float))
@@ -942,6 +972,7 @@ def config_from_dict(
     names = [task.name for task in tasks]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     require(not duplicates, f"config.tasks: duplicate task name {duplicates[0]!r}" if duplicates else "")
+    _check_queue_mode(queue_mode, method, peft_section, tasks)
     config = RunConfig(
         model=raw["model"],
         labels=list(labels),
@@ -955,6 +986,7 @@ def config_from_dict(
         validation_fraction=float(validation_fraction),
         peft=peft_section,
         model_dtype=model_dtype,
+        queue_mode=queue_mode,
         source=source,
     )
     from classp_hf.continual.launch import detect_backend  # the launch first: it decides what the arguments mean

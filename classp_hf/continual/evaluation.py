@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,11 +24,15 @@ class TaskScores:
         task_label_accuracy: accuracy with the argmax over each task's own labels, the labels of its training
             data (task-incremental: the task is known at test time). It differs from ``accuracy`` when a task
             uses fewer labels than the head has, e.g. imdb (negative, positive) under a 3-way head.
+        predictions: per task, the predicted label of every example (argmax over all shared labels).
+        references: per task, every example's label.
     """
 
     accuracy: list[float]
     macro_f1: list[float]
     task_label_accuracy: list[float]
+    predictions: list[np.ndarray] = field(default_factory=list)
+    references: list[np.ndarray] = field(default_factory=list)
 
 
 def _logits(trainer: Any, dataset: Any, prefix: str) -> tuple[np.ndarray, np.ndarray]:
@@ -71,6 +75,8 @@ def evaluate_tasks(trainer: Any, tasks: Sequence[TaskData], split: str = "test")
     for data in tasks:
         logits, references = _logits(trainer, getattr(data, split), f"{split}_{data.name}")
         predictions = np.argmax(logits, axis=-1)
+        scores.predictions.append(predictions)
+        scores.references.append(np.asarray(references))
         scores.accuracy.append(_accuracy(accuracy_metric, predictions, references))
         scores.macro_f1.append(float(f1_metric.compute(predictions=predictions, references=references)["macro_f1"]))
         own = task_label_predictions(logits, data.label_ids)

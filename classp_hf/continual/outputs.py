@@ -45,6 +45,7 @@ RUN_OUTPUTS = (
     "config.yaml",
     "run_state.json",
     "results.json",
+    "predictions.json",
     "report.md",
     "accuracy_matrix.png",
     "accuracy_curves.png",

@@ -62,6 +62,7 @@ LEGACY_RUN_FILES = (
     "config.yaml",
     "run_state.json",
     "results.json",
+    "predictions.json",
     "report.md",
     "accuracy_matrix.png",
     "accuracy_curves.png",

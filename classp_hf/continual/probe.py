@@ -101,6 +101,7 @@ def probe_gradients(
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from classp_hf.continual.families import align_pad_token_id, set_pad_token
     from classp_hf.continual.model_check import check_model
 
     if mode not in CANDIDATES:
@@ -114,10 +115,12 @@ def probe_gradients(
     if model is None or tokenizer is None:
         path = check_model(config).path
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+    set_pad_token(tokenizer, config.model)  # decoder tokenizers ship without one
     if model is None:
         model = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=len(config.labels), ignore_mismatched_sizes=True
         )
+    align_pad_token_id(model, tokenizer)
     model.train()  # dropout on, as in training
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     total = sum(p.numel() for _, p in named)

@@ -90,8 +90,28 @@ def _num_rows(results: dict[str, Any]) -> int:
     return len(results["accuracy_matrix"])
 
 
+def _stage_labels(results: dict[str, Any]) -> list[str]:
+    """The row labels of the matrices: ``after <task>``; a reference run's ``after joint training`` (its one stage)
+    or ``<task> alone`` (each task trained alone)."""
+    mode, tasks = results.get("queue_mode", "sequential"), results["tasks"]
+    if mode == "joint":
+        return ["after joint training"]
+    return [f"{task} alone" for task in tasks] if mode == "single_task" else [f"after {task}" for task in tasks]
+
+
+_MODE_NOTES = {
+    "joint": "Reference run (`queue_mode: joint`): one stage on the union of every task's training data, evaluated on "
+    "every task: the upper bound of the queue. ACC is the mean of that row; BWT, FWT and forgetting do not apply.",
+    "single_task": "Reference run (`queue_mode: single_task`): each task trained alone from the pretrained model (row "
+    "*t alone*: that model on every task): each task's own ceiling. ACC is the mean of the diagonal; BWT, FWT and "
+    "forgetting do not apply.",
+}
+
+
 def _progress(results: dict[str, Any]) -> str:
-    return f"{_num_rows(results)} of {len(results['tasks'])} tasks trained"
+    stages = len(_stage_labels(results))
+    unit = "stage" if results.get("queue_mode") == "joint" else "tasks"
+    return f"{_num_rows(results)} of {stages} {unit} trained"
 
 
 def _matrix_rows(
@@ -101,9 +121,9 @@ def _matrix_rows(
     tasks = results["tasks"]
     matrix = results[matrix_key]
     rows = [("untrained", [_pct(v) for v in results[initial_key]])]
-    for i, task in enumerate(tasks):
+    for i, label in enumerate(_stage_labels(results)):
         cells = [_pct(v) for v in matrix[i]] if i < len(matrix) else [_PENDING] * len(tasks)
-        rows.append((f"after {task}", cells))
+        rows.append((label, cells))
     if with_majority:
         rows.append(("majority class", [_pct(v) for v in results["majority_accuracy"]]))
     return rows
@@ -158,7 +178,8 @@ def _md_matrix(results: dict[str, Any], matrix_key: str, initial_key: str, with_
     for r, (label, cells) in enumerate(rows):
         i = r - 1  # rows[0] is "untrained"
         if 0 <= i < num_rows:
-            cells = [f"**{cell}**" if j == i else cell for j, cell in enumerate(cells)]
+            joint = results.get("queue_mode") == "joint"  # its one row is every task's own
+            cells = [f"**{cell}**" if j == i or joint else cell for j, cell in enumerate(cells)]
         table_rows.append([label, *cells])
     return markdown_table(["after ↓ / on →", *results["tasks"]], table_rows)
 
@@ -188,7 +209,6 @@ def render_markdown(results: dict[str, Any]) -> str:
         ``accuracy_curves.png`` (relative to the report, see [`write_report`]).
     """
     tasks = results["tasks"]
-    num_tasks = len(tasks)
     num_rows = _num_rows(results)
     optimizer = results["optimizer"]
     majority = results["majority_accuracy"]
@@ -206,7 +226,12 @@ def render_markdown(results: dict[str, Any]) -> str:
         ["Seed", results["seed"]],
         ["Tasks (training order)", " → ".join(tasks)],
     ]
+    mode = results.get("queue_mode", "sequential")
+    if mode != "sequential":
+        summary.append(["Queue mode", mode])
     out += ["## Run", "", markdown_table(["Setting", "Value"], summary, align=["---", "---"]), ""]
+    if mode in _MODE_NOTES:
+        out += [f"*{_MODE_NOTES[mode]}*", ""]
 
     # Metrics.
     out += ["## Metrics", ""]
@@ -261,7 +286,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                 _NA if update is None else f"{_pct(update, 2)}%",
                 _bytes(record.get("optimizer_state_bytes")),
                 _bytes(record.get("method_state_bytes")),
-                f"{_pct(majority[i])}%",
+                f"{_pct(majority[i])}%" if mode != "joint" else _NA,
             ]
         )
     header = [
@@ -287,7 +312,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         markdown_table(header, per_task_rows) if per_task_rows else "*No task trained yet.*",
         "",
     ]
-    if num_rows < num_tasks:
+    if num_rows < len(_stage_labels(results)):
         out += [f"Not trained yet: {', '.join(tasks[num_rows:])}.", ""]
 
     out += _sparsity_section(results)
@@ -340,7 +365,8 @@ def _part_section(results: dict[str, Any], key: str, heading: str, explanation: 
         return []
     tasks = results["tasks"]
     rows = [["untrained", *[f"{_pct(v)}" for v in part["initial_accuracy"]]]] if part["initial_accuracy"] else []
-    rows += [[f"after {tasks[i]}", *[f"{_pct(v)}" for v in row]] for i, row in enumerate(part["accuracy_matrix"])]
+    labels = _stage_labels(results)
+    rows += [[labels[i], *[f"{_pct(v)}" for v in row]] for i, row in enumerate(part["accuracy_matrix"])]
     metrics = ", ".join(
         f"{name} {_metric_text(name_key, part['metrics'].get(name_key))}"
         for name_key, (name, _) in METRIC_DEFINITIONS.items()
@@ -453,34 +479,36 @@ def plot_accuracy_matrix(results: dict[str, Any], path: str | os.PathLike) -> Pa
 
     tasks = results["tasks"]
     num_tasks = len(tasks)
+    labels = _stage_labels(results)
+    joint = results.get("queue_mode") == "joint"
     matrix = results["accuracy_matrix"]
-    data = np.full((num_tasks, num_tasks), np.nan)
+    data = np.full((len(labels), num_tasks), np.nan)
     for i, row in enumerate(matrix):
         data[i, :] = np.asarray(row, dtype=float) * 100.0
 
     size = 2.0 + 1.1 * num_tasks
-    fig = new_figure(size + 1.2, size)
+    fig = new_figure(size + 1.2, 2.0 + 1.1 * len(labels) if joint else size)
     ax = fig.add_subplot()
     cmap = colormaps["viridis"].with_extremes(bad="white")
     # Colour scale from the lowest multiple of 10 at or below every value and majority-class level, up to 100.
     floor = np.nanmin(np.concatenate([data.ravel(), 100.0 * np.asarray(results["majority_accuracy"])]))
     vmin = min(90.0, 10.0 * np.floor(floor / 10.0))
     image = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=vmin, vmax=100.0, aspect="equal")
-    for i in range(num_tasks):
+    for i in range(len(labels)):
         for j in range(num_tasks):
             if np.isfinite(data[i, j]):
                 color = "black" if image.norm(data[i, j]) >= 0.45 else "white"
-                weight = "bold" if i == j else "normal"
+                weight = "bold" if i == j or joint else "normal"
                 ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", color=color, fontweight=weight)
-        if i < len(matrix):
+        if i < len(matrix) and not joint:
             ax.add_patch(Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     tilt = {"rotation": 30, "ha": "right"} if num_tasks > 1 else {}
     ax.set_xticks(range(num_tasks), labels=tasks, **tilt)
-    ax.set_yticks(range(num_tasks), labels=[f"after {task}" for task in tasks])
+    ax.set_yticks(range(len(labels)), labels=labels)
     ax.set_xlabel("evaluated on task j")
-    ax.set_ylabel("trained up to task i")
+    ax.set_ylabel("trained up to task i" if results.get("queue_mode", "sequential") == "sequential" else "trained")
     ax.set_xticks(np.arange(-0.5, num_tasks, 1), minor=True)
-    ax.set_yticks(np.arange(-0.5, num_tasks, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, len(labels), 1), minor=True)
     ax.grid(which="minor", color="lightgrey", linewidth=0.8)
     ax.tick_params(which="minor", length=0)
     status = "" if results["status"] == "complete" else f" ({_progress(results)})"
@@ -507,7 +535,8 @@ def plot_accuracy_curves(results: dict[str, Any], path: str | os.PathLike) -> Pa
     num_tasks = len(tasks)
     matrix = results["accuracy_matrix"]
     num_rows = len(matrix)
-    stages = ["untrained", *[f"after {task}" for task in tasks]]
+    stages = ["untrained", *_stage_labels(results)]
+    joint = results.get("queue_mode") == "joint"
 
     fig = new_figure(max(6.0, 1.3 * (num_tasks + 1) + 2.5), 4.5)
     ax = fig.add_subplot()
@@ -516,7 +545,9 @@ def plot_accuracy_curves(results: dict[str, Any], path: str | os.PathLike) -> Pa
         ys = [100.0 * results["initial_accuracy"][j]] + [100.0 * matrix[i][j] for i in range(num_rows)]
         values += ys
         ax.plot(range(len(ys)), ys, marker="o", color=color, label=task, linewidth=2)
-        if j < num_rows:
+        if joint and num_rows:
+            ax.plot([1], [ys[1]], marker="*", markersize=15, color=color, linestyle="none")
+        elif j < num_rows:
             ax.plot([j + 1], [ys[j + 1]], marker="*", markersize=15, color=color, linestyle="none")
         majority = 100.0 * results["majority_accuracy"][j]
         values.append(majority)
@@ -527,9 +558,9 @@ def plot_accuracy_curves(results: dict[str, Any], path: str | os.PathLike) -> Pa
     low, high = min(values), max(values)
     pad = max(3.0, 0.08 * (high - low))
     ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad))
-    ax.set_xlim(-0.3, num_tasks + 0.3)
-    tilt = {"rotation": 20, "ha": "right"} if num_tasks > 2 else {}
-    ax.set_xticks(range(num_tasks + 1), labels=stages, **tilt)
+    ax.set_xlim(-0.3, len(stages) - 1 + 0.3)
+    tilt = {"rotation": 20, "ha": "right"} if len(stages) > 3 else {}
+    ax.set_xticks(range(len(stages)), labels=stages, **tilt)
     ax.set_xlabel("training stage")
     ax.set_ylabel("accuracy (%)")
     ax.grid(axis="y", alpha=0.3)

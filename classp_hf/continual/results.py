@@ -24,6 +24,9 @@ __all__ = [
     "RESULTS_FILENAME",
     "RESULTS_SCHEMA_PATH",
     "SCHEMA_VERSION",
+    "QUEUE_MODES",
+    "JOINT_STAGE",
+    "stage_names",
     "ResultsVersionError",
     "RunResults",
     "AccuracyPart",
@@ -37,6 +40,26 @@ RESULTS_SCHEMA_PATH: Path = Path(__file__).resolve().parent.parent / "schemas" /
 """Path of the JSON Schema of ``results.json``."""
 
 _MAX_MESSAGE = 200
+
+QUEUE_MODES = ("sequential", "joint", "single_task")
+"""How a run trains its queue: ``sequential`` (the tasks in order, one model: continual learning), ``joint`` (one
+stage on the union of every task's training data: the upper bound) or ``single_task`` (each task alone from the
+pretrained model: each task's own ceiling)."""
+JOINT_STAGE = "joint"
+"""The name of the one training stage of a ``joint`` run."""
+
+
+def stage_names(tasks: list[str], queue_mode: str = "sequential") -> list[str]:
+    """The training stages of a queue: one per task, or the one ``joint`` stage.
+
+    Args:
+        tasks: the task names, in queue order.
+        queue_mode: one of :data:`QUEUE_MODES`.
+
+    Returns:
+        The stage names: ``tasks`` itself, or ``["joint"]`` for a joint run.
+    """
+    return [JOINT_STAGE] if queue_mode == "joint" else list(tasks)
 
 
 @lru_cache(maxsize=1)
@@ -106,12 +129,15 @@ def _check_consistency(results: dict[str, Any]) -> None:
         for i, row in enumerate(matrix):
             if len(row) != num_tasks:
                 raise _fail((key, i), f"has {len(row)} columns, expected one per task ({num_tasks})")
+    stages = stage_names(tasks, results.get("queue_mode", "sequential"))
+    if num_rows > len(stages):
+        raise _fail(("accuracy_matrix",), f"has {num_rows} rows, more than the {len(stages)} training stage(s)")
     per_task = results["per_task"]
     if len(per_task) != num_rows:
         raise _fail(("per_task",), f"has {len(per_task)} records, expected one per matrix row ({num_rows})")
     for i, record in enumerate(per_task):
-        if record["name"] != tasks[i]:
-            raise _fail(("per_task", i, "name"), f"is {record['name']!r}, expected task {i} {tasks[i]!r}")
+        if record["name"] != stages[i]:
+            raise _fail(("per_task", i, "name"), f"is {record['name']!r}, expected task {i} {stages[i]!r}")
     for key, part in (("validation", results.get("validation")), ("task_labels", results.get("task_labels"))):
         if part is None:
             continue
@@ -120,8 +146,9 @@ def _check_consistency(results: dict[str, Any]) -> None:
         for i, row in enumerate(part["accuracy_matrix"]):
             if len(row) != num_tasks:
                 raise _fail((key, "accuracy_matrix", i), f"has {len(row)} columns, expected one per task ({num_tasks})")
-    if results["status"] == "complete" and num_rows != num_tasks:
-        raise _fail(("status",), f"is 'complete' but only {num_rows} of {num_tasks} tasks have a matrix row")
+    if results["status"] == "complete" and num_rows != len(stages):
+        unit = "stages" if stages != tasks else "tasks"
+        raise _fail(("status",), f"is 'complete' but only {num_rows} of {len(stages)} {unit} have a matrix row")
 
 
 def validate_results(results: dict[str, Any]) -> None:
@@ -234,6 +261,7 @@ class RunResults:
     accuracy_matrix_own_adapter: list[list[float]] | None = None
     task_labels: TaskLabelResults | None = None
     resumed_after_tasks: list[int] = field(default_factory=list)
+    queue_mode: str = "sequential"
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
@@ -255,8 +283,13 @@ class RunResults:
 
     @property
     def trained(self) -> int:
-        """The number of tasks with a matrix row."""
+        """The number of training stages (tasks, or the one joint stage) with a matrix row."""
         return len(self.accuracy_matrix)
+
+    @property
+    def stages(self) -> list[str]:
+        """The training stages (:func:`stage_names`): the tasks, or the one ``joint`` stage."""
+        return stage_names(self.tasks, self.queue_mode)
 
     def set_initial(
         self,
@@ -305,7 +338,7 @@ class RunResults:
                 self.task_labels.accuracy_matrix.append(list(task_label_accuracy))
         if "total_parameters" in record:
             self.total_parameters = int(record["total_parameters"])
-        self.status = "complete" if self.trained == len(self.tasks) else "running"
+        self.status = "complete" if self.trained == len(self.stages) else "running"
         self._update_metrics()
 
     def truncate(self, completed_tasks: int) -> None:
@@ -317,7 +350,7 @@ class RunResults:
                 part.accuracy_matrix = part.accuracy_matrix[:completed_tasks]
         if self.accuracy_matrix_own_adapter is not None:
             self.accuracy_matrix_own_adapter = self.accuracy_matrix_own_adapter[:completed_tasks]
-        self.status = "complete" if self.trained == len(self.tasks) else "running"
+        self.status = "complete" if self.trained == len(self.stages) else "running"
         self._update_metrics()
 
     def _update_metrics(self) -> None:
@@ -327,7 +360,9 @@ class RunResults:
             if part is None:
                 continue
             seen = len(part.accuracy_matrix)
-            if seen and len(part.initial_accuracy) >= seen:
+            if self.queue_mode != "sequential":
+                part.metrics = _reference_metrics(part.accuracy_matrix, self.queue_mode)
+            elif seen and len(part.initial_accuracy) >= seen:
                 block = [row[:seen] for row in part.accuracy_matrix]  # the top-left seen x seen block
                 part.metrics = continual_metrics(block, part.initial_accuracy[:seen])
             else:
@@ -341,6 +376,8 @@ class RunResults:
                 data.pop(key)
         if not data["resumed_after_tasks"]:
             data.pop("resumed_after_tasks")
+        if data["queue_mode"] == "sequential":  # results.json of sequential runs reads as before
+            data.pop("queue_mode")
         return data
 
     @classmethod
@@ -399,6 +436,19 @@ class RunResults:
 
 
 RESULTS_FILENAME = "results.json"
+
+
+def _reference_metrics(matrix: list[list[float]], queue_mode: str) -> dict[str, float | None]:
+    """ACC of a reference run; BWT, FWT and forgetting are undefined without a sequence of tasks.
+
+    ``joint``: the mean of its one row (every task after the joint stage). ``single_task``: the mean of the diagonal
+    (each task after training on it alone) over the tasks trained so far.
+    """
+    metrics = dict(_EMPTY_METRICS)
+    values = matrix[0] if queue_mode == "joint" and matrix else [row[i] for i, row in enumerate(matrix)]
+    if values:
+        metrics["acc"] = float(sum(values) / len(values))
+    return metrics
 
 
 def _package_version() -> str:

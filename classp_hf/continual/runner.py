@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 import transformers
@@ -32,6 +33,13 @@ from classp_hf.continual.checkpoint import (
 )
 from classp_hf.continual.config import ConfigError, RunConfig, task_training_options
 from classp_hf.continual.evaluation import evaluate_own_adapters, evaluate_tasks
+from classp_hf.continual.families import (
+    align_pad_token_id,
+    check_sequence_classification,
+    classification_head,
+    resolve_head_pattern,
+    set_pad_token,
+)
 from classp_hf.continual.io import first_line, write_text_atomic
 from classp_hf.continual.launch import Backend, accelerator_available, detect_backend
 from classp_hf.continual.model_check import check_model
@@ -44,7 +52,8 @@ from classp_hf.continual.outputs import (
     start_run_folder,
 )
 from classp_hf.continual.ownership import FolderLock, Owner, deactivate
-from classp_hf.continual.results import RunResults
+from classp_hf.continual.predictions import final_stage, record_predictions
+from classp_hf.continual.results import JOINT_STAGE, RunResults, stage_names
 from classp_hf.continual.tasks import TaskData, load_task
 from classp_hf.methods import TaskContext, build_method
 from classp_hf.metrics.continual import majority_class_accuracy
@@ -100,6 +109,7 @@ class ContinualRunner:
     log: bool = True
     resume: bool = False
     tasks: list[TaskData] = field(default_factory=list, init=False)
+    stages: list[TaskData] = field(default_factory=list, init=False)
     results: RunResults | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -113,7 +123,8 @@ class ContinualRunner:
         else:
             prepare_output_dir(self.output_dir, self.overwrite)
         self.is_main = _is_main_process(self.backend.use_cpu)
-        self.task_args = [self._training_arguments(index) for index in range(len(self.config.tasks))]
+        self.stage_names = stage_names([task.name for task in self.config.tasks], self.config.queue_mode)
+        self.task_args = [self._training_arguments(index) for index in range(len(self.stage_names))]
         self.optimizer_state: dict[str, Any] | None = None
         self.optimizer: torch.optim.Optimizer | None = None  # the last task's (unwrapped) optimizer
         self.ever_updated: dict[str, torch.Tensor] = {}
@@ -126,11 +137,12 @@ class ContinualRunner:
 
     # -- set-up -----------------------------------------------------------------------------
     def _training_arguments(self, index: int) -> TrainingArguments:
-        """The ``classp_hf.TrainingArguments`` of task ``index`` (top-level options + its overrides)."""
+        """The ``classp_hf.TrainingArguments`` of stage ``index``: the top-level options and the task's overrides (a
+        joint run's one stage has none)."""
         task = self.config.tasks[index]
         options = task_training_options(self.config, index)
         options.update(
-            output_dir=str(self.output_dir / "trainer" / task.name),
+            output_dir=str(self.output_dir / "trainer" / self.stage_names[index]),
             seed=self.config.seed,
             save_strategy="no",
         )
@@ -149,12 +161,17 @@ class ContinualRunner:
         """Loads the tokenizer, every task and the model; raises before writing anything."""
         config = self.config
         transformers.set_seed(config.seed)
-        model_path = check_model(config).path  # a missing, empty or broken model folder: one line, now
+        info = check_model(config)  # a missing, empty or broken model folder: one line, now
+        check_sequence_classification(info.model_type, config.model)
+        model_path = info.path
         self._print(f"[classp-hf] model {config.model} ({model_path})")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         except (OSError, ValueError) as error:
             raise ConfigError(f"config.model: cannot load {config.model!r}: {str(error).splitlines()[0]}") from None
+        padding = set_pad_token(self.tokenizer, config.model)  # decoder tokenizers ship without one
+        if padding:
+            self._print(padding)
         self.tasks = []
         for task in config.tasks:
             data = load_task(
@@ -162,15 +179,63 @@ class ContinualRunner:
             )
             self._print(f"[classp-hf] task {task.name}: {len(data.train)} train, {len(data.test)} test examples")
             self.tasks.append(data)
+        self.stages = self._stage_data()
+        self.model_path = model_path
         self.model = self._load_model(model_path)
+        checkpointing = self._checkpoints_activations()
         self.adapters = None
         if config.peft is not None:
             from classp_hf.continual.adapters import AdapterSetup
 
             self.adapters = AdapterSetup(config.peft)
             self.model = self.adapters.wrap(self.model, config.tasks[0].name)
+            if checkpointing:
+                # the base weights are frozen: without inputs that require grad, a checkpointed layer's
+                # LoRA weights would get no gradient (with use_reentrant=True)
+                self.model.enable_input_require_grads()
         self.method = build_method(config.method, config.method_args)
+        head = classification_head(self.model.get_base_model() if self.adapters is not None else self.model)
+        for args in self.task_args:
+            args.optim_groups = resolve_head_pattern(args.optim_groups, head)
         _check_optim_group_patterns(self.task_args[0], self.model)
+
+    def _checkpoints_activations(self) -> bool:
+        """Whether ``training.gradient_checkpointing`` (or ``activation_checkpointing``) is on for any task.
+
+        Raises:
+            ConfigError: it is on for a model that does not support it.
+        """
+        names = ("gradient_checkpointing", "activation_checkpointing")
+        if not any(getattr(args, name, False) for args in self.task_args for name in names):
+            return False
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        if not getattr(base, "supports_gradient_checkpointing", False):
+            raise ConfigError(
+                f"config.training.gradient_checkpointing: {type(base).__name__} does not support gradient "
+                "checkpointing; leave it out"
+            )
+        return True
+
+    def _stage_data(self) -> list[TaskData]:
+        """What each training stage trains on: the tasks, or for ``queue_mode: joint`` one stage on the union of
+        every task's training (and test) examples, in the same epochs."""
+        if self.config.queue_mode != "joint":
+            return list(self.tasks)
+        union = TaskData(
+            name=JOINT_STAGE,
+            train=datasets.concatenate_datasets([data.train for data in self.tasks]),
+            test=datasets.concatenate_datasets([data.test for data in self.tasks]),
+        )
+        self._print(f"[classp-hf] joint training: one stage on {len(union.train)} examples of every task")
+        return [union]
+
+    def _fresh_model(self) -> None:
+        """``queue_mode: single_task``: the pretrained model again (the same head initialisation as a run of the
+        task alone), with fresh optimizer state."""
+        transformers.set_seed(self.config.seed)
+        self.model = self._load_model(self.model_path)
+        self.optimizer_state = None
+        self.ever_updated = {}
 
     def _load_model(self, source: str) -> torch.nn.Module:
         id2label = dict(enumerate(self.config.labels))
@@ -179,7 +244,7 @@ class ContinualRunner:
         if dtype is not None:
             options["dtype"] = _MODEL_DTYPES[dtype]
         try:
-            return AutoModelForSequenceClassification.from_pretrained(
+            model = AutoModelForSequenceClassification.from_pretrained(
                 source,
                 num_labels=len(self.config.labels),
                 id2label=id2label,
@@ -189,11 +254,13 @@ class ContinualRunner:
             )
         except Exception as error:  # a missing, truncated or mismatched weights file raises many types
             raise ConfigError(f"config.model: cannot load the weights of {source!r}: {first_line(error)}") from None
+        align_pad_token_id(model, self.tokenizer)  # decoders pool the last token that is not padding
+        return model
 
     # -- one task ---------------------------------------------------------------------------
     def _context(self, index: int) -> TaskContext:
-        """What the continual method sees of task ``index`` (the trainer is added once it exists)."""
-        data, args = self.tasks[index], self.task_args[index]
+        """What the continual method sees of stage ``index`` (the trainer is added once it exists)."""
+        data, args = self.stages[index], self.task_args[index]
         return TaskContext(
             index=index,
             name=data.name,
@@ -217,7 +284,7 @@ class ContinualRunner:
             transformers.set_seed(self.config.seed + index)  # a fresh adapter's initialisation, the same on resume
             if self.adapters.start_task(self.model, self.tasks[index].name):
                 self.optimizer_state = None  # a new adapter's parameters start with fresh optimizer state
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.output_dir / "logs" / self.tasks[index].name)
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.output_dir / "logs" / self.stages[index].name)
         context.trainer = StateCarryingTrainer(
             model=self.model,
             args=self.task_args[index],
@@ -263,8 +330,10 @@ class ContinualRunner:
         }
 
     def _train_task(self, index: int, tracking: bool) -> StateCarryingTrainer:
-        """Trains task ``index``, evaluates every task, records the row and checkpoints; returns the trainer."""
-        data, total = self.tasks[index], len(self.tasks)
+        """Trains stage ``index``, evaluates every task, records the row and checkpoints; returns the trainer."""
+        data, total = self.stages[index], len(self.stages)
+        if self.config.queue_mode == "single_task" and index > 0:
+            self._fresh_model()
         context = self._context(index)
         trainer = self._trainer(index, context)
         results = self.results
@@ -282,7 +351,7 @@ class ContinualRunner:
         started = time.perf_counter()
         if tracking:
             trainer.add_callback(_TrackUpdates())
-        trainer_folders = [self.output_dir / "trainer" / data.name, self.output_dir / "logs" / data.name]
+        trainer_folders = [self.output_dir / "trainer" / self.stage_names[index], self.output_dir / "logs" / data.name]
         before = _files_under(trainer_folders)
         if self.owner is not None:
             self.owner.record(*trainer_folders)  # before the Trainer creates them (a kill may follow)
@@ -318,7 +387,7 @@ class ContinualRunner:
             "method_state_bytes": int(self.method.state_bytes()),
         }
         if tracking:
-            record["sparsity"] = self._sparsity(first=index == 0)
+            record["sparsity"] = self._sparsity(first=index == 0 or self.config.queue_mode == "single_task")
         results.add_task(
             scores.accuracy,
             scores.macro_f1,
@@ -329,13 +398,36 @@ class ContinualRunner:
         )
         if self.is_main:
             results.write(self.output_dir)
+            self._record_predictions(index, scores)
         self._save_task_outputs(index, trainer)
         self._save_checkpoint(index, trainer, tracking)
         self._print(
             f"[classp-hf] task {index + 1}/{total} {data.name}: done in {seconds:.1f}s, "
-            f"loss {output.training_loss:.4f}, accuracy on it {scores.accuracy[index]:.1%}"
+            f"loss {output.training_loss:.4f}, accuracy on it {self._own_accuracy(index, scores.accuracy):.1%}"
         )
         return trainer
+
+    def _own_accuracy(self, index: int, accuracy: list[float]) -> float:
+        """The accuracy on what stage ``index`` trained on (a joint stage: the mean over the tasks)."""
+        return float(np.mean(accuracy)) if self.config.queue_mode == "joint" else accuracy[index]
+
+    def _record_predictions(self, index: int, scores: Any) -> None:
+        """Writes ``predictions.json``: the predictions of the tasks whose final accuracy stage ``index`` decides."""
+        mode, total = self.config.queue_mode, len(self.tasks)
+        columns = [j for j in range(total) if final_stage(j, total, mode) == index]
+        if mode == "sequential":
+            columns = list(range(total))  # each stage's row; the last one stays
+        record_predictions(
+            self.output_dir,
+            stage=index,
+            task_names=[data.name for data in self.tasks],
+            columns=columns,
+            example_index=[data.test_index or list(range(len(data.test))) for data in self.tasks],
+            labels=scores.references,
+            predictions=scores.predictions,
+            queue_mode=mode,
+            seed=self.config.seed,
+        )
 
     # -- outputs ----------------------------------------------------------------------------
     def _save_task_outputs(self, index: int, trainer: Any) -> None:
@@ -368,7 +460,7 @@ class ContinualRunner:
         save_checkpoint(
             self.output_dir,
             index,
-            [data.name for data in self.tasks],
+            list(self.stage_names),
             save_model,
             self.optimizer_state,
             self.method.state_dict(),
@@ -410,12 +502,13 @@ class ContinualRunner:
             total_parameters=sum(p.numel() for p in self.model.parameters()),
             peft=dict(config.peft) if config.peft else None,
             backend=self.backend.to_dict(getattr(config, "model_dtype", None)),
+            queue_mode=config.queue_mode,
         )
         if self.is_main:
             # the marker first (after --overwrite removed what the earlier run wrote); --resume keeps the run's
             self.owner = adopt_run_folder(self.output_dir) if self.resume else start_run_folder(self.output_dir)
             write_text_atomic(self.output_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-            start_run_state(self.output_dir, [data.name for data in self.tasks], self.backend.num_processes)
+            start_run_state(self.output_dir, list(self.stage_names), self.backend.num_processes)
 
     def _restore(self) -> int:
         """``--resume``: loads the last checkpoint and the results so far; returns the next task's index.
@@ -425,7 +518,7 @@ class ContinualRunner:
         """
         point = self.resume_point
         done = point.completed_tasks
-        names = [data.name for data in self.tasks]
+        names = list(self.stage_names)
         if done == 0:  # killed during the first task: start it again
             if self.is_main:
                 self.owner = adopt_run_folder(self.output_dir)
@@ -522,7 +615,7 @@ class ContinualRunner:
             start = 0
         tracking = self._tracks_updates()
         trainer = None
-        for index in range(start, len(self.tasks)):
+        for index in range(start, len(self.stages)):
             trainer = self._train_task(index, tracking)
         self._save_final_model(trainer)  # also when every task was done and only the final model was missing
         self._print("\n" + format_matrix_table(self.results.to_dict()))

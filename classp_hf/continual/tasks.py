@@ -27,12 +27,15 @@ class TaskData:
         train: tokenized training examples (``input_ids``, ``attention_mask``, ..., ``labels``).
         test: tokenized test examples.
         validation: tokenized examples held out of the training split, if asked for.
+        test_index: each test example's row in the task's test file (after the seeded subsample); `None`: in
+            order, ``0 .. len(test) - 1``.
     """
 
     name: str
     train: datasets.Dataset
     test: datasets.Dataset
     validation: datasets.Dataset | None = None
+    test_index: list[int] | None = None
 
     @property
     def test_labels(self) -> list[int]:
@@ -222,10 +225,13 @@ def load_task(
     raw = _load_raw(task)
     _check_columns(task, raw)
     prepared = {}
+    test_index = None
     for split in ("train", "test"):
         data = raw[split]
         limit = task.max_train_samples if split == "train" else task.max_eval_samples
         if limit is not None and limit < len(data):
+            if split == "test":
+                test_index = _sampled_rows(len(data), seed, limit)
             data = data.shuffle(seed=seed).select(range(limit))
         if len(data) == 0:
             raise ConfigError(f"tasks ({task.name}): the {split} split is empty")
@@ -243,4 +249,11 @@ def load_task(
             raise ConfigError(f"tasks ({task.name}): validation_fraction leaves no training examples")
         split = train.train_test_split(test_size=held_out, seed=seed)
         train, validation = split["train"], split["test"]
-    return TaskData(name=task.name, train=train, test=prepared["test"], validation=validation)
+    return TaskData(name=task.name, train=train, test=prepared["test"], validation=validation, test_index=test_index)
+
+
+def _sampled_rows(length: int, seed: int, limit: int) -> list[int]:
+    """The rows ``data.shuffle(seed=seed).select(range(limit))`` keeps of a dataset of ``length`` rows (the
+    permutation depends on the seed and the length only)."""
+    numbered = datasets.Dataset.from_dict({"row": list(range(length))})
+    return [int(row) for row in numbered.shuffle(seed=seed).select(range(limit))["row"]]

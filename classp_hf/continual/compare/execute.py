@@ -57,6 +57,7 @@ from classp_hf.continual.compare.results import (
     PointResult,
     RunRecord,
     SettingResult,
+    apply_references,
     run_metrics,
     select_point,
     summarize,
@@ -496,8 +497,8 @@ def _queue_sizes(grid: Grid, output_dir: Path, settings: Sequence[SettingResult]
     first = grid.settings[0]
     config = grid.run_config(first, first.points[0], grid.seeds[0])
     tasks: list[dict[str, Any]] = [{"name": task.name} for task in config.tasks]
-    complete = [r for s in settings for r in [p.run for p in s.points] + s.runs if r.complete]
-    results = _read_results(output_dir / complete[0].run_dir) if complete else None
+    complete = [r for s in settings if not s.is_reference for r in [p.run for p in s.points] + s.runs if r.complete]
+    results = _read_results(output_dir / complete[0].run_dir) if complete else None  # a joint run has one stage
     if results is not None:
         for task, record in zip(tasks, results["per_task"]):
             task.update(train_examples=record.get("train_examples"), steps=record.get("steps"))
@@ -512,6 +513,7 @@ def _queue_sizes(grid: Grid, output_dir: Path, settings: Sequence[SettingResult]
 
 def _setting_result(grid: Grid, setting: Setting, execution: _Execution) -> SettingResult:
     first = grid.seeds[0]
+    mode = grid.run_config(setting, setting.points[0], first).queue_mode
     points = [
         PointResult(p.name, p.label, p.overrides, execution.records[(setting.name, p.name, first)])
         for p in setting.points
@@ -534,7 +536,48 @@ def _setting_result(grid: Grid, setting: Setting, execution: _Execution) -> Sett
         chosen=chosen,
         runs=runs,
         summary=summarize(runs),
+        mode=mode,
     )
+
+
+def _check_reference(grid: Grid, reference: str | None) -> str:
+    """The reference setting's name (default: the first setting).
+
+    Raises:
+        ConfigError: no setting of that name.
+    """
+    names = [setting.name for setting in grid.settings]
+    if reference is None:
+        return names[0]
+    if reference not in names:
+        raise ConfigError(f"--reference {reference}: no setting of that name (settings: {', '.join(names)})")
+    return reference
+
+
+def _noise(output_dir: Path, settings: Sequence[SettingResult], reference: str, tasks: list[str]) -> dict[str, Any]:
+    """Fills each setting's ``versus_reference`` (the paired bootstrap against ``reference``); returns the method."""
+    from classp_hf.continual.compare.noise import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, paired_difference
+    from classp_hf.continual.predictions import read_predictions
+
+    def predictions(setting: SettingResult) -> dict[int, dict[str, Any] | None]:
+        return {r.seed: read_predictions(output_dir / r.run_dir) for r in setting.runs if r.complete}
+
+    base = next(setting for setting in settings if setting.name == reference)
+    theirs = predictions(base)
+    for setting in settings:
+        if setting.name == reference:
+            setting.versus_reference = None
+            continue
+        difference, why = paired_difference(predictions(setting), theirs, tasks)
+        setting.versus_reference = difference.to_dict() if difference is not None else {"note": why}
+    return {
+        "reference": reference,
+        "method": "test examples resampled within each seed and task (the same draw for both settings), the ACC "
+        "difference averaged over the seeds both finished (seeds pooled, not resampled), percentile interval",
+        "resamples": BOOTSTRAP_RESAMPLES,
+        "seed": BOOTSTRAP_SEED,
+        "confidence": CONFIDENCE,
+    }
 
 
 def _plan(grid: Grid) -> dict[str, Any]:
@@ -620,6 +663,7 @@ def compare(
     seeds: Sequence[int] | str | None = None,
     overrides: Mapping[str, Any] | None = None,
     profile: str | None = None,
+    reference: str | None = None,
     jobs: int = 1,
     launcher: Literal["subprocess", "inprocess"] | Launcher = "subprocess",
     overwrite: bool = False,
@@ -636,6 +680,8 @@ def compare(
         overrides: dotted keys applied over every setting's own (``{"validation_fraction": 0.2}``); a grid point's
             values still win.
         profile: a ``profiles:`` entry of the grid file (e.g. ``gpu``).
+        reference: the setting every other one is compared with, paired over seeds and test examples (default:
+            the first setting); see :mod:`.noise`.
         jobs: runs at once (subprocesses, each with ``OMP_NUM_THREADS = max(1, cores // jobs)`` unless set).
         launcher: ``subprocess`` (default), ``inprocess`` (one at a time, in this process), or a :class:`Launcher`.
         overwrite: remove what an earlier comparison wrote into ``output_dir`` and start afresh.
@@ -651,6 +697,7 @@ def compare(
         FolderBusyError: another live process writes into ``output_dir`` (naming its pid).
     """
     grid = _resolve_grid(grid, config, presets, seeds, overrides, profile)
+    reference = _check_reference(grid, reference)
     runner, launcher_name, threads = _make_launcher(launcher, jobs)
     output_dir = Path(output_dir)
     check_output_dir(output_dir)  # before the lock creates the folder: a file in the way is named as such
@@ -666,7 +713,7 @@ def compare(
         if not overwrite:
             _check_existing_runs(grid, output_dir)
         owner = _own_folder(output_dir, overwrite)
-        return _compare(grid, output_dir, runner, launcher_name, threads, jobs, report_only, log)
+        return _compare(grid, output_dir, runner, launcher_name, threads, jobs, report_only, log, reference)
     finally:
         deactivate(owner)
         lock.release()
@@ -681,6 +728,7 @@ def _compare(
     jobs: int,
     report_only: bool,
     log: bool,
+    reference: str,
 ) -> Comparison:
     from classp_hf.continual.compare.report import write_comparison
 
@@ -697,6 +745,9 @@ def _compare(
     settings = [_setting_result(grid, setting, execution) for setting in grid.settings]
     records = list(execution.records.values())
     queue = _queue_sizes(grid, output_dir, settings)
+    task_names = [task["name"] for task in queue["tasks"]]
+    reference_settings = apply_references(settings, task_names)
+    noise = _noise(output_dir, settings, reference, task_names)
     comparison = Comparison(
         source=grid.source,
         description=grid.description,
@@ -709,6 +760,8 @@ def _compare(
         settings=settings,
         wall_seconds=sum(r.wall_seconds or 0.0 for r in records),
         cpu_seconds=sum(r.cpu_seconds or 0.0 for r in records),
+        noise=noise,
+        reference_settings=reference_settings,
     )
     write_comparison(comparison.to_dict(), output_dir)
     if log:

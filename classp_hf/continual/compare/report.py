@@ -20,6 +20,7 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import best_match
 
+from classp_hf.continual.compare.results import LEARNED_MARGIN
 from classp_hf.continual.io import write_json_atomic, write_text_atomic
 from classp_hf.continual.report import figure_colors, markdown_table, new_figure, save_png
 
@@ -115,7 +116,12 @@ def _pct(value: float | None) -> str:
 
 
 def _pts(value: float | None) -> str:
-    return _NA if value is None else f"{100.0 * value:+.1f}"
+    return _NA if value is None else f"{_points(value):+.1f}"
+
+
+def _points(value: float) -> float:
+    """A fraction in points, rounded to one decimal, without a negative zero (``-1e-17`` reads ``+0.0``)."""
+    return round(100.0 * value, 1) + 0.0
 
 
 def _count(stat: dict[str, Any]) -> str:
@@ -142,6 +148,41 @@ def _chosen_label(setting: dict[str, Any]) -> str:
     )
 
 
+def _is_reference(setting: dict[str, Any]) -> bool:
+    return setting.get("mode", "sequential") != "sequential"
+
+
+def _ordered(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The competing settings in grid order, then the reference rows (``joint``, ``single_task``)."""
+    settings = data["settings"]
+    return [s for s in settings if not _is_reference(s)] + [s for s in settings if _is_reference(s)]
+
+
+def _row_name(setting: dict[str, Any]) -> str:
+    return f"{setting['name']} (reference: {setting['mode']})" if _is_reference(setting) else setting["name"]
+
+
+def _difference(setting: dict[str, Any], markdown: bool = True) -> str:
+    """``+1.2 [-0.4, +2.9]`` (points), ``reference``, or ``n/a``."""
+    versus = setting.get("versus_reference")
+    if versus is None:
+        return "reference"
+    if "mean" not in versus:
+        return _NA
+    return f"{_points(versus['mean']):+.1f} [{_points(versus['low']):+.1f}, {_points(versus['high']):+.1f}]"
+
+
+def _notes(setting: dict[str, Any], data: dict[str, Any]) -> str:
+    """``within noise``, ``did not learn <task>`` marks."""
+    notes = []
+    versus = setting.get("versus_reference") or {}
+    if versus.get("within_noise"):
+        notes.append(f"within noise of {(data.get('noise') or {}).get('reference', 'the reference')}")
+    if setting.get("did_not_learn"):
+        notes.append(f"did not learn {', '.join(setting['did_not_learn'])}")
+    return "; ".join(notes)
+
+
 def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     line = lambda cells: "  ".join(  # noqa: E731
@@ -153,28 +194,33 @@ def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def format_table(data: dict[str, Any]) -> str:
     """The console table: per setting the chosen point, ACC, BWT, forgetting, the first task after the last one,
     extra memory, wall time per run and the runs (mean ± std over the complete seeds)."""
-    header = ["setting", "chosen", "ACC %", "BWT pts", "forgetting pts", "first task %", "extra MiB", "wall s", "runs"]
+    reference = (data.get("noise") or {}).get("reference", "?")
+    header = ["setting", "chosen", "ACC %", f"vs {reference} pts [95% CI]", "BWT pts", "forgetting pts"]
+    header += ["first task %", "extra MiB", "wall s", "runs", "notes"]
     rows = []
-    for setting in data["settings"]:
+    for setting in _ordered(data):
         s = setting["summary"]
         rows.append(
             [
-                setting["name"],
+                _row_name(setting),
                 _chosen_label(setting),
                 _pm(s["acc"]),
+                _difference(setting),
                 _pm(s["bwt"], signed=True),
                 _pm(s["forgetting"]),
                 _pm(s["first_task_final"]),
                 _pm(s["extra_memory_bytes"], 1 / _MIB, 2),
                 _pm(s["wall_seconds"], 1.0, 0),
                 _runs_text(s),
+                _notes(setting, data),
             ]
         )
     seeds = ", ".join(str(seed) for seed in data["seeds"])
     failed = sum(s["summary"]["failed"] for s in data["settings"])
     lines = [
         _text_table(header, rows),
-        f"mean ± std over seeds {seeds}; grids chosen on validation ACC (seed {data['seeds'][0]})",
+        f"mean ± std over seeds {seeds}; grids chosen on validation ACC (seed {data['seeds'][0]}); "
+        f"vs {reference}: paired bootstrap over test examples and seeds",
     ]
     if failed:
         lines.append(f"{failed} run(s) failed: see comparison.md (Failed runs)")
@@ -219,8 +265,9 @@ def _accuracy_section(data: dict[str, Any]) -> list[str]:
     header = ["setting", "chosen", "runs", "ACC", "ACC, task labels", "BWT (pts)", "forgetting (pts)"]
     header += ["first task after last"]
     header += [f"{task}" for task in data["tasks"]]
+    header += ["notes"]
     rows = []
-    for setting in data["settings"]:
+    for setting in _ordered(data):
         s = setting["summary"]
         final = s["final_accuracy"]
         per_task = [_pm({"mean": m, "std": sd}) for m, sd in zip(final["mean"], final["std"])] or [_NA] * len(
@@ -228,7 +275,7 @@ def _accuracy_section(data: dict[str, Any]) -> list[str]:
         )
         rows.append(
             [
-                setting["name"],
+                _row_name(setting),
                 _chosen_label(setting),
                 _runs_text(s),
                 _pm(s["acc"]),
@@ -237,6 +284,7 @@ def _accuracy_section(data: dict[str, Any]) -> list[str]:
                 _pm(s["forgetting"]),
                 _pm(s["first_task_final"]),
                 *per_task,
+                _notes(setting, data),
             ]
         )
     return [
@@ -245,9 +293,58 @@ def _accuracy_section(data: dict[str, Any]) -> list[str]:
         "Mean ± sample standard deviation over the complete seeds; the task columns are each task's accuracy after "
         "the last task. BWT and forgetting in percentage points (see any run's report.md for the definitions). "
         "*ACC, task labels*: the same predictions with the argmax over each task's own labels (the task known at test "
-        "time); it differs from ACC when a task uses fewer labels than the head has.",
+        "time); it differs from ACC when a task uses fewer labels than the head has. Reference rows: `joint` "
+        "(one run on the union of every task's training data: the upper bound) and `single_task` (each task trained "
+        "alone from the pretrained model: its final accuracy is that model's, the task's own ceiling); they do not "
+        f"compete. *did not learn T*: the mean accuracy on T right after training on it stayed at or below T's "
+        f"majority-class accuracy + {100 * LEARNED_MARGIN:.0f} points, so what it keeps of T says nothing about "
+        "stability.",
         "",
-        markdown_table(header, rows, align=["---", "---", "---:"] + ["---:"] * (len(header) - 3)),
+        markdown_table(header, rows, align=["---", "---", "---:"] + ["---:"] * (len(header) - 4) + ["---"]),
+        "",
+    ]
+
+
+def _references_section(data: dict[str, Any]) -> list[str]:
+    """Per setting: the gap to ``joint``, each task's share of its ``single_task`` accuracy, and the paired
+    difference to the reference setting with its interval."""
+    noise = data.get("noise") or {}
+    reference = noise.get("reference", "?")
+    names = data.get("reference_settings") or {}
+    header = ["setting", "ACC", "gap to joint (pts)"]
+    header += [f"{task}: share of single-task" for task in data["tasks"]]
+    header += [f"ACC − {reference} (pts) [{100 * noise.get('confidence', 0.95):.0f}% CI]", "seeds", "notes"]
+    rows = []
+    for setting in _ordered(data):
+        refs = setting.get("references") or {}
+        gap = refs.get("gap_to_joint")
+        share = refs.get("share_of_single_task") or [None] * len(data["tasks"])
+        versus = setting.get("versus_reference") or {}
+        rows.append(
+            [
+                _row_name(setting),
+                _pm(setting["summary"]["acc"]),
+                _pts(gap),
+                *[_pct(v) + ("%" if v is not None else "") for v in share],
+                _difference(setting),
+                ", ".join(str(seed) for seed in versus.get("seeds", [])) or versus.get("note", "-"),
+                _notes(setting, data),
+            ]
+        )
+    joint = names.get("joint") or "none in this comparison"
+    single = names.get("single_task") or "none in this comparison"
+    return [
+        "## References and noise",
+        "",
+        f"Gap to joint: ACC minus the joint reference's ACC ({joint}), in points. Share of single-task: each task's "
+        f"mean final accuracy over its mean accuracy when trained alone ({single}). ACC − {reference}: the paired "
+        f"difference to the reference setting `{reference}` on the same seeds and the same test examples, and its "
+        f"{100 * noise.get('confidence', 0.95):.0f}% interval from a paired bootstrap over examples and seeds: "
+        f"{noise.get('method', '')}; {noise.get('resamples', '?')} resamples, seed {noise.get('seed', '?')}. "
+        "*within noise*: the interval holds 0. The interval reflects the test sample and the seeds run; it does not "
+        "cover seeds not run.",
+        "",
+        markdown_table(header, rows, align=["---"] + ["---:"] * (len(header) - 3) + ["---", "---"]),
         "",
     ]
 
@@ -265,11 +362,11 @@ def _cost_section(data: dict[str, Any]) -> list[str]:
         "CPU / run (s)",
     ]
     rows = []
-    for setting in data["settings"]:
+    for setting in _ordered(data):
         s = setting["summary"]
         rows.append(
             [
-                setting["name"],
+                _row_name(setting),
                 _count(s["trainable_parameters"]),
                 _count(s["total_parameters"]),
                 _pm(s["extra_memory_bytes"], 1 / _MIB, 2),
@@ -391,7 +488,8 @@ def render_markdown(data: dict[str, Any]) -> str:
     """Renders ``comparison.md``: set-up, accuracy and cost tables, each seed, the grids, failures and figures."""
     title = data["description"] or data["source"]
     out = [f"# Comparison: {title}", "", *_setup_lines(data), ""]
-    out += _accuracy_section(data) + _cost_section(data) + _updates_section(data) + _seeds_section(data)
+    out += _accuracy_section(data) + _references_section(data) + _cost_section(data) + _updates_section(data)
+    out += _seeds_section(data)
     out += _grid_section(data)
     out += _failures_section(data)
     out += [
@@ -417,15 +515,17 @@ def render_markdown(data: dict[str, Any]) -> str:
 # -- figures --------------------------------------------------------------------------------------
 
 
-def _with_results(data: dict[str, Any]) -> list[dict[str, Any]]:
-    return [s for s in data["settings"] if s["summary"]["complete"]]
+def _with_results(data: dict[str, Any], references: bool = True) -> list[dict[str, Any]]:
+    """The settings with a complete run (without the reference rows when ``references`` is false)."""
+    return [s for s in data["settings"] if s["summary"]["complete"] and (references or not _is_reference(s))]
 
 
 def plot_accuracy_matrices(data: dict[str, Any], path: str | os.PathLike) -> Path | None:
-    """Each setting's mean accuracy matrix (over its complete seeds), side by side (PNG); `None` if none."""
+    """Each setting's mean accuracy matrix (over its complete seeds), side by side (PNG); `None` if none. The
+    reference rows are left out (a joint run has one row)."""
     import numpy as np
 
-    settings = _with_results(data)
+    settings = _with_results(data, references=False)
     if not settings:
         return None
     tasks = data["tasks"]
@@ -455,10 +555,10 @@ def plot_accuracy_matrices(data: dict[str, Any], path: str | os.PathLike) -> Pat
 
 
 def plot_first_task(data: dict[str, Any], path: str | os.PathLike) -> Path | None:
-    """The first task's accuracy after each task, one line per setting (mean, band ± std) (PNG)."""
+    """The first task's accuracy after each task, one line per setting (mean, band ± std) (PNG); no references."""
     import numpy as np
 
-    settings = _with_results(data)
+    settings = _with_results(data, references=False)
     if not settings:
         return None
     tasks = data["tasks"]

@@ -22,15 +22,34 @@ __all__ = [
     "run_metrics",
     "select_point",
     "summarize",
+    "LEARNED_MARGIN",
+    "apply_references",
 ]
 
-COMPARISON_SCHEMA_VERSION = 1
-"""Version of ``comparison.json`` (``classp_hf/schemas/comparison.schema.json``)."""
+COMPARISON_SCHEMA_VERSION = 2
+"""Version of ``comparison.json`` (``classp_hf/schemas/comparison.schema.json``; 2: references, the paired
+bootstrap against a reference setting, "did not learn" marks)."""
+LEARNED_MARGIN = 0.05
+"""A task counts as learned when its accuracy right after training on it rose above its majority-class accuracy by
+more than this (5 points)."""
 RunStatus = Literal["complete", "failed", "pending"]
 
 
 def _final_row(results: Mapping[str, Any]) -> list[float]:
-    return list(results["accuracy_matrix"][-1])
+    """Each task's final accuracy: the last row; a joint run's one row; a single-task run's diagonal (each task
+    trained alone)."""
+    matrix = results["accuracy_matrix"]
+    if results.get("queue_mode") == "single_task":
+        return [row[i] for i, row in enumerate(matrix)]
+    return list(matrix[-1])
+
+
+def _own_task_row(results: Mapping[str, Any]) -> list[float]:
+    """Each task's accuracy right after it was trained: the diagonal (a joint run: its one row)."""
+    matrix = results["accuracy_matrix"]
+    if results.get("queue_mode") == "joint":
+        return list(matrix[0])
+    return [row[i] for i, row in enumerate(matrix)]
 
 
 def run_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -39,7 +58,9 @@ def run_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
     Returns:
         ``acc``, ``bwt``, ``fwt``, ``forgetting`` (test split), ``final_accuracy`` (each task after the last one),
         ``first_task_final`` and ``newest_task_final`` (the first and the last task after the last one),
-        ``first_task_curve`` (the first task after each task), ``accuracy_matrix``, ``validation_acc`` (`None`
+        ``first_task_curve`` (the first task after each task), ``accuracy_matrix``, ``queue_mode``,
+        ``own_task_accuracy`` (each task right after training on it: the diagonal; a joint run's row),
+        ``majority_accuracy`` (each task's majority-class accuracy on its test split), ``validation_acc`` (`None`
         without a validation split), ``acc_task_labels`` (ACC with the argmax over each task's own labels; `None`
         for runs from before it was recorded), ``trainable_parameters``, ``total_parameters`` (the model after the
         last task: per-task adapters add theirs), ``optimizer_state_bytes``, ``method_state_bytes``,
@@ -64,6 +85,9 @@ def run_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
         "newest_task_final": final[-1],
         "first_task_curve": [row[0] for row in results["accuracy_matrix"]],
         "accuracy_matrix": [list(row) for row in results["accuracy_matrix"]],
+        "queue_mode": results.get("queue_mode", "sequential"),
+        "own_task_accuracy": _own_task_row(results),
+        "majority_accuracy": list(results.get("majority_accuracy") or []),
         "trainable_parameters": trainable,
         "total_parameters": int(last.get("total_parameters", 0)),
         "optimizer_state_bytes": optimizer_bytes,
@@ -169,7 +193,7 @@ SUMMARY_SCALARS = (
     "overlap_with_earlier",
 )
 #: Vectors summarised element by element.
-SUMMARY_VECTORS = ("final_accuracy", "first_task_curve")
+SUMMARY_VECTORS = ("final_accuracy", "first_task_curve", "own_task_accuracy", "majority_accuracy")
 
 
 def _stat(values: Sequence[float | None]) -> dict[str, Any]:
@@ -199,7 +223,7 @@ def summarize(records: Sequence[RunRecord]) -> dict[str, Any]:
     done = [record for record in records if record.complete]
     summary: dict[str, Any] = {key: _stat([_value(record, key) for record in done]) for key in SUMMARY_SCALARS}
     for key in SUMMARY_VECTORS:
-        columns = list(zip(*(record.metrics[key] for record in done)))
+        columns = list(zip(*(record.metrics.get(key) or [] for record in done)))
         stats = [_stat(column) for column in columns]
         summary[key] = {"mean": [s["mean"] for s in stats], "std": [s["std"] for s in stats]}
     matrices = [record.metrics["accuracy_matrix"] for record in done]
@@ -234,6 +258,15 @@ class SettingResult:
         chosen: the chosen point's name (`None` while undecided, or when every point failed).
         runs: the chosen point's runs, one per seed (the first-seed one is the grid's).
         summary: :func:`summarize` of ``runs``.
+        mode: its runs' ``queue_mode``: ``sequential`` (a competing setting) or a reference (``joint``,
+            ``single_task``).
+        references: ``gap_to_joint`` (ACC minus the joint reference's, fraction) and ``share_of_single_task``
+            (each task's final accuracy over its single-task accuracy), `None` where the reference is missing.
+        versus_reference: the paired bootstrap against the reference setting
+            (:meth:`~classp_hf.continual.compare.noise.PairedDifference.to_dict`, or ``{"note": why}``); `None`
+            for the reference itself.
+        did_not_learn: the tasks whose mean accuracy right after training on them stayed at or below their
+            majority-class accuracy + :data:`LEARNED_MARGIN`.
     """
 
     name: str
@@ -245,6 +278,15 @@ class SettingResult:
     chosen: str | None
     runs: list[RunRecord]
     summary: dict[str, Any]
+    mode: str = "sequential"
+    references: dict[str, Any] = field(default_factory=lambda: {"gap_to_joint": None, "share_of_single_task": None})
+    versus_reference: dict[str, Any] | None = None
+    did_not_learn: list[str] = field(default_factory=list)
+
+    @property
+    def is_reference(self) -> bool:
+        """A reference row (``joint``, ``single_task``), not a competing setting."""
+        return self.mode != "sequential"
 
     @property
     def chosen_point(self) -> PointResult | None:
@@ -273,6 +315,10 @@ class SettingResult:
             "chosen": self.chosen,
             "runs": [record.to_dict() for record in self.runs],
             "summary": self.summary,
+            "mode": self.mode,
+            "references": self.references,
+            "versus_reference": self.versus_reference,
+            "did_not_learn": list(self.did_not_learn),
         }
 
 
@@ -292,6 +338,9 @@ class Comparison:
         environment: hardware, jobs, threads and versions.
         settings: one :class:`SettingResult` per setting, in grid order.
         wall_seconds, cpu_seconds: summed over every recorded run attempt (grid points included).
+        noise: how the paired differences were measured: ``reference`` (the setting), ``method``, ``resamples``,
+            ``seed``, ``confidence``.
+        reference_settings: ``{"joint": name or None, "single_task": name or None}``: the reference rows used.
     """
 
     source: str
@@ -305,6 +354,8 @@ class Comparison:
     settings: list[SettingResult]
     wall_seconds: float
     cpu_seconds: float
+    noise: dict[str, Any] = field(default_factory=dict)
+    reference_settings: dict[str, str | None] = field(default_factory=lambda: {"joint": None, "single_task": None})
 
     def setting(self, name: str) -> SettingResult:
         """The result of the setting called ``name``."""
@@ -329,6 +380,8 @@ class Comparison:
             "environment": self.environment,
             "wall_seconds": round(self.wall_seconds, 3),
             "cpu_seconds": round(self.cpu_seconds, 3),
+            "noise": self.noise,
+            "reference_settings": self.reference_settings,
             "settings": [setting.to_dict() for setting in self.settings],
         }
 
@@ -337,3 +390,42 @@ class Comparison:
         from classp_hf.continual.compare.report import format_table
 
         return format_table(self.to_dict())
+
+
+def apply_references(settings: Sequence[SettingResult], tasks: Sequence[str]) -> dict[str, str | None]:
+    """Fills every setting's ``references`` (gap to joint, share of single-task) and ``did_not_learn``.
+
+    The first setting of each reference mode is that reference. The gap is in ACC (mean over complete seeds); the
+    share divides each task's mean final accuracy by the single-task reference's mean accuracy on that task.
+
+    Args:
+        settings: the comparison's settings (their ``mode`` and ``summary`` set).
+        tasks: the queue's task names.
+
+    Returns:
+        ``{"joint": name or None, "single_task": name or None}``.
+    """
+    found: dict[str, SettingResult | None] = {"joint": None, "single_task": None}
+    for setting in settings:
+        if setting.mode in found and found[setting.mode] is None:
+            found[setting.mode] = setting
+    joint_acc = found["joint"].summary["acc"]["mean"] if found["joint"] is not None else None
+    ceiling = found["single_task"].summary["final_accuracy"]["mean"] if found["single_task"] is not None else None
+    for setting in settings:
+        summary = setting.summary
+        acc, final = summary["acc"]["mean"], summary["final_accuracy"]["mean"]
+        share = None
+        if ceiling and final and len(ceiling) == len(final):
+            share = [None if c is None or f is None or c <= 0 else f / c for f, c in zip(final, ceiling)]
+        setting.references = {
+            "gap_to_joint": None if acc is None or joint_acc is None else acc - joint_acc,
+            "share_of_single_task": share,
+        }
+        own = (summary.get("own_task_accuracy") or {}).get("mean") or []
+        majority = (summary.get("majority_accuracy") or {}).get("mean") or []
+        setting.did_not_learn = [
+            task
+            for task, value, floor in zip(tasks, own, majority)
+            if value is not None and floor is not None and value <= floor + LEARNED_MARGIN
+        ]
+    return {mode: (setting.name if setting is not None else None) for mode, setting in found.items()}
