@@ -64,6 +64,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, config_option: bool = Fal
         "is given)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines (the Trainer's bars stay)")
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="a folder shared by runs (classp-hf compare gives its own): tokenized tasks and the untrained model's "
+        "scores, keyed by everything that makes them, are read from it instead of computed again",
+    )
 
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +118,7 @@ def run_command(
     quiet: bool = False,
     resume: bool = False,
     overrides: Sequence[str] = (),
+    cache_dir: str | None = None,
 ) -> int:
     """Loads and validates the config (with its overrides), then runs (or resumes) it.
 
@@ -132,7 +139,7 @@ def run_command(
             if not Path(config_path).is_file():
                 raise ConfigError(f"--resume: {config_path} not found; there is no run to resume there")
         config = load_config(config_path, overrides=parse_override_args(overrides))
-        run_continual(config, output_dir, overwrite=overwrite, log=not quiet, resume=resume)
+        run_continual(config, output_dir, overwrite=overwrite, log=not quiet, resume=resume, cache_dir=cache_dir)
     except ValueError as error:  # ConfigError, OutputDirError, ResumeError, invalid hyperparameters
         print(f"classp-hf: error: {error}", file=sys.stderr)
         return 2
@@ -160,8 +167,8 @@ def compare_command(args: argparse.Namespace) -> int:
     from classp_hf.continual.config import parse_override_args
 
     grid, overrides = args.grid, list(args.overrides)
-    if grid is not None and "=" in grid and not Path(grid).is_file():
-        grid, overrides = None, [grid, *overrides]
+    if grid is not None and not Path(grid).is_file() and ("=" in grid or args.config is not None):
+        grid, overrides = None, [grid, *overrides]  # with --config, a positional is an override (checked as one)
     try:
         comparison = compare(
             grid,
@@ -219,7 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``classp-hf`` command."""
     args = make_parser().parse_args(argv)
     if args.command == "run":
-        return run_command(args.config, args.output_dir, args.overwrite, args.quiet, args.resume, args.overrides)
+        return run_command(
+            args.config, args.output_dir, args.overwrite, args.quiet, args.resume, args.overrides, args.cache_dir
+        )
     if args.command == "compare":
         return compare_command(args)
     if args.command == "probe":

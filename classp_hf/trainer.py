@@ -14,7 +14,7 @@ from classp_hf.methods.base import ContinualMethod, label_column, output_logits
 from classp_hf.optim.factory import apply_optim_groups, get_optimizer_info
 from classp_hf.training_args import is_transformers_optimizer, optimizer_name, validate_optim_args
 
-__all__ = ["Trainer", "optimizer_diagnostics", "set_learning_rate", "masked_label_loss"]
+__all__ = ["Trainer", "optimizer_diagnostics", "optimizer_hyperparameters", "set_learning_rate", "masked_label_loss"]
 
 
 def _unwrap_optimizer(optimizer: Any) -> Any:
@@ -48,6 +48,48 @@ def optimizer_diagnostics(optimizer: Any) -> dict[str, float]:
     }
     summary["grad_sum_max"] = max(group["grad_sum_max"] for group in groups)
     return summary
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-able copy of an optimizer option (tuples as lists, 0-dim tensors as numbers, dtypes as text)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_plain(item) for item in value]
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    return repr(value)
+
+
+# Per-group values a schedule or the runner changes as it trains (not the optimizer's settings).
+_SCHEDULED_KEYS = frozenset({"params", "lr", "initial_lr"})
+
+
+def optimizer_hyperparameters(optimizer: Any) -> dict[str, Any]:
+    """The hyperparameters an optimizer was built with, read back from it (not from the config's text).
+
+    Args:
+        optimizer: a torch optimizer, possibly wrapped by accelerate.
+
+    Returns:
+        ``class`` (its class name), ``defaults`` (its ``defaults``, JSON-able) and ``groups``: for each param
+        group the options that differ from ``defaults`` (the no-decay group's ``weight_decay``, an
+        ``optim_groups`` entry's options), learning rates left out (the schedule moves them).
+    """
+    optimizer = _unwrap_optimizer(optimizer)
+    defaults = {key: _plain(value) for key, value in optimizer.defaults.items() if key not in ("params",)}
+    groups = []
+    for group in optimizer.param_groups:
+        groups.append(
+            {
+                key: _plain(value)
+                for key, value in group.items()
+                if key not in _SCHEDULED_KEYS and (key not in defaults or _plain(value) != defaults[key])
+            }
+        )
+    return {"class": type(optimizer).__name__, "defaults": defaults, "groups": groups}
 
 
 def set_learning_rate(optimizer: Any, learning_rate: float) -> None:

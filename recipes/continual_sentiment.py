@@ -23,7 +23,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    return run_command(args.config, args.output_dir, args.overwrite, args.quiet, args.resume, args.overrides)
+    return run_command(
+        args.config, args.output_dir, args.overwrite, args.quiet, args.resume, args.overrides, args.cache_dir
+    )
 
 
 if __name__ == "__main__":

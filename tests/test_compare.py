@@ -184,6 +184,7 @@ def test_every_shipped_preset_builds_a_valid_config(base_config):
     presets = load_presets()
     expected = {"sgd", "adamw", "adagrad", "classp", "classp_sparse", "classp_threshold_only", "classp_p2", "ewc"}
     expected |= {"ewc_online", "replay", "lwf", "classp+replay", "classp+ewc", "classp_head", "lora_classp"}
+    expected |= {"classp_decay"}
     expected |= {"lora_adamw", "lora_per_task", "olora", "lora_replay"}
     assert expected <= set(presets)
     grid = grid_from_presets(base_config, ",".join(presets))  # builds and validates every grid point's config
@@ -195,6 +196,10 @@ def test_every_shipped_preset_builds_a_valid_config(base_config):
     assert [point.name for point in by_name["ewc"].points] == ["lambda_-1e4", "lambda_-1e5", "lambda_-1e6"]
     only = by_name["classp_threshold_only"]
     assert "apply_decay=false" in grid.run_config(only, only.points[0], 0).training["optim_args"]
+    decay = by_name["classp_decay"]
+    assert [grid.run_config(decay, point, 0).training["optim_args"] for point in decay.points] == [
+        f"threshold=0,grad_sum_decay={gamma}" for gamma in ("0.1", "0.5", "1")
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in EXPERIMENTS.glob("*.yaml")))
@@ -206,10 +211,15 @@ def test_shipped_grid_files_load_with_their_profiles(name):
         setting = grid.settings[0]
         config = grid.run_config(setting, setting.points[0], grid.seeds[0])
         if name not in ("quickstart.yaml", "ewc_lambda.yaml"):  # the two checks on the embedded sample
-            assert len(grid.seeds) >= 1 and config.validation_fraction == 0.2 and config.max_length in (64, 256)
+            assert len(grid.seeds) >= 1 and config.validation_fraction == 0.2
             assert config.training["per_device_train_batch_size"] == 16
             samples = {task.max_train_samples for task in config.tasks}
-            assert samples <= {800, 1000} if profile is None else samples == {None}
+            sizes = (config.max_length, config.training["num_train_epochs"])
+            if profile == "gpu":
+                assert samples == {None} and sizes == (256, 1)
+            else:  # docs/protocol.md's sizes by default; the earlier ones (64 tokens, one epoch) as `smoke`
+                assert samples <= {800, 1000} and sizes == ((128, 2) if profile is None else (64, 1))
+                assert {task.max_eval_samples for task in config.tasks} <= {400, 500}
 
 
 def test_experiment_files_cover_the_issue(tmp_path):
@@ -252,9 +262,12 @@ def test_experiment_2_rechosen_offers_experiment_2s_point_among_its_grid():
     """The re-chosen check differs from experiment 2 only in choosing again: its grid holds experiment 2's run."""
     queue = load_grid(EXPERIMENTS / "sentiment_queue.yaml")
     again = load_grid(EXPERIMENTS / "sentiment_queue_rechosen.yaml")
-    assert again.seeds == queue.seeds and {s.name for s in again.settings} == {"adamw", "ewc", "classp"}
+    assert again.seeds == queue.seeds
+    assert {s.name for s in again.settings} == {"adamw", "ewc", "classp", "classp_decay"}  # + CLASSP's gamma grid
     for setting in again.settings:
         assert len(setting.points) > 1, setting.name
+        if setting.name == "classp_decay":
+            continue
         fixed = next(s for s in queue.settings if s.name == setting.name)
         offered = [again.run_config(setting, point, 0).to_dict() for point in setting.points]
         assert queue.run_config(fixed, fixed.points[0], 0).to_dict() in offered, setting.name
@@ -518,7 +531,8 @@ def test_resume_a_half_finished_comparison(tmp_path, base_config, monkeypatch):
     seed1 = output / "runs" / "plain" / "default" / "seed1"
     assert json.loads((seed1 / "run_state.json").read_text())["completed_tasks"] == 1
     finished_at = (seed0 / "results.json").stat().st_mtime_ns
-    shutil.rmtree(seed0 / "checkpoints")  # a finished run's last checkpoint, deleted to save room
+    assert not (seed0 / "checkpoints").exists()  # keep_last_checkpoint: false (compare's runs): removed once finished
+    assert json.loads((seed0 / "run_state.json").read_text())["checkpoint"] is None
 
     launcher = Recording()
     comparison = compare(grid, output, launcher=launcher, log=False)

@@ -105,6 +105,8 @@ def test_resumed_full_run_matches_the_uninterrupted_one(tmp_path, reference_full
     results = resumed.run().to_dict()
     assert results["resumed_after_tasks"] == [killer.kill_at]
     assert_same_run(resumed, results, reference, reference_results)
+    assert results["timing"]["attempts"] == 2  # the resumed attempt's seconds added to the killed one's
+    assert results["timing"]["total_seconds"] > results["timing"]["phases"]["training"] > 0
     # Sparsity diagnostics carry the union of updated elements across the interruption.
     for got, want in zip(results["per_task"], reference_results["per_task"]):
         assert got["sparsity"] == want["sparsity"]
@@ -114,6 +116,7 @@ def test_resumed_full_run_matches_the_uninterrupted_one(tmp_path, reference_full
     assert predictions == json.loads((reference.output_dir / "predictions.json").read_text())
     assert {entry["stage"] for entry in predictions["tasks"]} == {2} and len(predictions["tasks"]) == 3
     assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["task-02-airline_tweets"]
+    assert not list((output / "checkpoints").glob("*/tokenizer*"))  # a checkpoint holds what --resume reads
     assert (output / "model" / "config.json").is_file()
 
 

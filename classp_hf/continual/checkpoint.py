@@ -2,12 +2,16 @@
 
 When a run starts, ``run_state.json`` records that no task is done yet (so a run killed during its first task
 can be resumed: it starts that task again). After each task the runner saves ``checkpoints/task-<i>-<name>/``
-(the model or its adapters, the tokenizer, ``optimizer.pt``: the optimizer's full state keyed by parameter name,
-``method.pt`` and, with diagnostics on, ``update_masks.pt``) into a temporary folder renamed into place, then points
-``run_state.json`` at it, atomically; the previous checkpoint is removed only after that. A run killed at any moment
-therefore has a complete checkpoint named by ``run_state.json`` (or none yet), and
-``classp-hf run CONFIG --output-dir DIR --resume`` continues with the next task. What a kill left half-written
-(temporary files, a half-deleted old checkpoint) is removed when the run resumes.
+(only what ``--resume`` reads: the model's weights and config or its adapters, ``optimizer.pt``: the optimizer's full
+state keyed by parameter name, ``method.pt`` and, with diagnostics on, ``update_masks.pt``; the tokenizer comes from
+the config's model) into a temporary folder renamed into place, then points ``run_state.json`` at it, atomically; the
+previous checkpoint is removed only after that. A run killed at any moment therefore has a complete checkpoint named
+by ``run_state.json`` (or none yet), and ``classp-hf run CONFIG --output-dir DIR --resume`` continues with the next
+task. What a kill left half-written (temporary files, a half-deleted old checkpoint) is removed when the run resumes.
+
+With ``keep_last_checkpoint: false`` the last task's checkpoint is not written; once the final model is saved,
+:func:`finish_run_state` records every task done with no checkpoint (``"checkpoint": null``) and removes the one
+before: a finished run then holds no checkpoint, and counts as finished all the same.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ __all__ = [
     "RunState",
     "ResumePoint",
     "check_same_config",
+    "finish_run_state",
     "load_checkpoint",
     "read_run_state",
     "restore_adapters",
@@ -94,7 +99,7 @@ def save_checkpoint(
         output_dir: the run's folder.
         index: the task just finished.
         task_names: the queue's task names.
-        save_model: writes the model (or its adapters) and tokenizer into the folder it is given.
+        save_model: writes the model (or its adapters) into the folder it is given.
         optimizer_state: the full, name-keyed optimizer state (see :mod:`.optimizer_state`).
         method_state: the continual method's ``state_dict()``.
         update_masks: CLASSP's union of updated elements so far (diagnostics), or `None`.
@@ -135,6 +140,28 @@ def save_checkpoint(
     return folder
 
 
+def finish_run_state(output_dir: Path, task_names: list[str], num_processes: int = 1) -> None:
+    """Records a finished run without a checkpoint (``keep_last_checkpoint: false``), then removes the last one.
+
+    Call it once the final model is saved: from then on nothing is left to resume.
+    """
+    previous = _previous_checkpoint(output_dir)
+    write_json_atomic(
+        output_dir / RUN_STATE,
+        {
+            "completed_tasks": len(task_names),
+            "tasks": list(task_names),
+            "checkpoint": None,
+            "num_processes": num_processes,
+        },
+    )
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+    checkpoints = output_dir / "checkpoints"
+    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
+
+
 def _previous_checkpoint(output_dir: Path) -> Path | None:
     try:
         return read_run_state(output_dir).checkpoint
@@ -164,7 +191,8 @@ def read_run_state(output_dir: Path, require_checkpoint: bool = True) -> RunStat
         raise ResumeError(f"--resume: {path} is corrupt ({type(error).__name__}: {error})") from None
     if not (isinstance(completed, int) and isinstance(tasks, list) and 0 <= completed <= len(tasks)):
         raise ResumeError(f"--resume: {path} is corrupt (completed_tasks {completed!r} of {len(tasks)} tasks)")
-    if (completed == 0) != (checkpoint is None):
+    finished_without_checkpoint = checkpoint is None and completed == len(tasks) > 0  # keep_last_checkpoint: false
+    if (completed == 0) != (checkpoint is None) and not finished_without_checkpoint:
         raise ResumeError(f"--resume: {path} is corrupt (completed_tasks {completed}, checkpoint {checkpoint!r})")
     folder = None
     if checkpoint is not None:
@@ -305,9 +333,14 @@ class ResumePoint:
         names = stage_names([task.name for task in config.tasks], config.queue_mode)
         if run_state.tasks != names:
             raise ResumeError(f"--resume: {RUN_STATE} lists the tasks {run_state.tasks}, the config {names}")
-        if run_state.checkpoint is None:
+        if run_state.checkpoint is None and run_state.completed_tasks == 0:
             return cls(output_dir, run_state, None, None)
-        files = load_checkpoint(run_state.checkpoint)
+        if run_state.checkpoint is None and not is_complete_model(output_dir / "model"):
+            raise ResumeError(
+                f"--resume: {output_dir / RUN_STATE} records a finished run without a checkpoint, but its final model "
+                f"{output_dir / 'model'} is incomplete; there is nothing to resume from: start the run afresh"
+            )
+        files = None if run_state.checkpoint is None else load_checkpoint(run_state.checkpoint)
         path = output_dir / RESULTS_FILENAME
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))

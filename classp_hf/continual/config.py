@@ -35,6 +35,7 @@ from classp_hf.continual.io import first_line
 
 __all__ = [
     "ConfigError",
+    "MAX_SEED",
     "TaskConfig",
     "RunConfig",
     "MODEL_DTYPES",
@@ -83,11 +84,17 @@ RUNNER_TRAINING_DEFAULTS: Mapping[str, Any] = types.MappingProxyType({"report_to
 #: ``model_dtype`` values: the dtype the model's weights are loaded in (null: as saved).
 ModelDtype = Literal["float32", "bfloat16", "float16"]
 MODEL_DTYPES: tuple[str, ...] = typing.get_args(ModelDtype)
+#: The largest seed (numpy's and ``transformers.set_seed``'s range is [0, 2**32 - 1]).
+MAX_SEED = 2**32 - 1
 #: ``queue_mode`` values (see :data:`classp_hf.continual.results.QUEUE_MODES`).
 QueueMode = Literal["sequential", "joint", "single_task"]
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 #: Where TrainingArguments are built to validate a config; building them creates no folder (tested).
 _UNUSED_OUTPUT_DIR = os.path.join(os.sep, "nonexistent", "classp-hf-config-check")
+
+
+#: Config keys that change what a run keeps on disk, not its results: no difference for ``--resume`` or run reuse.
+RESULT_NEUTRAL_KEYS = frozenset({"keep_last_checkpoint"})
 
 
 class ConfigError(ValueError):
@@ -148,6 +155,11 @@ class RunConfig:
             :mod:`classp_hf.continual.adapters`.
         model_dtype: the dtype the model is loaded in: ``float32``, ``bfloat16`` or ``float16``;
             `None` (default): as saved.
+        keep_last_checkpoint: keep the last task's checkpoint once the run has finished (default `True`); `False`
+            (what ``classp-hf compare`` sets for its runs) skips writing it and removes the one before once the
+            final model is saved: a finished run then holds no checkpoint (nothing is left to resume; a run killed
+            before its final model resumes from the task before and trains the last task again). It does not change
+            the results, so it is no difference for ``--resume`` or run reuse.
         queue_mode: ``sequential`` (default: the tasks in order, one model), or a reference: ``joint`` (one stage
             on the union of every task's training data, the same epochs; the upper bound) or ``single_task`` (each
             task trained alone from the pretrained model, fresh optimizer state: its own ceiling). Both train
@@ -166,6 +178,7 @@ class RunConfig:
     validation_fraction: float = 0.0
     peft: dict[str, Any] | None = None
     model_dtype: ModelDtype | None = None
+    keep_last_checkpoint: bool = True
     queue_mode: QueueMode = "sequential"
     source: str | None = None
 
@@ -207,7 +220,8 @@ def stored_config_differences(config: RunConfig, path: Path) -> list[str]:
 
     The one comparison behind ``--resume`` (the same config or nothing) and run reuse in ``classp-hf compare`` (a
     finished run is reused only for an identical config). The config is compared as its ``config.yaml`` reads back
-    (tuples as lists), and a key the stored file lacks counts as its default (:meth:`RunConfig.with_defaults`).
+    (tuples as lists), a key the stored file lacks counts as its default (:meth:`RunConfig.with_defaults`), and the
+    keys of :data:`RESULT_NEUTRAL_KEYS` (what a run keeps on disk) are not compared.
 
     Args:
         config: the config wanted now.
@@ -227,7 +241,11 @@ def stored_config_differences(config: RunConfig, path: Path) -> list[str]:
     if not isinstance(stored, dict):
         raise ConfigError(f"{path} is corrupt (not a mapping)")
     wanted = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return _differences(wanted, RunConfig.with_defaults(stored))
+    stored = RunConfig.with_defaults(stored)
+    for key in RESULT_NEUTRAL_KEYS:
+        wanted.pop(key, None)
+        stored.pop(key, None)
+    return _differences(wanted, stored)
 
 
 def _differences(wanted: Any, stored: Any, prefix: str = "") -> list[str]:
@@ -262,9 +280,125 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
+#: How much larger than its text a YAML document may grow once its aliases are expanded (a config that
+#: repeats a block through an anchor a few times stays far below; nested aliases grow exponentially).
+MAX_ALIAS_EXPANSION = 100
+
+
+class _DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping gives a key twice (PyYAML would keep the last silently); ``dotted`` and ``lines`` say where."""
+
+    dotted: str = ""
+    lines: tuple[int, int] = (0, 0)
+
+
+def _node_key(node: yaml.Node) -> str:
+    return str(node.value) if isinstance(node, yaml.ScalarNode) else f"<{node.tag.rsplit(':', 1)[-1]}>"
+
+
+def _check_nodes(root: yaml.Node, text_size: int) -> None:
+    """Duplicate keys (naming the dotted key and both lines), and the size the document has once its aliases
+    are expanded, computed on the composed graph (each node once) before anything is constructed."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, str, bool]] = [(root, "", False)]
+    seen: set[int] = set()
+    while stack:  # sizes bottom-up, without recursion (a deep document must not exhaust the stack)
+        node, path, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if not children_done and id(node) in seen:  # met again inside its own subtree
+            raise yaml.constructor.ConstructorError(
+                None, None, "an alias refers to a collection that contains it (recursive anchor)", node.start_mark
+            )
+        if isinstance(node, yaml.ScalarNode):
+            sizes[id(node)] = len(str(node.value)) + 1
+            continue
+        if isinstance(node, yaml.MappingNode):
+            children = [(child, f"{path}.{_node_key(key)}" if path else _node_key(key)) for key, child in node.value]
+            children += [(key, path) for key, _ in node.value]
+        else:
+            children = [(child, f"{path}[{index}]") for index, child in enumerate(node.value)]
+        if not children_done:
+            if isinstance(node, yaml.MappingNode):
+                first: dict[str, yaml.Node] = {}
+                for key, _ in node.value:
+                    name = _node_key(key)
+                    if name == "<<":
+                        continue
+                    if name in first:
+                        error = _DuplicateKeyError(None, None, f"duplicate key {name!r}", key.start_mark)
+                        error.dotted = f"{path}.{name}" if path else name
+                        error.lines = (first[name].start_mark.line + 1, key.start_mark.line + 1)
+                        raise error
+                    first[name] = key
+            seen.add(id(node))
+            stack.append((node, path, True))
+            stack.extend((child, child_path, False) for child, child_path in children if id(child) not in sizes)
+            continue
+        sizes[id(node)] = 1 + sum(sizes[id(child)] for child, _ in children)
+        if sizes[id(node)] > MAX_ALIAS_EXPANSION * max(text_size, 1000):
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"its aliases expand to more than {MAX_ALIAS_EXPANSION}x the file's size (nested anchors?); "
+                "write the values out",
+                node.start_mark,
+            )
+
+
 def parse_yaml(text: str) -> Any:
-    """Parses YAML safely, reading ``1e-3`` as a number (PyYAML's YAML 1.1 resolver reads it as text)."""
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506  (a SafeLoader subclass)
+    """Parses YAML safely, reading ``1e-3`` as a number (PyYAML's YAML 1.1 resolver reads it as text).
+
+    A key given twice in one mapping is an error (PyYAML would keep the last), and so is a document whose
+    aliases expand to more than ``MAX_ALIAS_EXPANSION`` times its text (checked on the composed graph, before
+    anything is built).
+
+    Raises:
+        yaml.YAMLError: malformed YAML, a duplicate key or an alias bomb (with the line in ``problem_mark``).
+    """
+    loader = _YamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, len(text))
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def read_yaml_file(path: Path, where: str = "config") -> Any:
+    """Reads and parses a YAML file; every error is one :class:`ConfigError` line naming the file.
+
+    Args:
+        path: the file.
+        where: the dotted key the file is read for (``config``, ``--presets``).
+
+    Raises:
+        ConfigError: not readable, not UTF-8, malformed YAML, a duplicate key or an alias bomb.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[: error.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{where}: {path} is not UTF-8 text (byte {error.start}, line {line}: {error.reason}); save it as UTF-8"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"{where}: cannot read {path} ({error.strerror or type(error).__name__})") from None
+    try:
+        return parse_yaml(text)
+    except _DuplicateKeyError as error:
+        first, second = error.lines
+        raise ConfigError(
+            f"{where}.{error.dotted}: given twice in {path} (lines {first} and {second}; YAML would keep the last "
+            "silently): remove one"
+        ) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}:{at}: malformed YAML: {problem}") from None
 
 
 # -- environment and model path --------------------------------------------------------------
@@ -671,6 +805,11 @@ def _check_training(training: Any, where: str, *, per_task: bool) -> dict[str, A
                 key not in RUNNER_OWNED_TRAINING_KEYS, f"{where}.{key}: set by the runner, remove it from the config"
             )
             require(key in _TRAINING_FIELDS, f"{where}.{key}: not a classp_hf.TrainingArguments field")
+            require(
+                key != "push_to_hub" and not key.startswith("hub_"),
+                f"{where}.{key}: a run does not push to the Hugging Face Hub; push the finished run's folder "
+                "instead (huggingface-cli upload <repo> OUTPUT/model, or from_pretrained(OUTPUT/model).push_to_hub)",
+            )
         check_value(value, field_types.get(key, Any), f"{where}.{key}")
         if key in _TRAINING_RANGES:
             _TRAINING_RANGES[key].check(value, f"{where}.{key}")
@@ -731,8 +870,11 @@ def _training_arguments(options: Mapping[str, Any], named: Mapping[str, Any], wh
     args, error = _build_arguments(options)
     if error is None:
         return args
+    optimizer = {"optim": options["optim"]} if "optim" in options else {}  # optim_args mean something per optim
+    if "optim" in named and _build_arguments({**RUNNER_TRAINING_DEFAULTS, **optimizer})[1] is not None:
+        raise ConfigError(f"{where}.optim: {first_line(error)}")
     for key, value in named.items():
-        if _build_arguments({**RUNNER_TRAINING_DEFAULTS, key: value})[1] is not None:
+        if _build_arguments({**RUNNER_TRAINING_DEFAULTS, **optimizer, key: value})[1] is not None:
             raise ConfigError(f"{where}.{key}: {first_line(error)}")
     raise ConfigError(f"{where}: {first_line(error)}")
 
@@ -751,7 +893,21 @@ def _check_training_arguments(config: RunConfig) -> Any:
         else top_args
         for index, task in enumerate(config.tasks)
     ]
+    for index, (task, args) in enumerate(zip(config.tasks, per_task)):
+        _check_trains(args, task.training, f"tasks[{index}] ({task.name}).training")
     return per_task[0]
+
+
+def _check_trains(args: Any, task_training: Mapping[str, Any], task_where: str) -> None:
+    """Refuses a task that would train no step (``max_steps=0``, or ``num_train_epochs=0`` without ``max_steps``)."""
+    if args.max_steps == 0:
+        where = task_where if "max_steps" in task_training else "config.training"
+        raise ConfigError(
+            f"{where}.max_steps: 0 trains no step; give a positive number (or -1: num_train_epochs decides)"
+        )
+    if args.max_steps < 0 and args.num_train_epochs == 0:
+        where = task_where if "num_train_epochs" in task_training else "config.training"
+        raise ConfigError(f"{where}.num_train_epochs: 0 trains no step; give a positive number of epochs")
 
 
 def _optim_arg_keys(optim_args: str | None) -> list[str]:
@@ -771,15 +927,28 @@ def _check_optimizer(training: dict[str, Any]) -> None:
             "config.training.optim: "
             + unknown_name_message(name, {o.value for o in OptimizerNames} | set(list_optimizers()))
         )
-    try:
-        validate_optim_args(name, training.get("optim_args"))
-    except ValueError as error:
-        raise ConfigError(f"config.training.optim_args: {error}") from None
-    if "lr" in _optim_arg_keys(training.get("optim_args")):
+    keys = _optim_arg_keys(training.get("optim_args"))
+    if any(key.lower() in ("lr", "learning_rate") for key in keys):
         raise ConfigError(
             "config.training.optim_args: lr is not accepted here; set training.learning_rate "
             "(an lr in optim_args would apply to the first task only)"
         )
+    if not is_transformers_optimizer(name):
+        from classp_hf.optim.factory import get_optimizer_info
+
+        accepted = sorted(set(get_optimizer_info(name).arg_types) - {"lr"})
+        for key in keys:
+            if key not in accepted:
+                close = difflib.get_close_matches(key, accepted, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ConfigError(
+                    f"config.training.optim_args: unknown key {key!r} for optimizer {name!r} "
+                    f"({hint}accepted: {', '.join(accepted)})"
+                )
+    try:
+        validate_optim_args(name, training.get("optim_args"))
+    except ValueError as error:
+        raise ConfigError(f"config.training.optim_args: {error}") from None
 
 
 def _check_method(method: Any, method_args: Any, peft_section: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
@@ -815,9 +984,42 @@ def _check_optimizer_values(args: Any) -> None:
     optimizer_class, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
     group = {"params": [torch.nn.Parameter(torch.zeros(1))], "weight_decay": args.weight_decay}
     try:
-        optimizer_class([group], **kwargs)
+        optimizer = optimizer_class([group], **kwargs)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"config.training.optim_args: {first_line(error)}") from None
+    if any(group.get("fused") for group in optimizer.param_groups):
+        _check_fused_compiles(optimizer_class, kwargs)
+
+
+@functools.cache
+def _fused_compile_error(backend: str) -> str | None:
+    """Compiles and runs the fused CLASSP step on one element; the first line of its error, or `None`."""
+    from classp_hf.optim import CLASSP
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    param.grad = torch.ones(1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            CLASSP([param], lr=1e-3, fused=True).step()
+    except Exception as error:  # inductor raises InductorError, BackendCompilerFailed, CalledProcessError, ...
+        return first_line(error)
+    return None
+
+
+def _check_fused_compiles(optimizer_class: type, kwargs: Mapping[str, Any]) -> None:
+    """``fused=true`` needs ``torch.compile`` to work here (a C++ compiler on the CPU): one element compiled now."""
+    from classp_hf.optim import CLASSP, _fused
+
+    if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, CLASSP)):
+        return
+    error = _fused_compile_error(_fused.BACKEND)
+    if error is not None:
+        raise ConfigError(
+            "config.training.optim_args: fused=true needs torch.compile, which fails here "
+            f"({error[:160]}); install a C++ compiler (apt-get install g++, or conda install gxx) "
+            "or remove fused"
+        )
 
 
 # -- tasks -------------------------------------------------------------------------------------
@@ -948,11 +1150,14 @@ def config_from_dict(
     require(len(set(labels)) == len(labels), "config.labels: duplicate label names")
     seed = raw.get("seed", 0)
     require(isinstance(seed, int) and not isinstance(seed, bool), "config.seed: expected an integer")
+    require(0 <= seed <= MAX_SEED, f"config.seed: expected an integer in [0, 2**32 - 1], got {seed}")
     max_length = _positive_int(raw.get("max_length", 128), "config.max_length", allow_none=False)
     model_dtype = check_value(raw.get("model_dtype"), _field_types(RunConfig)["model_dtype"], "config.model_dtype")
     method, method_args = raw.get("method", "none"), raw.get("method_args") or {}
     diagnostics = raw.get("diagnostics", False)
     require(isinstance(diagnostics, bool), "config.diagnostics: expected true or false")
+    keep_last_checkpoint = raw.get("keep_last_checkpoint", True)
+    require(isinstance(keep_last_checkpoint, bool), "config.keep_last_checkpoint: expected true or false")
     queue_mode = check_value(raw.get("queue_mode", "sequential"), QueueMode, "config.queue_mode")
     validation_fraction = raw.get("validation_fraction", 0.0)
     require(
@@ -983,6 +1188,7 @@ def config_from_dict(
         method=method,
         method_args=method_args,
         diagnostics=diagnostics,
+        keep_last_checkpoint=keep_last_checkpoint,
         validation_fraction=float(validation_fraction),
         peft=peft_section,
         model_dtype=model_dtype,
@@ -1013,13 +1219,7 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = parse_yaml(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{path}:{where}: malformed YAML: {problem}") from None
+    raw = read_yaml_file(path)
     return config_from_dict(raw, base_dir=path.resolve().parent, source=str(path), overrides=overrides)
 
 

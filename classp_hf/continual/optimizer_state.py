@@ -183,16 +183,25 @@ class StateCarryingTrainer(Trainer):
         self.loaded_state_entries: int | None = None
 
     def _load_carried_state(self) -> None:
+        """Loads the carried state, then marks the task boundary (CLASSP's ``grad_sum_decay``).
+
+        The boundary is applied here, once per task that starts from a carried state: a checkpoint holds the
+        state as the previous task left it, so a resumed run decays it exactly once as well.
+        """
         named, self.carried_optimizer_state = self.carried_optimizer_state, None
         if named is None:
             return
         backend = _backend(self)
+        optimizer = _unwrap_optimizer(self.optimizer)
         if backend == "deepspeed":
             self.loaded_state_entries = _load_deepspeed(self, named)
         elif backend == "fsdp":
-            self.loaded_state_entries = _load_fsdp(self, _unwrap_optimizer(self.optimizer), named)
+            self.loaded_state_entries = _load_fsdp(self, optimizer, named)
         else:
-            self.loaded_state_entries = _load_plain(self, _unwrap_optimizer(self.optimizer), named)
+            self.loaded_state_entries = _load_plain(self, optimizer, named)
+        decay = getattr(optimizer, "decay_grad_sum", None)
+        if decay is not None:
+            decay()
 
     def create_scheduler(
         self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None

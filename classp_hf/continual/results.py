@@ -261,6 +261,7 @@ class RunResults:
     accuracy_matrix_own_adapter: list[list[float]] | None = None
     task_labels: TaskLabelResults | None = None
     resumed_after_tasks: list[int] = field(default_factory=list)
+    timing: dict[str, Any] | None = None
     queue_mode: str = "sequential"
     schema_version: int = SCHEMA_VERSION
 
@@ -371,7 +372,7 @@ class RunResults:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``results.json`` (optional parts left out when absent)."""
         data = dataclasses.asdict(self)
-        for key in ("validation", "accuracy_matrix_own_adapter", "task_labels"):
+        for key in ("validation", "accuracy_matrix_own_adapter", "task_labels", "timing"):
             if data[key] is None:
                 data.pop(key)
         if not data["resumed_after_tasks"]:
@@ -419,8 +420,13 @@ class RunResults:
         """Checks the results against the JSON Schema and for consistency (see :func:`validate_results`)."""
         validate_results(self.to_dict())
 
-    def write(self, output_dir: str | Path) -> Path:
+    def write(self, output_dir: str | Path, report: bool = True) -> Path:
         """Writes ``results.json`` atomically, then ``report.md`` and the plots.
+
+        Args:
+            output_dir: the run's folder.
+            report: also write ``report.md`` and the plots (`False`: results.json alone, e.g. to record the final
+                timing once the report is written).
 
         Returns:
             The path of ``results.json``.
@@ -431,7 +437,8 @@ class RunResults:
         data = self.to_dict()
         validate_results(data)
         path = write_json_atomic(Path(output_dir) / RESULTS_FILENAME, data)
-        write_report(data, output_dir)
+        if report:
+            write_report(data, output_dir)
         return path
 
 

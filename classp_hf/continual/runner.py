@@ -27,12 +27,13 @@ import classp_hf
 from classp_hf.continual.checkpoint import (
     ResumeError,
     ResumePoint,
+    finish_run_state,
     restore_adapters,
     save_checkpoint,
     start_run_state,
 )
 from classp_hf.continual.config import ConfigError, RunConfig, task_training_options
-from classp_hf.continual.evaluation import evaluate_own_adapters, evaluate_tasks
+from classp_hf.continual.evaluation import TaskScores, evaluate_own_adapters, evaluate_tasks
 from classp_hf.continual.families import (
     align_pad_token_id,
     check_sequence_classification,
@@ -40,7 +41,8 @@ from classp_hf.continual.families import (
     resolve_head_pattern,
     set_pad_token,
 )
-from classp_hf.continual.io import first_line, write_text_atomic
+from classp_hf.continual.initial_cache import initial_scores_key, read_initial_scores, write_initial_scores
+from classp_hf.continual.io import check_writable_folder, first_line, write_text_atomic
 from classp_hf.continual.launch import Backend, accelerator_available, detect_backend
 from classp_hf.continual.model_check import check_model
 from classp_hf.continual.optimizer_state import StateCarryingTrainer, capture_optimizer_state, named_state_bytes
@@ -55,9 +57,10 @@ from classp_hf.continual.ownership import FolderLock, Owner, deactivate
 from classp_hf.continual.predictions import final_stage, record_predictions
 from classp_hf.continual.results import JOINT_STAGE, RunResults, stage_names
 from classp_hf.continual.tasks import TaskData, load_task
+from classp_hf.continual.timing import PhaseTimer
 from classp_hf.methods import TaskContext, build_method
 from classp_hf.metrics.continual import majority_class_accuracy
-from classp_hf.trainer import optimizer_diagnostics
+from classp_hf.trainer import optimizer_diagnostics, optimizer_hyperparameters
 from classp_hf.training_args import TrainingArguments, optimizer_name
 
 __all__ = ["ContinualRunner", "run_continual", "OutputDirError", "ResumeError", "prepare_output_dir"]
@@ -101,6 +104,9 @@ class ContinualRunner:
         overwrite: start afresh in a folder an earlier run wrote into (removes only what a run writes).
         log: prints progress lines (main process only).
         resume: continue the run in ``output_dir`` after its last checkpointed task (same config).
+        cache_dir: a folder shared by runs (``classp-hf compare`` gives ``DIR/cache``): tokenized tasks
+            (:mod:`.data_cache`) and the untrained model's scores (:mod:`.initial_cache`) are read from it when made
+            before with the same inputs, and added to it otherwise. The results are the same with or without it.
     """
 
     config: RunConfig
@@ -108,12 +114,13 @@ class ContinualRunner:
     overwrite: bool = False
     log: bool = True
     resume: bool = False
+    cache_dir: Path | None = None
     tasks: list[TaskData] = field(default_factory=list, init=False)
     stages: list[TaskData] = field(default_factory=list, init=False)
     results: RunResults | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.output_dir = Path(self.output_dir)
+        self.output_dir = check_writable_folder(self.output_dir)
         if self.resume and self.overwrite:
             raise ResumeError("--resume and --overwrite exclude each other: --overwrite starts the run afresh")
         self.backend: Backend = detect_backend(self.config.training, self.config.peft)
@@ -122,6 +129,9 @@ class ContinualRunner:
             self.resume_point = ResumePoint.read(self.output_dir, self.config)  # before anything is loaded
         else:
             prepare_output_dir(self.output_dir, self.overwrite)
+        point = self.resume_point
+        earlier = point.results.timing if point is not None and point.results is not None else None
+        self.timer = PhaseTimer(earlier)
         self.is_main = _is_main_process(self.backend.use_cpu)
         self.stage_names = stage_names([task.name for task in self.config.tasks], self.config.queue_mode)
         self.task_args = [self._training_arguments(index) for index in range(len(self.stage_names))]
@@ -173,12 +183,19 @@ class ContinualRunner:
         if padding:
             self._print(padding)
         self.tasks = []
-        for task in config.tasks:
-            data = load_task(
-                task, config.labels, self.tokenizer, config.max_length, config.seed, config.validation_fraction
-            )
-            self._print(f"[classp-hf] task {task.name}: {len(data.train)} train, {len(data.test)} test examples")
-            self.tasks.append(data)
+        with self.timer.phase("tokenization"):
+            for task in config.tasks:
+                data = load_task(
+                    task,
+                    config.labels,
+                    self.tokenizer,
+                    config.max_length,
+                    config.seed,
+                    config.validation_fraction,
+                    cache_dir=self.cache_dir,
+                )
+                self._print(f"[classp-hf] task {task.name}: {len(data.train)} train, {len(data.test)} test examples")
+                self.tasks.append(data)
         self.stages = self._stage_data()
         self.model_path = model_path
         self.model = self._load_model(model_path)
@@ -243,6 +260,9 @@ class ContinualRunner:
         dtype = getattr(self.config, "model_dtype", None)
         if dtype is not None:
             options["dtype"] = _MODEL_DTYPES[dtype]
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        if not self.log:  # --quiet: no "Loading weights" bar either (an error after it stays one line)
+            transformers.utils.logging.disable_progress_bar()
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
                 source,
@@ -254,6 +274,9 @@ class ContinualRunner:
             )
         except Exception as error:  # a missing, truncated or mismatched weights file raises many types
             raise ConfigError(f"config.model: cannot load the weights of {source!r}: {first_line(error)}") from None
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
         align_pad_token_id(model, self.tokenizer)  # decoders pool the last token that is not padding
         return model
 
@@ -334,20 +357,21 @@ class ContinualRunner:
         data, total = self.stages[index], len(self.stages)
         if self.config.queue_mode == "single_task" and index > 0:
             self._fresh_model()
-        context = self._context(index)
-        trainer = self._trainer(index, context)
+        timer = self.timer
+        with timer.phase("method"):
+            context = self._context(index)
+            trainer = self._trainer(index, context)
         results = self.results
         if not results.initial_accuracy:
-            self._print("[classp-hf] evaluating the untrained model on every task")
-            scores = evaluate_tasks(trainer, self.tasks)
-            validation = evaluate_tasks(trainer, self.tasks, "validation").accuracy if results.validation else None
-            results.set_initial(scores.accuracy, scores.macro_f1, validation, scores.task_label_accuracy)
+            with timer.phase("evaluation"):
+                self._evaluate_initial(trainer)
         args = trainer.args
         self._print(
             f"[classp-hf] task {index + 1}/{total} {data.name}: start "
             f"({len(data.train)} examples, optim {results.optimizer['name']}, lr {args.learning_rate:g})"
         )
-        self.method.before_task(context)
+        with timer.phase("method"):
+            self.method.before_task(context)
         started = time.perf_counter()
         if tracking:
             trainer.add_callback(_TrackUpdates())
@@ -355,20 +379,25 @@ class ContinualRunner:
         before = _files_under(trainer_folders)
         if self.owner is not None:
             self.owner.record(*trainer_folders)  # before the Trainer creates them (a kill may follow)
-        output = trainer.train()
+        with timer.phase("training"):
+            output = trainer.train()
         if self.owner is not None:  # what the Trainer wrote (its folder, TensorBoard's logs) is the run's
             self.owner.record(*(_files_under(trainer_folders) - before))
         seconds = time.perf_counter() - started
         self.optimizer = classp_hf.trainer._unwrap_optimizer(trainer.optimizer)
+        # what the optimizer was built with, read back from it (the config's optim_args are only text)
+        results.optimizer["hyperparameters"] = optimizer_hyperparameters(self.optimizer)
         self.optimizer_state = capture_optimizer_state(trainer)
-        self.method.after_task(context)
-        scores = evaluate_tasks(trainer, self.tasks)
-        validation = evaluate_tasks(trainer, self.tasks, "validation").accuracy if results.validation else None
-        own = None
-        if self.adapters is not None and self.adapters.per_task:
-            own = evaluate_own_adapters(
-                trainer, self.model, self.tasks, index, scores.accuracy, self.adapters.adapter_name
-            )
+        with timer.phase("method"):
+            self.method.after_task(context)
+        with timer.phase("evaluation"):
+            scores = evaluate_tasks(trainer, self.tasks)
+            validation = evaluate_tasks(trainer, self.tasks, "validation").accuracy if results.validation else None
+            own = None
+            if self.adapters is not None and self.adapters.per_task:
+                own = evaluate_own_adapters(
+                    trainer, self.model, self.tasks, index, scores.accuracy, self.adapters.adapter_name
+                )
         record = {
             "name": data.name,
             "train_loss": float(output.training_loss) if np.isfinite(output.training_loss) else None,
@@ -396,11 +425,14 @@ class ContinualRunner:
             own_adapter_accuracy=own,
             task_label_accuracy=scores.task_label_accuracy,
         )
+        self._write_results()
         if self.is_main:
-            results.write(self.output_dir)
-            self._record_predictions(index, scores)
-        self._save_task_outputs(index, trainer)
-        self._save_checkpoint(index, trainer, tracking)
+            with timer.phase("report"):
+                self._record_predictions(index, scores)
+        with timer.phase("checkpoint"):
+            self._save_task_outputs(index, trainer)
+            if self.config.keep_last_checkpoint or index < len(self.stages) - 1:
+                self._save_checkpoint(index, trainer, tracking)
         self._print(
             f"[classp-hf] task {index + 1}/{total} {data.name}: done in {seconds:.1f}s, "
             f"loss {output.training_loss:.4f}, accuracy on it {self._own_accuracy(index, scores.accuracy):.1%}"
@@ -447,15 +479,63 @@ class ContinualRunner:
             return None
         return trainer.accelerator.get_state_dict(trainer.model_wrapped)
 
+    def _write_results(self, report: bool = True) -> None:
+        """results.json (with the timing so far) and, with ``report``, report.md and the plots (main process)."""
+        if not self.is_main:
+            return
+        with self.timer.phase("report"):
+            self.results.timing = self.timer.to_dict()
+            self.results.write(self.output_dir, report=report)
+
+    def _initial_key(self, trainer: Any) -> str | None:
+        """The untrained model's key in the cache (:mod:`.initial_cache`), or `None` without a cache (or with
+        several processes, which must all take the same path)."""
+        if self.cache_dir is None or self.backend.num_processes > 1 or any(t.cache_key is None for t in self.tasks):
+            return None
+        return initial_scores_key(
+            self.model_path,
+            self.config,
+            [task.cache_key for task in self.tasks],
+            trainer.args.per_device_eval_batch_size,
+            self.results.backend,
+            self.results.versions,
+        )
+
+    def _evaluate_initial(self, trainer: Any) -> None:
+        """The untrained model's scores: from the cache when a run with the same key evaluated it, else evaluated
+        (and added to the cache)."""
+        results = self.results
+        key = self._initial_key(trainer)
+        cached = None if key is None else read_initial_scores(self.cache_dir, key)
+        if cached is not None:
+            self._print("[classp-hf] the untrained model's scores: from the cache (the same model, seed and data)")
+            scores = TaskScores(cached["accuracy"], cached["macro_f1"], cached["task_label_accuracy"])
+            validation = cached["validation_accuracy"]
+        else:
+            self._print("[classp-hf] evaluating the untrained model on every task")
+            scores = evaluate_tasks(trainer, self.tasks)
+            validation = evaluate_tasks(trainer, self.tasks, "validation").accuracy if results.validation else None
+            if key is not None and self.is_main:
+                write_initial_scores(
+                    self.cache_dir,
+                    key,
+                    {
+                        "accuracy": scores.accuracy,
+                        "macro_f1": scores.macro_f1,
+                        "validation_accuracy": validation,
+                        "task_label_accuracy": scores.task_label_accuracy,
+                    },
+                )
+        results.set_initial(scores.accuracy, scores.macro_f1, validation, scores.task_label_accuracy)
+
     def _save_checkpoint(self, index: int, trainer: Any, tracking: bool) -> None:
         """Model, optimizer, method state (and update masks) after task ``index``; see :mod:`.checkpoint`."""
         state_dict = self._model_state_dict(trainer)
         if not self.is_main:
             return
 
-        def save_model(folder: Path) -> None:
+        def save_model(folder: Path) -> None:  # what --resume loads; the tokenizer comes from config.model
             self.model.save_pretrained(folder, **({"state_dict": state_dict} if state_dict is not None else {}))
-            self.tokenizer.save_pretrained(folder)
 
         save_checkpoint(
             self.output_dir,
@@ -607,17 +687,22 @@ class ContinualRunner:
             self._print(f"[classp-hf] the run in {self.output_dir} is already complete; nothing to do")
             self.results = point.results
             return self.results
-        if not self.tasks:
-            self.setup()
-        start = self._restore() if self.resume else None
-        if start is None:
-            self._start()
-            start = 0
+        with self.timer.phase("startup"):
+            if not self.tasks:
+                self.setup()
+            start = self._restore() if self.resume else None
+            if start is None:
+                self._start()
+                start = 0
         tracking = self._tracks_updates()
         trainer = None
         for index in range(start, len(self.stages)):
             trainer = self._train_task(index, tracking)
-        self._save_final_model(trainer)  # also when every task was done and only the final model was missing
+        with self.timer.phase("final_model"):
+            self._save_final_model(trainer)  # also when every task was done and only the final model was missing
+            if not self.config.keep_last_checkpoint and self.is_main:
+                finish_run_state(self.output_dir, list(self.stage_names), self.backend.num_processes)
+        self._write_results(report=False)  # the finished run's timing: results.json alone, the report is written
         self._print("\n" + format_matrix_table(self.results.to_dict()))
         return self.results
 
@@ -646,8 +731,21 @@ def _check_optim_group_patterns(args: TrainingArguments, model: torch.nn.Module)
 
     groups = parse_optim_groups(getattr(args, "optim_groups", None))
     names = [name for name, param in model.named_parameters() if param.requires_grad]
+    owner = {  # a parameter goes to the first entry that matches it
+        name: next((index for index, group in enumerate(groups) if re.search(group["params"], name)), None)
+        for name in names
+    }
     for index, group in enumerate(groups):
-        if not any(re.search(group["params"], name) for name in names):
+        matched = [name for name in names if re.search(group["params"], name)]
+        if any(owner[name] == index for name in matched):
+            continue
+        if matched:
+            raise ConfigError(
+                f"config.training.optim_groups[{index}].params: {group['params']!r} matches only parameters that "
+                f"optim_groups[{owner[matched[0]]}] takes first (a parameter goes to the first entry that matches "
+                "it); put it before, or narrow the earlier pattern"
+            )
+        if not matched:
             raise ConfigError(
                 f"config.training.optim_groups[{index}].params: {group['params']!r} matches no trainable parameter "
                 f"(e.g. {', '.join(names[:3])}, ...)"
@@ -678,6 +776,7 @@ def run_continual(
     overwrite: bool = False,
     log: bool = True,
     resume: bool = False,
+    cache_dir: str | os.PathLike | None = None,
 ) -> RunResults:
     """Runs a continual fine-tuning config (see :class:`ContinualRunner`).
 
@@ -687,8 +786,10 @@ def run_continual(
         overwrite: start afresh in a folder an earlier run wrote into.
         log: print progress lines.
         resume: continue the run in ``output_dir`` after its last checkpointed task.
+        cache_dir: a folder of tokenized tasks and untrained-model scores shared by runs (see :class:`ContinualRunner`).
 
     Returns:
         The results (also written to ``output_dir/results.json``).
     """
-    return ContinualRunner(config, Path(output_dir), overwrite=overwrite, log=log, resume=resume).run()
+    cache = None if cache_dir is None else Path(cache_dir)
+    return ContinualRunner(config, Path(output_dir), overwrite=overwrite, log=log, resume=resume, cache_dir=cache).run()

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach
+from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach, _device_dtype_check_for_fused
 
 from classp_hf.optim import _fused
 from classp_hf.optim._rows import (
@@ -102,7 +102,8 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
 
     Args:
         group (`dict`): holds ``lr``, ``threshold``, ``threshold_mode``, ``power``, ``eps``, ``weight_decay``,
-            ``apply_decay``, ``foreach``, ``fused``, ``maximize``, ``stochastic_rounding`` and ``state_dtype``.
+            ``apply_decay``, ``foreach``, ``fused``, ``maximize``, ``stochastic_rounding``, ``state_dtype`` and
+            ``grad_sum_decay``.
 
     Raises:
         ValueError: naming the first invalid hyperparameter.
@@ -130,6 +131,9 @@ def validate_hyperparameters(group: dict[str, Any]) -> None:
     state_dtype = group.get("state_dtype", "float32")
     if state_dtype not in STATE_DTYPES:
         raise ValueError(f"Invalid state_dtype value: {state_dtype!r} (one of {', '.join(STATE_DTYPES)})")
+    decay = _check_number("grad_sum_decay", group.get("grad_sum_decay", 1.0), low=0.0, inclusive=True)
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"Invalid grad_sum_decay value: {decay} (must be in (0, 1])")
 
 
 #: The dtype CLASSP computes in, and keeps a float ``S`` in, for a parameter of a dtype.
@@ -271,6 +275,11 @@ class CLASSP(Optimizer):
             stochastically with the seeded generator of ``seed`` (so that the many increments far below
             its rounding step still add up: rounding to nearest would freeze it); the generator's state
             is saved with the optimizer's. Not with FSDP (DTensor) parameters.
+        grad_sum_decay (`float`, defaults to 1.0): :math:`\gamma_S` in (0, 1]: at each task boundary
+            :meth:`decay_grad_sum` multiplies :math:`S` by it (the continual runner calls it when the
+            carried state is loaded into the next task's optimizer), so that earlier tasks' memory fades and
+            later tasks keep some plasticity. 1 (the default) is the paper's rule: :math:`S` only grows. The
+            step itself never reads it.
 
     State:
         :math:`S`, per parameter, created at the parameter's first step with a gradient (a parameter
@@ -311,6 +320,7 @@ class CLASSP(Optimizer):
         stochastic_rounding: bool = False,
         seed: int = 0,
         state_dtype: str = "float32",
+        grad_sum_decay: float = 1.0,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -325,6 +335,7 @@ class CLASSP(Optimizer):
             maximize=maximize,
             stochastic_rounding=stochastic_rounding,
             state_dtype=state_dtype,
+            grad_sum_decay=grad_sum_decay,
         )
         validate_hyperparameters(defaults)
         self._seed = _check_seed(seed)
@@ -338,9 +349,18 @@ class CLASSP(Optimizer):
         """Adds a param group after checking its hyperparameters (see :class:`CLASSP`)."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        validate_hyperparameters(group)
-        if any(p.is_sparse for p in group["params"]):
-            raise RuntimeError("CLASSP does not support sparse parameters")
+        try:
+            validate_hyperparameters(group)
+            if any(p.is_sparse for p in group["params"]):
+                raise RuntimeError("CLASSP does not support sparse parameters")
+            if any(torch.is_complex(p) for p in group["params"]):
+                raise RuntimeError(
+                    "CLASSP does not support complex parameters; optimize torch.view_as_real(p) (a real parameter "
+                    "holding the real and imaginary parts) instead"
+                )
+        except (ValueError, RuntimeError):
+            self.param_groups.pop()  # a refused group leaves the optimizer as it was
+            raise
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -366,6 +386,7 @@ class CLASSP(Optimizer):
             group.setdefault("weight_decay", 0.0)
             group.setdefault("stochastic_rounding", self.defaults.get("stochastic_rounding", False))
             group.setdefault("state_dtype", "float32")
+            group.setdefault("grad_sum_decay", 1.0)
 
     def _grad_sum(self, p: Tensor, state_dtype: str = "float32") -> Tensor | EncodedSum:
         """``S`` of ``p`` for a step: the local float tensor, or an :class:`EncodedSum` (bfloat16 or 8-bit).
@@ -403,14 +424,17 @@ class CLASSP(Optimizer):
 
     def _convert_state(self, p: Tensor, stored: str, state_dtype: str) -> None:
         """Re-stores ``p``'s ``S`` in ``state_dtype`` (rounding stochastically into a low-precision format)."""
+        self._store_sum(p, state_dtype, self.grad_sum(p).to(device=p.device, dtype=_compute_dtype(p.dtype)))
+
+    def _store_sum(self, p: Tensor, state_dtype: str, values: Tensor) -> None:
+        """Replaces ``p``'s ``S`` with ``values`` (a float tensor) stored in ``state_dtype``."""
         state = self.state[p]
-        values = self.grad_sum(p).to(device=p.device, dtype=_compute_dtype(p.dtype))
         for key in (STATE_KEY, CODES_KEY, SCALES_KEY):
             state.pop(key, None)
         if state_dtype == "float32":
             state[STATE_KEY] = values
         else:
-            state.update(EncodedSum.encode(state_dtype, values, self._generator(p.device)))
+            state.update(EncodedSum.encode(state_dtype, values, self._generator(values.device)))
 
     def grad_sum(self, param: Tensor) -> Tensor | None:
         """The accumulated :math:`S` of a parameter as a float tensor, or `None` before its first gradient.
@@ -428,6 +452,32 @@ class CLASSP(Optimizer):
         if stored == "float32":
             return state[STATE_KEY]
         return EncodedSum(state, stored, local_tensor(param).shape, _compute_dtype(param.dtype)).decode()
+
+    @torch.no_grad()
+    def decay_grad_sum(self) -> None:
+        """Multiplies every parameter's :math:`S` by its group's ``grad_sum_decay`` (a task boundary).
+
+        Call it once per task boundary: after a task has trained and before the next one trains (the
+        continual runner calls it right after loading the carried state into the next task's optimizer,
+        so a checkpoint holds :math:`S` as the task left it and ``--resume`` decays it exactly once). A
+        group with ``grad_sum_decay=1`` is left untouched, bit for bit. A float :math:`S` is scaled in
+        place (``S * gamma`` in its dtype; a DTensor on its local shards); a bfloat16 or 8-bit :math:`S`
+        is decoded, scaled and encoded again (stochastic rounding, as after a step).
+        """
+        for group in self.param_groups:
+            gamma = float(group.get("grad_sum_decay", 1.0))
+            if gamma == 1.0:
+                continue
+            for p in group["params"]:
+                state = self.state.get(p, {})
+                stored = stored_format(state)
+                if stored is None:
+                    continue
+                if stored == "float32":
+                    state[STATE_KEY].mul_(gamma)
+                    continue
+                values = self.grad_sum(p).to(device=local_tensor(p).device, dtype=_compute_dtype(p.dtype))
+                self._store_sum(p, stored, values.mul_(gamma))
 
     def state_bytes(self) -> int:
         """Bytes held by the optimizer's state tensors (:math:`S` in its stored format; this rank's shards of
@@ -536,6 +586,8 @@ class CLASSP(Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("CLASSP does not support sparse gradients; use a dense embedding")
+                if group["fused"]:  # as torch's fused optimizers: a meta (or other unsupported) device is refused
+                    _device_dtype_check_for_fused(p)
                 params.append(local_tensor(p))
                 grads.append(local_tensor(p.grad))
                 grad_sums.append(self._grad_sum(p, group["state_dtype"]))
@@ -1243,7 +1295,6 @@ def _fused_classp(
         weight_decay=weight_decay,
         maximize=maximize,
     )
-    update = _fused.compiled_update()
     device = params[0].device
     counts = []
     for (param_device, _), indices in _by_device_and_dtype(params).items():
@@ -1254,7 +1305,37 @@ def _fused_classp(
             param, grad, grad_sum, plan = params[index], grads[index], grad_sums[index], plans[index]
             mask = None if update_masks is None else update_masks[index]
             given = None if cutoffs is None else cutoffs[index]
-            if not _fusable(param, grad, grad_sum, mask):
+            result = None
+            if _fusable(param, grad, grad_sum, mask):
+                if param.numel() == 0:  # nothing to update; a gathered tensor still draws its whole tensor's noise
+                    if rounder is not None:
+                        rounder(param, param.to(dtype), generators[param_device], plan)
+                    continue
+                structure = (
+                    param_device.type,
+                    param.dtype,
+                    grad.dtype,
+                    dtype,
+                    mask is None,
+                    _fused.power_kind(power),
+                    apply_decay,
+                    maximize,
+                    rounder is None,
+                )
+                result = _fused.run_fused_update(
+                    structure,
+                    _flat_alias(param.detach()),
+                    _flat_alias(grad.detach()),
+                    _flat_alias(grad_sum),
+                    None if mask is None else _flat_alias(mask),
+                    *scalars,
+                    _fused_cutoff(grad, threshold, threshold_mode, given, dtype),
+                    kind=_fused.power_kind(power),
+                    apply_decay=apply_decay,
+                    maximize=maximize,
+                    write_weight=rounder is None,
+                )
+            if result is None:  # not contiguous, or past the recompile limit: the single-tensor path
                 counts.append(
                     _single_tensor_classp(
                         [param],
@@ -1268,22 +1349,7 @@ def _fused_classp(
                     ).to(device)
                 )
                 continue
-            if param.numel() == 0:  # nothing to update; a gathered tensor still draws its whole tensor's noise
-                if rounder is not None:
-                    rounder(param, param.to(dtype), generators[param_device], plan)
-                continue
-            count, weight = update(
-                _flat_alias(param.detach()),
-                _flat_alias(grad.detach()),
-                _flat_alias(grad_sum),
-                None if mask is None else _flat_alias(mask),
-                *scalars,
-                _fused_cutoff(grad, threshold, threshold_mode, given, dtype),
-                kind=_fused.power_kind(power),
-                apply_decay=apply_decay,
-                maximize=maximize,
-                write_weight=rounder is None,
-            )
+            count, weight = result
             if weight is not None:
                 rounder(param, weight.view_as(param), generators[param_device], plan)
             counts.append(count.to(device))

@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
@@ -63,7 +64,7 @@ from classp_hf.continual.compare.results import (
     summarize,
 )
 from classp_hf.continual.config import ConfigError, RunConfig, stored_config_differences
-from classp_hf.continual.io import write_json_atomic, write_text_atomic
+from classp_hf.continual.io import check_writable_folder, write_json_atomic, write_text_atomic
 from classp_hf.continual.outputs import OutputDirError, is_complete_model
 from classp_hf.continual.ownership import (
     FolderLock,
@@ -94,9 +95,20 @@ __all__ = [
 
 PLAN_FILENAME = "compare_plan.json"
 COMPARISON_FILENAME = "comparison.json"
+#: The cache its runs share (tokenized tasks, the untrained model's scores; see ``classp-hf run --cache-dir``).
+CACHE_FOLDER = "cache"
 #: The names ``compare`` writes at the top of its folder (besides its marker); ``--overwrite`` removes what its
-#: marker's manifest lists under them, nothing else.
-COMPARE_OUTPUTS = (PLAN_FILENAME, COMPARISON_FILENAME, "comparison.md", "figures", "runs", "configs", "logs")
+#: marker's manifest lists under them (and the shared cache whole), nothing else.
+COMPARE_OUTPUTS = (
+    PLAN_FILENAME,
+    COMPARISON_FILENAME,
+    "comparison.md",
+    "figures",
+    "runs",
+    "configs",
+    "logs",
+    CACHE_FOLDER,
+)
 _PREFIX = "[compare]"
 
 
@@ -142,6 +154,9 @@ def clear_outputs(output_dir: Path) -> list[str]:
     owner = _earlier_owner(output_dir)
     if owner is None:
         return []
+    cache = output_dir / CACHE_FOLDER
+    if owner.owns(cache) and cache.is_dir() and not cache.is_symlink():
+        shutil.rmtree(cache)  # only caches live there (tokenized tasks, scores), written by the runs
     return owner.remove(output_dir / PLAN_FILENAME) + owner.clear()
 
 
@@ -212,6 +227,8 @@ def _run_state(run_dir: Path) -> _RunState:
             return "finished"
     if state.checkpoint is not None and not state.checkpoint.is_dir():
         return "broken"  # nothing to resume from
+    if state.checkpoint is None and state.completed_tasks > 0:
+        return "broken"  # recorded finished without a checkpoint (keep_last_checkpoint: false), but incomplete
     return "unfinished"
 
 
@@ -329,7 +346,17 @@ class _Execution:
             return None
         config = self.grid.run_config(setting, point, seed)
         mode = {"absent": "start", "unfinished": "resume", "broken": "overwrite"}[state]
-        return RunJob(setting.name, point, seed, config, paths.run_dir, paths.config_path, paths.log_path, mode)
+        return RunJob(
+            setting.name,
+            point,
+            seed,
+            config,
+            paths.run_dir,
+            paths.config_path,
+            paths.log_path,
+            mode,
+            cache_dir=self.output_dir / CACHE_FOLDER,
+        )
 
     # -- after a run
     def _finish(self, setting: Setting, point: GridPoint, seed: int, attempt: Attempt | None) -> RunRecord:
@@ -699,7 +726,7 @@ def compare(
     grid = _resolve_grid(grid, config, presets, seeds, overrides, profile)
     reference = _check_reference(grid, reference)
     runner, launcher_name, threads = _make_launcher(launcher, jobs)
-    output_dir = Path(output_dir)
+    output_dir = check_writable_folder(output_dir)
     check_output_dir(output_dir)  # before the lock creates the folder: a file in the way is named as such
     lock = FolderLock(output_dir).acquire()  # a second comparison on the folder is refused here, at once
     owner = None
@@ -734,6 +761,7 @@ def _compare(
 
     if not report_only:  # marks the folder as a comparison before any run starts
         write_json_atomic(output_dir / PLAN_FILENAME, _plan(grid))
+        record_written(output_dir / CACHE_FOLDER)  # the runs fill it from their processes: it is cleared whole
     expected = sum(len(s.points) + len(grid.seeds) - 1 if len(s.points) > 1 else len(grid.seeds) for s in grid.settings)
     progress = _Progress(expected, log)
     schedule = {"launcher": launcher_name, "jobs": jobs, "threads_per_job": threads}

@@ -38,6 +38,7 @@ class RunJob:
         config_path: where its resolved config is written (what a subprocess reads).
         log_path: its output.
         mode: ``start`` (new folder), ``resume`` (a killed run) or ``overwrite`` (a folder without a run state).
+        cache_dir: the comparison's cache folder shared by its runs (``classp-hf run --cache-dir``), or `None`.
     """
 
     setting: str
@@ -48,6 +49,7 @@ class RunJob:
     config_path: Path
     log_path: Path
     mode: Literal["start", "resume", "overwrite"]
+    cache_dir: Path | None = None
 
     @property
     def title(self) -> str:
@@ -114,6 +116,7 @@ class InProcessLauncher:
                         overwrite=job.mode == "overwrite",
                         resume=job.mode == "resume",
                         log=True,
+                        cache_dir=job.cache_dir,
                     )
             except Exception as caught:  # any failure of one run is recorded, the comparison goes on
                 error = error_line(caught)
@@ -165,6 +168,8 @@ class SubprocessLauncher:
     def command(self, job: RunJob) -> list[str]:
         """The command line of ``job``."""
         command = [sys.executable, "-m", "classp_hf.cli", "run", str(job.config_path), "--output-dir", str(job.run_dir)]
+        if job.cache_dir is not None:
+            command += ["--cache-dir", str(job.cache_dir)]
         if job.mode == "resume":
             command.append("--resume")
         elif job.mode == "overwrite":

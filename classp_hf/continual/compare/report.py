@@ -360,6 +360,7 @@ def _cost_section(data: dict[str, Any]) -> list[str]:
         "method state (MiB)",
         "wall / run (s)",
         "CPU / run (s)",
+        "training %",
     ]
     rows = []
     for setting in _ordered(data):
@@ -375,6 +376,7 @@ def _cost_section(data: dict[str, Any]) -> list[str]:
                 _pm(s["method_state_bytes"], 1 / _MIB, 2),
                 _pm(s["wall_seconds"], 1.0, 0),
                 _pm(s["cpu_seconds"], 1.0, 0),
+                _pm(s.get("training_share"), 100.0, 0),
             ]
         )
     return [
@@ -382,7 +384,9 @@ def _cost_section(data: dict[str, Any]) -> list[str]:
         "",
         "Trainable parameters: on the last task; total: the model after the last task (per-task adapters add "
         "theirs). Extra memory: what the optimizer and the continual method keep after the last task (optimizer "
-        "state + method state), beyond the model. Wall and CPU time per run (user + system, the run's process).",
+        "state + method state), beyond the model. Wall and CPU time per run (user + system, the run's process); "
+        "training %: the share of a run's wall time spent in `Trainer.train` (the rest: start-up, tokenization, "
+        "evaluation, checkpoints, report; `python benchmarks/run_breakdown.py CONFIG` prints one run's breakdown).",
         "",
         markdown_table(header, rows),
         "",
