@@ -577,3 +577,14 @@ def test_config_imports_none_of_the_modules_that_use_it():
     from classp_hf.continual import adapters
 
     assert adapters.parse_peft_section is config_module.parse_peft_section
+
+
+def test_a_union_is_described_in_one_order_whatever_typing_cached_first():
+    """typing caches Union[list[str], str] and Union[str, list[str]] as one object: the message must not follow it."""
+    from typing import Optional, Union
+
+    from classp_hf.continual.config import _describe
+
+    first = _describe(Optional[Union[list[str], str]])  # noqa: UP007, UP045 (the spellings typing caches)
+    second = _describe(Union[str, list[str], None])  # noqa: UP007
+    assert first == second == "a string, a list of strings or null"

@@ -599,8 +599,20 @@ def _describe_one(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+_DESCRIPTION_ORDER = ("a string", "an integer", "a finite number", "true or false", "a list", "a mapping")
+
+
+def _description_rank(part: str) -> int:
+    """Where a union arm's description goes: scalars, lists, mappings, others, null last (typing caches a
+    union under its first spelling, so the arms' own order depends on what was imported first)."""
+    if part == "null":
+        return len(_DESCRIPTION_ORDER) + 1
+    ranks = [rank for rank, prefix in enumerate(_DESCRIPTION_ORDER) if part.startswith(prefix)]
+    return ranks[0] if ranks else len(_DESCRIPTION_ORDER)
+
+
 def _describe(annotation: Any) -> str:
-    parts = list(dict.fromkeys(_describe_one(arm) for arm in _union_arms(annotation)))
+    parts = sorted(dict.fromkeys(_describe_one(arm) for arm in _union_arms(annotation)), key=_description_rank)
     return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} or {parts[-1]}"
 
 
