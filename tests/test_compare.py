@@ -29,6 +29,7 @@ from classp_hf.continual.compare.execute import (
 from classp_hf.continual.compare.grid import GridPoint, grid_from_presets, load_grid, load_presets, merge_overrides
 from classp_hf.continual.compare.report import FIGURES, load_comparison_schema, render_markdown
 from classp_hf.continual.config import ConfigError
+from classp_hf.continual.ownership import Owner
 
 from .test_runner import raw_config, tiny_model_dir  # noqa: F401  (tiny_model_dir is a fixture)
 
@@ -110,10 +111,14 @@ class FakeLauncher:
         if isinstance(result, str):
             return Attempt(False, result, 0.5, 0.25)
         run = job.run_dir
-        (run / "model").mkdir(parents=True)
+        run.mkdir(parents=True, exist_ok=True)
+        owner = Owner.read(run) or Owner.create(run, "run")  # as a run does: its marker, then what it writes
+        written = ["model/config.json", "model/model.safetensors", "checkpoints/last", "config.yaml"]
+        owner.record(*(run / name for name in [*written, "run_state.json", "results.json"]))
+        (run / "model").mkdir(exist_ok=True)
         (run / "model" / "config.json").write_text("{}")
         (run / "model" / "model.safetensors").write_text("")
-        (run / "checkpoints" / "last").mkdir(parents=True)
+        (run / "checkpoints" / "last").mkdir(parents=True, exist_ok=True)
         (run / "config.yaml").write_text(yaml.safe_dump(job.config.to_dict(), sort_keys=False))
         names = [task.name for task in job.config.tasks]
         state = {"completed_tasks": len(names), "tasks": names, "checkpoint": "checkpoints/last", "num_processes": 1}

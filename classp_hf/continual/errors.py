@@ -14,7 +14,7 @@ class ConfigError(ValueError):
 
 
 class OutputDirError(ValueError):
-    """The output directory is not usable (non-empty without ``--overwrite``, a file in the way)."""
+    """The output directory is not usable (non-empty without ``--overwrite``, not a run's, a file in the way)."""
 
 
 class ResumeError(ValueError):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from classp_hf.continual.errors import OutputWriteError
+from classp_hf.continual.ownership import record_written
 
 __all__ = [
     "OutputWriteError",
@@ -106,6 +107,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    record_written(path)  # into the folder's manifest before the file exists (see .ownership)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)

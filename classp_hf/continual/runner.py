@@ -47,7 +47,14 @@ from classp_hf.continual.io import check_writable_folder, first_line, write_text
 from classp_hf.continual.launch import Backend, accelerator_available, detect_backend
 from classp_hf.continual.model_check import check_model
 from classp_hf.continual.optimizer_state import StateCarryingTrainer, capture_optimizer_state, named_state_bytes
-from classp_hf.continual.outputs import OutputDirError, clear_run_outputs, prepare_output_dir, save_model_atomic
+from classp_hf.continual.outputs import (
+    OutputDirError,
+    adopt_run_folder,
+    prepare_output_dir,
+    save_model_atomic,
+    start_run_folder,
+)
+from classp_hf.continual.ownership import FolderLock, Owner, deactivate
 from classp_hf.continual.predictions import final_stage, record_predictions
 from classp_hf.continual.report import format_matrix_table, write_report
 from classp_hf.continual.results import JOINT_STAGE, RunResults, stage_names
@@ -137,6 +144,8 @@ class ContinualRunner:
         self.optimizer_state: dict[str, Any] | None = None
         self.optimizer: torch.optim.Optimizer | None = None  # the last task's (unwrapped) optimizer
         self.ever_updated: dict[str, torch.Tensor] = {}
+        self.lock = FolderLock(self.output_dir)
+        self.owner: Owner | None = None
 
     def _print(self, message: str, detail: bool = False) -> None:
         """A progress line (main process only); a ``detail`` line only with ``verbose``."""
@@ -378,8 +387,14 @@ class ContinualRunner:
         started = time.perf_counter()
         if tracking:
             trainer.add_callback(_TrackUpdates())
+        trainer_folders = [self.output_dir / "trainer" / self.stage_names[index], self.output_dir / "logs" / data.name]
+        before = _files_under(trainer_folders)
+        if self.owner is not None:
+            self.owner.record(*trainer_folders)  # before the Trainer creates them (a kill may follow)
         with timer.phase("training"):
             output = trainer.train()
+        if self.owner is not None:  # what the Trainer wrote (its folder, TensorBoard's logs) is the run's
+            self.owner.record(*(_files_under(trainer_folders) - before))
         seconds = time.perf_counter() - started
         self.optimizer = unwrap_optimizer(trainer.optimizer)
         # what the optimizer was built with, read back from it (the config's optim_args are only text)
@@ -584,9 +599,8 @@ class ContinualRunner:
             queue_mode=config.queue_mode,
         )
         if self.is_main:
-            if self.overwrite:
-                clear_run_outputs(self.output_dir)
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+            # the marker first (after --overwrite removed what the earlier run wrote); --resume keeps the run's
+            self.owner = adopt_run_folder(self.output_dir) if self.resume else start_run_folder(self.output_dir)
             write_text_atomic(self.output_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
             start_run_state(self.output_dir, list(self.stage_names), self.backend.num_processes)
 
@@ -601,6 +615,7 @@ class ContinualRunner:
         names = list(self.stage_names)
         if done == 0:  # killed during the first task: start it again
             if self.is_main:
+                self.owner = adopt_run_folder(self.output_dir)
                 point.clean_up()
             self._print(f"[classp-hf] resuming: no task was finished in {self.output_dir}; starting the first again")
             self._start()
@@ -620,6 +635,7 @@ class ContinualRunner:
                 self.adapters.start_task(self.model, data.name)
             restore_adapters(self.model, checkpoint, self.adapters.names)
         if self.is_main:  # everything loaded: now remove what the kill left half-written
+            self.owner = adopt_run_folder(self.output_dir)
             point.clean_up()
         self.optimizer_state = point.files["optimizer"]
         self.method.load_state_dict(point.files["method"])
@@ -630,9 +646,53 @@ class ContinualRunner:
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> RunResults:
-        """Trains on every task in order and returns the results (also in results.json)."""
-        with library_output(self.verbose):
-            return self._run()
+        """Trains on every task in order and returns the results (also in results.json).
+
+        The main process holds the output folder's lock (:class:`~classp_hf.continual.ownership.FolderLock`) from
+        here to the end, so a second writer on the folder is refused at once.
+
+        Raises:
+            FolderBusyError: another live process writes into the folder (naming its pid).
+        """
+        self._claim_folder()
+        try:
+            with library_output(self.verbose):
+                return self._run()
+        finally:
+            deactivate(self.owner)
+            self.owner = None
+            self.lock.release()
+
+    def _claim_folder(self) -> None:
+        """Locks the output folder (main process) and checks again what was checked without the lock: every process
+        gets the main process's verdict, so none goes on alone."""
+        caught: ValueError | None = None
+        if self.is_main:
+            try:
+                self.lock.acquire()
+                self._check_again()
+            except ValueError as error:
+                self.lock.release()
+                caught = error
+        message = _broadcast_from_main(None if caught is None else str(caught), self.backend.num_processes)
+        if caught is not None:
+            raise caught
+        if message is not None:
+            raise (ResumeError if self.resume else OutputDirError)(message)
+
+    def _check_again(self) -> None:
+        """The folder as it is now, under the lock, must be what the runner was made for."""
+        if not self.resume:
+            prepare_output_dir(self.output_dir, self.overwrite)
+            return
+        from classp_hf.continual.checkpoint import read_run_state
+
+        now = read_run_state(self.output_dir)
+        if now != self.resume_point.run_state:
+            raise ResumeError(
+                f"--resume: {self.output_dir / 'run_state.json'} changed since it was read (another process wrote "
+                "it); run the command again"
+            )
 
     def _run(self) -> RunResults:
         point = self.resume_point
@@ -658,6 +718,22 @@ class ContinualRunner:
         self._write_results(report=False)  # the finished run's timing: results.json alone, the report is written
         self._print("\n" + format_matrix_table(self.results.to_dict()))
         return self.results
+
+
+def _files_under(folders: list[Path]) -> set[Path]:
+    """The folders that exist and everything in them."""
+    return {path for folder in folders if folder.is_dir() for path in (folder, *folder.rglob("*"))}
+
+
+def _broadcast_from_main(message: str | None, num_processes: int) -> str | None:
+    """The main process's ``message`` on every process (only the main process locks and checks the folder)."""
+    import torch.distributed as dist
+
+    if num_processes <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return message
+    box = [message]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _check_optim_group_patterns(args: TrainingArguments, model: torch.nn.Module) -> None:
