@@ -331,7 +331,8 @@ def test_compare_positional_without_equals_is_a_malformed_override(tmp_path, bas
     args = ["compare", "--config", str(base_config), "--presets", "classp", "--seeds", "0", "training.learning_rate"]
     assert cli_main([*args, "--output-dir", str(out)]) == 2
     assert one_error(capsys) == (
-        "override 'training.learning_rate': expected key=value (e.g. training.learning_rate=1e-3) or ~key to clear a key"
+        "override 'training.learning_rate': expected key=value (e.g. training.learning_rate=1e-3)"
+        " or ~key to clear a key"
     )
     assert not out.exists()
 
