@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from classp_hf.optim import CLASSP
-from classp_hf.optim.classp import _default_to_fused_or_foreach
+from classp_hf.optim._functional import _default_to_fused_or_foreach
 
 CASES = [
     dict(threshold=0.0, threshold_mode="absolute", power=1.0),

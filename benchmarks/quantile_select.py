@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    classp_module = importlib.import_module("classp_hf.optim.classp")  # the package exports a function `classp`
+    classp_module = importlib.import_module("classp_hf.optim._functional")  # the functional update
     recorded = real_gradients.record_gradients(
         real_gradients.load_model(args.set), real_gradients.text_batch(), name=args.set, repeats=1
     )

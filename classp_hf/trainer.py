@@ -14,11 +14,25 @@ from classp_hf.methods.base import ContinualMethod, label_column, output_logits
 from classp_hf.optim.factory import apply_optim_groups, get_optimizer_info
 from classp_hf.training_args import is_transformers_optimizer, optimizer_name, validate_optim_args
 
-__all__ = ["Trainer", "optimizer_diagnostics", "set_learning_rate", "masked_label_loss"]
+__all__ = [
+    "Trainer",
+    "optimizer_diagnostics",
+    "optimizer_hyperparameters",
+    "set_learning_rate",
+    "masked_label_loss",
+    "unwrap_optimizer",
+]
 
 
-def _unwrap_optimizer(optimizer: Any) -> Any:
-    """Returns the torch optimizer inside accelerate's ``AcceleratedOptimizer`` (or itself)."""
+def unwrap_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside accelerate's ``AcceleratedOptimizer`` (the one way classp_hf reaches it).
+
+    Args:
+        optimizer: ``trainer.optimizer`` (wrapped once the Trainer prepared it) or a plain optimizer.
+
+    Returns:
+        The innermost optimizer: the first with ``diagnostics()`` (CLASSP), or the one that wraps nothing.
+    """
     while hasattr(optimizer, "optimizer") and not hasattr(optimizer, "diagnostics"):
         optimizer = optimizer.optimizer
     return optimizer
@@ -35,7 +49,7 @@ def optimizer_diagnostics(optimizer: Any) -> dict[str, float]:
         ``grad_sum_mean``, ``grad_sum_max`` and ``grad_sum_nonzero_fraction``, weighted by the
         number of elements of each param group.
     """
-    optimizer = _unwrap_optimizer(optimizer)
+    optimizer = unwrap_optimizer(optimizer)
     if not hasattr(optimizer, "diagnostics"):
         return {}
     groups = optimizer.diagnostics()
@@ -50,13 +64,55 @@ def optimizer_diagnostics(optimizer: Any) -> dict[str, float]:
     return summary
 
 
+def _plain(value: Any) -> Any:
+    """A JSON-able copy of an optimizer option (tuples as lists, 0-dim tensors as numbers, dtypes as text)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_plain(item) for item in value]
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    return repr(value)
+
+
+# Per-group values a schedule or the runner changes as it trains (not the optimizer's settings).
+_SCHEDULED_KEYS = frozenset({"params", "lr", "initial_lr"})
+
+
+def optimizer_hyperparameters(optimizer: Any) -> dict[str, Any]:
+    """The hyperparameters an optimizer was built with, read back from it (not from the config's text).
+
+    Args:
+        optimizer: a torch optimizer, possibly wrapped by accelerate.
+
+    Returns:
+        ``class`` (its class name), ``defaults`` (its ``defaults``, JSON-able) and ``groups``: for each param
+        group the options that differ from ``defaults`` (the no-decay group's ``weight_decay``, an
+        ``optim_groups`` entry's options), learning rates left out (the schedule moves them).
+    """
+    optimizer = unwrap_optimizer(optimizer)
+    defaults = {key: _plain(value) for key, value in optimizer.defaults.items() if key not in ("params",)}
+    groups = []
+    for group in optimizer.param_groups:
+        groups.append(
+            {
+                key: _plain(value)
+                for key, value in group.items()
+                if key not in _SCHEDULED_KEYS and (key not in defaults or _plain(value) != defaults[key])
+            }
+        )
+    return {"class": type(optimizer).__name__, "defaults": defaults, "groups": groups}
+
+
 def set_learning_rate(optimizer: Any, learning_rate: float) -> None:
     """Sets every param group's ``lr`` and ``initial_lr`` (what a new schedule starts from).
 
     A group's ``lr_scale`` (from ``optim_groups``) is kept: its learning rate is
     ``learning_rate * lr_scale``.
     """
-    for group in _unwrap_optimizer(optimizer).param_groups:
+    for group in unwrap_optimizer(optimizer).param_groups:
         group["lr"] = group["initial_lr"] = learning_rate * group.get("lr_scale", 1.0)
 
 
@@ -180,7 +236,7 @@ class Trainer(transformers.Trainer):
         if building and optim_groups:
             opt_model = self.model if model is None else model
             decay_names = self.get_decay_parameter_names(opt_model)
-            apply_optim_groups(_unwrap_optimizer(optimizer), opt_model.named_parameters(), optim_groups, decay_names)
+            apply_optim_groups(unwrap_optimizer(optimizer), opt_model.named_parameters(), optim_groups, decay_names)
         return optimizer
 
     def _set_signature_columns_if_needed(self) -> None:

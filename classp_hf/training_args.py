@@ -25,6 +25,7 @@ __all__ = [
     "is_transformers_optimizer",
     "validate_optim_args",
     "validate_optim_groups",
+    "check_transformers_optim_args",
 ]
 
 #: transformers' own default learning rate; under CLASSP with power 1 it barely moves a model.
@@ -86,6 +87,82 @@ def validate_optim_args(name: str, optim_args: str | None) -> dict[str, Any]:
     if is_transformers_optimizer(name):
         return {}
     return parse_optim_args(name, optim_args)
+
+
+#: Probe values for a key of ``optim_args``: a key transformers' handler reads changes the optimizer's
+#: keyword arguments (or fails to parse) for at least one of them.
+_PROBE_VALUES = ("0.5", "1", "true")
+
+
+def _transformers_kwargs(args: transformers.TrainingArguments, optim_args: str | None) -> Any:
+    """transformers' (class, kwargs) for ``args`` with ``optim_args`` replaced; the error if it raises."""
+    import copy
+
+    probe = copy.copy(args)
+    probe.optim_args = optim_args
+    try:
+        return transformers.Trainer.get_optimizer_cls_and_kwargs(probe)
+    except Exception as error:  # a handler that reads the key and cannot parse the probe value
+        return error
+
+
+def check_transformers_optim_args(args: transformers.TrainingArguments) -> dict[str, Any] | None:
+    """Refuses ``optim_args`` that transformers' own optimizer ``args.optim`` would ignore; checks the values.
+
+    transformers reads ``optim_args`` for a few of its names only (``sgd``, ``adagrad``, ``rmsprop``,
+    GaLore, ...) and silently drops them for the others (``adamw_torch``: its options are ``adam_epsilon``,
+    ``adam_beta1``, ``adam_beta2`` and ``weight_decay``). A key counts as read when setting it alone changes
+    the keyword arguments transformers builds the optimizer with. The optimizer is then built on one dummy
+    parameter, so its own checks (``eps=-1``) run now.
+
+    Args:
+        args: arguments whose ``optim`` is a transformers name.
+
+    Returns:
+        The keyword arguments transformers builds the optimizer with, or `None` where it cannot be built
+        here (an optional package, a GPU or the model is needed: the Trainer checks it then).
+
+    Raises:
+        ValueError: naming the ignored key, or the optimizer's own message for a bad value.
+    """
+    import torch
+
+    name = optimizer_name(args.optim)
+    base = _transformers_kwargs(args, None)
+    if isinstance(base, Exception):
+        return None
+    keys = [entry.split("=")[0].strip() for entry in (args.optim_args or "").split(",") if entry.strip()]
+    ignored = [
+        key
+        for key in keys
+        if all(
+            not isinstance(probe := _transformers_kwargs(args, f"{key}={value}"), Exception) and probe[1] == base[1]
+            for value in _PROBE_VALUES
+        )
+    ]
+    if ignored:
+        hint = (
+            "; set training.adam_epsilon, adam_beta1, adam_beta2 or weight_decay instead, or optim: adamw "
+            "(classp_hf's AdamW takes optim_args)"
+            if "adam" in name
+            else "; use a classp_hf registry optimizer to pass options"
+        )
+        raise ValueError(f"transformers ignores optim_args key {ignored[0]!r} for optimizer {name!r}{hint}")
+    built = _transformers_kwargs(args, args.optim_args)
+    if isinstance(built, Exception):
+        raise ValueError(f"optim_args {args.optim_args!r} for {name!r}: {_first_line(built)}")
+    optimizer_class, kwargs = built
+    if args.optim_args and isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer):
+        try:
+            optimizer_class([torch.nn.Parameter(torch.zeros(1))], **kwargs)
+        except (ValueError, TypeError) as error:
+            raise ValueError(_first_line(error)) from None  # torch's own message: "Invalid momentum value: -1.0"
+    return dict(kwargs)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _transformers_option_types(name: str, args: transformers.TrainingArguments | None) -> dict[str, Any] | None:
@@ -205,6 +282,8 @@ class TrainingArguments(transformers.TrainingArguments):
                 self.optim = name
             get_optimizer_info(name)
         validate_optim_args(name, self.optim_args)
+        if self.optim_args and is_transformers_optimizer(name):
+            check_transformers_optim_args(self)
         self.optim_groups = validate_optim_groups(name, self.optim_groups, self) or None
         if self.mask_absent_labels and self.label_smoothing_factor > 0:
             raise ValueError(

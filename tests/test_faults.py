@@ -65,7 +65,7 @@ def test_overwrite_removes_only_what_a_run_writes_and_never_resumes_the_old_run(
     with pytest.raises(Killed):  # the new run dies before finishing any task
         KilledInFirstTask(config_from_dict(other), output, log=False, overwrite=True).run()
     names = sorted(p.name for p in output.iterdir())
-    assert names == ["config.yaml", "data", "notes.txt", "run_state.json"]
+    assert names == ["classp-hf-owner.json", "config.yaml", "data", "notes.txt", "run_state.json"]
     assert (output / "notes.txt").read_text() == "mine" and (output / "data" / "x.csv").is_file()
     # --resume continues the new run (seed 3), not the old complete one
     assert cli_main(["run", str(write_config(tmp_path, raw)), "--output-dir", str(output), "--resume"]) == 2
@@ -89,6 +89,8 @@ def test_a_kill_during_the_final_model_save_is_completed_on_resume(tmp_path, ref
     (half / "config.json").write_text("{")
     (output / ".results.json.xyz.tmp").write_text("{")
     (output / "checkpoints" / "task-00-financial_phrasebank").mkdir()  # a half-deleted older checkpoint
+    (output / "checkpoints" / "mine").mkdir()  # a user's folder: not the run's to clean up
+    (output / "checkpoints" / "mine" / "c.txt").write_text("keep")
     assert cli_main(["run", str(write_config(tmp_path, raw)), "--output-dir", str(output), "--resume"]) == 0
     assert "already complete" not in capsys.readouterr().out
     from transformers import AutoModelForSequenceClassification
@@ -97,7 +99,8 @@ def test_a_kill_during_the_final_model_save_is_completed_on_resume(tmp_path, ref
     for name, tensor in expected.items():
         torch.testing.assert_close(saved[name], tensor, rtol=0, atol=0)
     assert not half.exists() and not (output / ".results.json.xyz.tmp").exists()
-    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["task-01-amazon_reviews"]
+    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["mine", "task-01-amazon_reviews"]
+    assert (output / "checkpoints" / "mine" / "c.txt").read_text() == "keep"
 
 
 def test_save_model_atomic_leaves_no_half_written_folder(tmp_path, tiny_model):

@@ -330,7 +330,7 @@ def test_diagnostics_report_grad_sum_statistics():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_flat_mask_of_accelerators_matches_single_tensor(name, configs, dtype, monkeypatch):
     """The multi-tensor path masks one flat buffer on accelerators; forced on the CPU it gives the same result."""
-    classp_module = importlib.import_module("classp_hf.optim.classp")  # the package exports a function of that name
+    classp_module = importlib.import_module("classp_hf.optim._functional")  # the functional update
 
     runs = []
     for foreach, flat in ((False, False), (True, True)):

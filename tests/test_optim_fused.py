@@ -18,7 +18,7 @@ from torch._dynamo.utils import counters
 
 from classp_hf.optim import CLASSP, _fused, create_optimizer
 
-classp_module = importlib.import_module("classp_hf.optim.classp")  # the package exports a function of that name
+classp_module = importlib.import_module("classp_hf.optim._functional")  # the functional update
 
 HAS_CXX = any(shutil.which(name) for name in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++"))
 #: inductor where it can compile C++, else aot_eager (named in the test id: never a silent skip).

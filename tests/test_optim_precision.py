@@ -11,7 +11,7 @@ import torch
 
 from classp_hf.optim import CLASSP, create_optimizer
 
-classp_module = importlib.import_module("classp_hf.optim.classp")  # the package exports a function of that name
+classp_module = importlib.import_module("classp_hf.optim._functional")  # the functional update
 
 LOW_PRECISION = [torch.bfloat16, torch.float16]
 

@@ -61,7 +61,7 @@ FLAT_MASK = {"relative_flat"}
 
 @contextlib.contextmanager
 def flat_mask(enabled: bool):
-    classp_module = importlib.import_module("classp_hf.optim.classp")  # the package exports a function of that name
+    classp_module = importlib.import_module("classp_hf.optim._functional")  # the functional update
     previous = classp_module._FLAT_MASK_ON_CPU
     classp_module._FLAT_MASK_ON_CPU = enabled
     try:

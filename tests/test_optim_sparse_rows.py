@@ -11,6 +11,7 @@ import torch
 from classp_hf.optim import CLASSP, _rows
 
 classp_module = importlib.import_module("classp_hf.optim.classp")  # the package exports a function of that name
+functional_module = importlib.import_module("classp_hf.optim._functional")  # the functional update
 
 #: (threshold_mode, threshold): every mode, with and without a threshold, quantile with and without selection.
 MODES = [
@@ -71,14 +72,14 @@ def small_tensors_skip_rows(monkeypatch):
     """Row skipping for the test's small matrices, and a record of the plans made."""
     monkeypatch.setattr(_rows, "MIN_NUMEL", 256)
     plans = []
-    original = classp_module.plan_rows
+    original = functional_module.plan_rows
 
     def recording(*args, **kwargs):
         result = original(*args, **kwargs)
         plans.append(result)
         return result
 
-    monkeypatch.setattr(classp_module, "plan_rows", recording)
+    monkeypatch.setattr(functional_module, "plan_rows", recording)
     return plans
 
 

@@ -105,6 +105,8 @@ def test_resumed_full_run_matches_the_uninterrupted_one(tmp_path, reference_full
     results = resumed.run().to_dict()
     assert results["resumed_after_tasks"] == [killer.kill_at]
     assert_same_run(resumed, results, reference, reference_results)
+    assert results["timing"]["attempts"] == 2  # the resumed attempt's seconds added to the killed one's
+    assert results["timing"]["total_seconds"] > results["timing"]["phases"]["training"] > 0
     # Sparsity diagnostics carry the union of updated elements across the interruption.
     for got, want in zip(results["per_task"], reference_results["per_task"]):
         assert got["sparsity"] == want["sparsity"]
@@ -114,6 +116,7 @@ def test_resumed_full_run_matches_the_uninterrupted_one(tmp_path, reference_full
     assert predictions == json.loads((reference.output_dir / "predictions.json").read_text())
     assert {entry["stage"] for entry in predictions["tasks"]} == {2} and len(predictions["tasks"]) == 3
     assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["task-02-airline_tweets"]
+    assert not list((output / "checkpoints").glob("*/tokenizer*"))  # a checkpoint holds what --resume reads
     assert (output / "model" / "config.json").is_file()
 
 
@@ -155,6 +158,16 @@ def interrupted(tmp_path, tiny_model_dir):  # noqa: F811
     return raw, config_path, output
 
 
+class _Payload:
+    """Unpickled without weights_only, this would create a file: what a malicious checkpoint file could do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
 def _checkpoint(output):
     return output / json.loads((output / "run_state.json").read_text())["checkpoint"]
 
@@ -167,11 +180,22 @@ def _checkpoint(output):
         (lambda raw, path, out: (_checkpoint(out) / "optimizer.pt").write_bytes(b"junk"), "optimizer.pt is corrupt"),
         (lambda raw, path, out: (_checkpoint(out) / "method.pt").unlink(), "method.pt is missing"),
         (
+            lambda raw, path, out: torch.save({"state": _Payload(out / "ran")}, _checkpoint(out) / "optimizer.pt"),
+            "optimizer.pt refused: not a plain tensor file (it would load io.open; a run writes only tensors",
+        ),
+        (
             lambda raw, path, out: path.write_text(yaml.safe_dump({**raw, "seed": 7})),
             "the config differs from the run's",
         ),
     ],
-    ids=["no-run-state", "corrupt-run-state", "corrupt-optimizer", "missing-method", "other-config"],
+    ids=[
+        "no-run-state",
+        "corrupt-run-state",
+        "corrupt-optimizer",
+        "missing-method",
+        "malicious-optimizer",
+        "other-config",
+    ],
 )
 def test_resume_refuses_bad_state_with_one_line_and_keeps_everything(interrupted, capsys, damage, message):
     raw, config_path, output = interrupted
@@ -182,6 +206,21 @@ def test_resume_refuses_bad_state_with_one_line_and_keeps_everything(interrupted
     assert code == 2
     assert len(err) == 1 and err[0].startswith("classp-hf: error: --resume:") and message in err[0], err
     assert snapshot(output) == before
+
+
+def test_resume_of_a_run_live_in_another_process_is_refused(interrupted, capsys):
+    from .test_ownership import LockHolder
+
+    _, config_path, output = interrupted
+    holder = LockHolder(output)  # the run goes on in another process (it holds the folder's lock)
+    try:
+        before = snapshot(output)
+        assert cli_main(["run", str(config_path), "--output-dir", str(output), "--resume"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"is in use by another classp-hf process (pid {holder.pid})" in err[0], err
+        assert snapshot(output) == before
+    finally:
+        holder.kill()
 
 
 def test_resume_and_overwrite_exclude_each_other(interrupted, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import yaml
 
 from classp_hf.cli import main as cli_main
 from classp_hf.continual.config import config_from_dict
+from classp_hf.continual.ownership import MARKER_FILENAME, Owner
 from classp_hf.continual.results import validate_results
 from classp_hf.continual.runner import ContinualRunner
 
@@ -185,7 +187,8 @@ def test_non_empty_output_dir_is_refused_and_kept(tmp_path, tiny_model_dir, caps
     output.mkdir()
     (output / "results.json").write_text("precious")
     assert cli_main(["run", str(config_path), "--output-dir", str(output)]) == 2
-    assert "is not empty; pass --overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is not empty and holds no classp-hf run" in err and "--overwrite" not in err  # not a run's: not ours
     assert (output / "results.json").read_text() == "precious"
 
 
@@ -208,13 +211,13 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny_model
     config_path = tmp_path / "run.yaml"
     config_path.write_text(yaml.safe_dump(config))
     output = tmp_path / "out"
-    output.mkdir()
+    Owner.create(output, "run")  # a run's folder (--overwrite is allowed there) holding a user's file
     (output / "keep.txt").write_text("keep")
     code = cli_main(["run", str(config_path), "--output-dir", str(output), "--overwrite"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and message in err[0] and err[0].startswith("classp-hf: error:")
-    assert sorted(p.name for p in output.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in output.iterdir()) == [MARKER_FILENAME, "keep.txt"]
 
 
 def test_malformed_yaml_from_the_command_line(tmp_path):
@@ -290,3 +293,21 @@ def test_python_run_with_overrides_returns_the_results(tmp_path, tiny_model_dir)
     assert stored["training"]["learning_rate"] == 2e-3 and stored["tasks"][1]["max_train_samples"] == 16
     # --resume reads the resolved config from the run folder: nothing to repeat
     assert cli_main(["run", "--output-dir", str(tmp_path / "out"), "--resume", "--quiet"]) == 0
+
+
+def test_tensorboard_folder_is_set_on_the_callback_not_in_the_environment(tmp_path, tiny_model, monkeypatch):
+    from transformers.integrations import TensorBoardCallback
+
+    from classp_hf.continual.runner import _set_tensorboard_folder
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    callback = TensorBoardCallback.__new__(TensorBoardCallback)  # tensorboard need not be installed
+    callback.logging_dir = None
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = transformers.Trainer(model=tiny_model, args=args, callbacks=[callback])
+    _set_tensorboard_folder(trainer, tmp_path / "logs" / "imdb")
+    assert callback.logging_dir == str(tmp_path / "logs" / "imdb")
+    assert "TENSORBOARD_LOGGING_DIR" not in os.environ
+    import classp_hf.continual.runner as runner_module
+
+    assert "os.environ" not in Path(runner_module.__file__).read_text()  # no process-wide writes

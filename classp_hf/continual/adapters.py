@@ -20,7 +20,6 @@ The config's ``peft:`` section takes any ``peft.LoraConfig`` field plus:
 from __future__ import annotations
 
 import copy
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from torch import nn
 
 from classp_hf.continual.config import ConfigError, build_lora_config, parse_peft_section
 from classp_hf.continual.families import check_lora_targets, classification_head, linear_layer_names
+from classp_hf.continual.outputs import replace_folder
 
 __all__ = ["AdapterSetup", "parse_peft_section", "adapter_name_for_task"]
 
@@ -45,6 +45,38 @@ def adapter_name_for_task(task_name: str) -> str:
     module or sits inside another adapter's name; a ``ModuleDict`` key cannot hold a ``.``.
     """
     return f"task~{task_name.replace('.', '+')}~"
+
+
+def check_target_modules(target_modules: Any, model: nn.Module) -> None:
+    """Matches ``peft.target_modules`` against the model's module names as PEFT does, before it wraps anything.
+
+    A list entry matches a module whose name is the entry or ends with ``.<entry>``; a string is a regular
+    expression that must match a whole name (``all-linear`` is PEFT's own and passes).
+
+    Raises:
+        ConfigError: ``config.peft.target_modules: ...`` naming the entry and the candidate names.
+    """
+    import re
+
+    from classp_hf.continual.config import ConfigError
+
+    if not target_modules or target_modules == "all-linear":
+        return
+    names = [name for name, _ in model.named_modules() if name]
+    candidates = ", ".join(linear_layer_names(model))
+    if isinstance(target_modules, str):
+        if not any(re.fullmatch(target_modules, name) for name in names):
+            raise ConfigError(
+                f"config.peft.target_modules: {target_modules!r} matches no module name of the model "
+                f"(a string is a regular expression over whole names; the model's linear layers: {candidates})"
+            )
+        return
+    for entry in target_modules:
+        if not any(name == entry or name.endswith(f".{entry}") for name in names):
+            raise ConfigError(
+                f"config.peft.target_modules: {entry!r} matches no module of the model (the model's linear layers: "
+                f"{candidates}, or all-linear)"
+            )
 
 
 @dataclass
@@ -77,11 +109,12 @@ class AdapterSetup:
         """Wraps the base model in a ``PeftModel`` with the first task's adapter.
 
         Raises:
-            ConfigError: ``target_modules`` left out on a family PEFT has no default for, or matching
-                none of the model's layers (naming the key and the model's linear layers).
+            ConfigError: ``target_modules`` left out on a family PEFT has no default for, an entry that matches
+                no module of the model (with candidates), or matching none of the model's layers.
         """
         import peft
 
+        check_target_modules(self.section.get("target_modules"), model)  # each entry, with candidates
         check_lora_targets(self.section, model)
         self.head = classification_head(model)
         name = self.adapter_name(first_task)
@@ -148,9 +181,7 @@ class AdapterSetup:
             saved = Path(tmp) / "saved"
             model.save_pretrained(saved, selected_adapters=[name])
             source = saved if name == "default" else saved / name
-            if folder.exists():
-                shutil.rmtree(folder)
-            shutil.move(str(source), str(folder))
+            replace_folder(source, folder)  # a user's files in an earlier copy stay
         return folder
 
     def merged_copy(self, model: Any, task_name: str, with_earlier: bool = False) -> torch.nn.Module:

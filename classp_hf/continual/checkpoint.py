@@ -2,17 +2,24 @@
 
 When a run starts, ``run_state.json`` records that no task is done yet (so a run killed during its first task
 can be resumed: it starts that task again). After each task the runner saves ``checkpoints/task-<i>-<name>/``
-(the model or its adapters, the tokenizer, ``optimizer.pt``: the optimizer's full state keyed by parameter name,
-``method.pt`` and, with diagnostics on, ``update_masks.pt``) into a temporary folder renamed into place, then points
-``run_state.json`` at it, atomically; the previous checkpoint is removed only after that. A run killed at any moment
-therefore has a complete checkpoint named by ``run_state.json`` (or none yet), and
-``classp-hf run CONFIG --output-dir DIR --resume`` continues with the next task. What a kill left half-written
-(temporary files, a half-deleted old checkpoint) is removed when the run resumes.
+(only what ``--resume`` reads: the model's weights and config or its adapters, ``optimizer.pt``: the optimizer's full
+state keyed by parameter name, ``method.pt`` and, with diagnostics on, ``update_masks.pt``; the tokenizer comes from
+the config's model) into a temporary folder renamed into place, then points ``run_state.json`` at it, atomically; the
+previous checkpoint is removed only after that. A run killed at any moment therefore has a complete checkpoint named
+by ``run_state.json`` (or none yet), and ``classp-hf run CONFIG --output-dir DIR --resume`` continues with the next
+task. What a kill left half-written (temporary files, a half-deleted old checkpoint) is removed when the run resumes.
+
+With ``keep_last_checkpoint: false`` the last task's checkpoint is not written; once the final model is saved,
+:func:`finish_run_state` records every task done with no checkpoint (``"checkpoint": null``) and removes the one
+before: a finished run then holds no checkpoint, and counts as finished all the same.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import pickle
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +27,12 @@ from typing import Any
 
 import torch
 
-from classp_hf.continual.config import ConfigError, RunConfig, stored_config_differences
+from classp_hf.continual.config import RunConfig, stored_config_differences
+from classp_hf.continual.errors import ConfigError, ResumeError
 from classp_hf.continual.io import first_line, write_failure, write_json_atomic
 from classp_hf.continual.optimizer_state import check_named_state
-from classp_hf.continual.outputs import is_complete_model, remove_stray_files, temporary_folder
+from classp_hf.continual.outputs import is_complete_model, remove_stray_files, replace_folder, temporary_folder
+from classp_hf.continual.ownership import remove_owned
 from classp_hf.continual.results import RESULTS_FILENAME, ResultsVersionError, RunResults, stage_names
 
 __all__ = [
@@ -32,6 +41,7 @@ __all__ = [
     "RunState",
     "ResumePoint",
     "check_same_config",
+    "finish_run_state",
     "load_checkpoint",
     "read_run_state",
     "restore_adapters",
@@ -43,10 +53,6 @@ RUN_STATE = "run_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 METHOD_FILE = "method.pt"
 UPDATE_MASKS_FILE = "update_masks.pt"
-
-
-class ResumeError(ValueError):
-    """A run cannot be resumed (no run state, another config, a corrupt checkpoint); the message says which."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,7 @@ def save_checkpoint(
         output_dir: the run's folder.
         index: the task just finished.
         task_names: the queue's task names.
-        save_model: writes the model (or its adapters) and tokenizer into the folder it is given.
+        save_model: writes the model (or its adapters) into the folder it is given.
         optimizer_state: the full, name-keyed optimizer state (see :mod:`.optimizer_state`).
         method_state: the continual method's ``state_dict()``.
         update_masks: CLASSP's union of updated elements so far (diagnostics), or `None`.
@@ -108,9 +114,7 @@ def save_checkpoint(
         torch.save(method_state, tmp / METHOD_FILE)
         if update_masks is not None:
             torch.save(update_masks, tmp / UPDATE_MASKS_FILE)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        replace_folder(tmp, folder)
     except Exception as error:  # a full disk, mostly: the run stops, the previous checkpoint stays usable
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_failure(folder, error, "the checkpoint") from error
@@ -128,8 +132,31 @@ def save_checkpoint(
         },
     )
     if previous is not None and previous.resolve() != folder.resolve():
-        shutil.rmtree(previous, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_owned(previous)  # what the run wrote there; a user's files stay
     return folder
+
+
+def finish_run_state(output_dir: Path, task_names: list[str], num_processes: int = 1) -> None:
+    """Records a finished run without a checkpoint (``keep_last_checkpoint: false``), then removes the last one.
+
+    Call it once the final model is saved: from then on nothing is left to resume.
+    """
+    previous = _previous_checkpoint(output_dir)
+    write_json_atomic(
+        output_dir / RUN_STATE,
+        {
+            "completed_tasks": len(task_names),
+            "tasks": list(task_names),
+            "checkpoint": None,
+            "num_processes": num_processes,
+        },
+    )
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+    checkpoints = output_dir / "checkpoints"
+    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
 
 
 def _previous_checkpoint(output_dir: Path) -> Path | None:
@@ -161,7 +188,8 @@ def read_run_state(output_dir: Path, require_checkpoint: bool = True) -> RunStat
         raise ResumeError(f"--resume: {path} is corrupt ({type(error).__name__}: {error})") from None
     if not (isinstance(completed, int) and isinstance(tasks, list) and 0 <= completed <= len(tasks)):
         raise ResumeError(f"--resume: {path} is corrupt (completed_tasks {completed!r} of {len(tasks)} tasks)")
-    if (completed == 0) != (checkpoint is None):
+    finished_without_checkpoint = checkpoint is None and completed == len(tasks) > 0  # keep_last_checkpoint: false
+    if (completed == 0) != (checkpoint is None) and not finished_without_checkpoint:
         raise ResumeError(f"--resume: {path} is corrupt (completed_tasks {completed}, checkpoint {checkpoint!r})")
     folder = None
     if checkpoint is not None:
@@ -193,8 +221,23 @@ def check_same_config(config: RunConfig, output_dir: Path) -> None:
 def _load_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's weights_only loader: one paragraph of advice, then the cause
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if found is None:
+            raise ResumeError(f"--resume: the checkpoint file {path} is corrupt ({_unpickling_cause(error)})") from None
+        raise ResumeError(
+            f"--resume: the checkpoint file {path} refused: not a plain tensor file (it would load "
+            f"{found.group(1)}; a run writes only tensors and plain data, so this file is not a run's)"
+        ) from None
     except Exception as error:  # torch raises many types for a damaged file
         raise ResumeError(f"--resume: the checkpoint file {path} is corrupt ({first_line(error)})") from None
+
+
+def _unpickling_cause(error: BaseException) -> str:
+    """The cause in torch's weights_only message (the line after its advice), else its first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    causes = [line for line in lines[1:] if not line.startswith(("Check the documentation", "Please file an issue"))]
+    return causes[0] if causes else first_line(error)
 
 
 def load_checkpoint(folder: Path) -> dict[str, Any]:
@@ -287,9 +330,14 @@ class ResumePoint:
         names = stage_names([task.name for task in config.tasks], config.queue_mode)
         if run_state.tasks != names:
             raise ResumeError(f"--resume: {RUN_STATE} lists the tasks {run_state.tasks}, the config {names}")
-        if run_state.checkpoint is None:
+        if run_state.checkpoint is None and run_state.completed_tasks == 0:
             return cls(output_dir, run_state, None, None)
-        files = load_checkpoint(run_state.checkpoint)
+        if run_state.checkpoint is None and not is_complete_model(output_dir / "model"):
+            raise ResumeError(
+                f"--resume: {output_dir / RUN_STATE} records a finished run without a checkpoint, but its final model "
+                f"{output_dir / 'model'} is incomplete; there is nothing to resume from: start the run afresh"
+            )
+        files = None if run_state.checkpoint is None else load_checkpoint(run_state.checkpoint)
         path = output_dir / RESULTS_FILENAME
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))

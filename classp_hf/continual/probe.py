@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from classp_hf.continual.config import ConfigError, RunConfig
+from classp_hf.continual.io import check_writable_folder
 
 __all__ = ["module_group", "probe_gradients", "format_probe", "check_json_target", "CANDIDATES"]
 
@@ -185,6 +186,7 @@ def check_json_target(path: str | os.PathLike) -> Path:
             if not parent.is_dir():
                 raise ConfigError(f"--json: {parent} is a file, so {target} cannot be written")
             break
+    check_writable_folder(target.parent, "--json")
     return target
 
 

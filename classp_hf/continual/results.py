@@ -20,6 +20,8 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import best_match
 
+from classp_hf.continual.errors import ResultsVersionError
+
 __all__ = [
     "RESULTS_FILENAME",
     "RESULTS_SCHEMA_PATH",
@@ -187,10 +189,6 @@ _EMPTY_METRICS: dict[str, float | None] = {"acc": None, "bwt": None, "fwt": None
 _ROW_KEYS = ("accuracy_matrix", "macro_f1_matrix", "per_task")
 
 
-class ResultsVersionError(ValueError):
-    """``results.json`` was written by a version of classp_hf whose layout this one cannot continue."""
-
-
 @dataclass
 class AccuracyPart:
     """A second accuracy matrix a run keeps beside its main one, with its own ACC, BWT, FWT and forgetting.
@@ -261,6 +259,7 @@ class RunResults:
     accuracy_matrix_own_adapter: list[list[float]] | None = None
     task_labels: TaskLabelResults | None = None
     resumed_after_tasks: list[int] = field(default_factory=list)
+    timing: dict[str, Any] | None = None
     queue_mode: str = "sequential"
     schema_version: int = SCHEMA_VERSION
 
@@ -371,7 +370,7 @@ class RunResults:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``results.json`` (optional parts left out when absent)."""
         data = dataclasses.asdict(self)
-        for key in ("validation", "accuracy_matrix_own_adapter", "task_labels"):
+        for key in ("validation", "accuracy_matrix_own_adapter", "task_labels", "timing"):
             if data[key] is None:
                 data.pop(key)
         if not data["resumed_after_tasks"]:
@@ -420,19 +419,20 @@ class RunResults:
         validate_results(self.to_dict())
 
     def write(self, output_dir: str | Path) -> Path:
-        """Writes ``results.json`` atomically, then ``report.md`` and the plots.
+        """Validates the results and writes ``results.json`` atomically (the runner then writes the report from it,
+        :func:`classp_hf.continual.report.write_report`).
+
+        Args:
+            output_dir: the run's folder.
 
         Returns:
             The path of ``results.json``.
         """
         from classp_hf.continual.io import write_json_atomic
-        from classp_hf.continual.report import write_report
 
         data = self.to_dict()
         validate_results(data)
-        path = write_json_atomic(Path(output_dir) / RESULTS_FILENAME, data)
-        write_report(data, output_dir)
-        return path
+        return write_json_atomic(Path(output_dir) / RESULTS_FILENAME, data)
 
 
 RESULTS_FILENAME = "results.json"

@@ -27,12 +27,14 @@ import classp_hf
 from classp_hf.continual.checkpoint import (
     ResumeError,
     ResumePoint,
+    finish_run_state,
     restore_adapters,
     save_checkpoint,
     start_run_state,
 )
 from classp_hf.continual.config import ConfigError, RunConfig, task_training_options
-from classp_hf.continual.evaluation import evaluate_own_adapters, evaluate_tasks
+from classp_hf.continual.console import library_output, set_console_callbacks
+from classp_hf.continual.evaluation import TaskScores, evaluate_own_adapters, evaluate_tasks
 from classp_hf.continual.families import (
     align_pad_token_id,
     check_sequence_classification,
@@ -40,17 +42,27 @@ from classp_hf.continual.families import (
     resolve_head_pattern,
     set_pad_token,
 )
-from classp_hf.continual.io import first_line, write_text_atomic
+from classp_hf.continual.initial_cache import initial_scores_key, read_initial_scores, write_initial_scores
+from classp_hf.continual.io import check_writable_folder, first_line, write_text_atomic
 from classp_hf.continual.launch import Backend, accelerator_available, detect_backend
 from classp_hf.continual.model_check import check_model
 from classp_hf.continual.optimizer_state import StateCarryingTrainer, capture_optimizer_state, named_state_bytes
-from classp_hf.continual.outputs import OutputDirError, clear_run_outputs, prepare_output_dir, save_model_atomic
+from classp_hf.continual.outputs import (
+    OutputDirError,
+    adopt_run_folder,
+    prepare_output_dir,
+    save_model_atomic,
+    start_run_folder,
+)
+from classp_hf.continual.ownership import FolderLock, Owner, deactivate
 from classp_hf.continual.predictions import final_stage, record_predictions
+from classp_hf.continual.report import format_matrix_table, write_report
 from classp_hf.continual.results import JOINT_STAGE, RunResults, stage_names
 from classp_hf.continual.tasks import TaskData, load_task
+from classp_hf.continual.timing import PhaseTimer
 from classp_hf.methods import TaskContext, build_method
 from classp_hf.metrics.continual import majority_class_accuracy
-from classp_hf.trainer import optimizer_diagnostics
+from classp_hf.trainer import optimizer_diagnostics, optimizer_hyperparameters, unwrap_optimizer
 from classp_hf.training_args import TrainingArguments, optimizer_name
 
 __all__ = ["ContinualRunner", "run_continual", "OutputDirError", "ResumeError", "prepare_output_dir"]
@@ -94,6 +106,11 @@ class ContinualRunner:
         overwrite: start afresh in a folder an earlier run wrote into (removes only what a run writes).
         log: prints progress lines (main process only).
         resume: continue the run in ``output_dir`` after its last checkpointed task (same config).
+        verbose: let transformers, datasets and Python warnings print as they do (the load report, evaluation and
+            saving bars, the Trainer's log dicts); by default they are held back (see :mod:`.console`).
+        cache_dir: a folder shared by runs (``classp-hf compare`` gives ``DIR/cache``): tokenized tasks
+            (:mod:`.data_cache`) and the untrained model's scores (:mod:`.initial_cache`) are read from it when made
+            before with the same inputs, and added to it otherwise. The results are the same with or without it.
     """
 
     config: RunConfig
@@ -101,12 +118,14 @@ class ContinualRunner:
     overwrite: bool = False
     log: bool = True
     resume: bool = False
+    verbose: bool = False
+    cache_dir: Path | None = None
     tasks: list[TaskData] = field(default_factory=list, init=False)
     stages: list[TaskData] = field(default_factory=list, init=False)
     results: RunResults | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.output_dir = Path(self.output_dir)
+        self.output_dir = check_writable_folder(self.output_dir)
         if self.resume and self.overwrite:
             raise ResumeError("--resume and --overwrite exclude each other: --overwrite starts the run afresh")
         self.backend: Backend = detect_backend(self.config.training, self.config.peft)
@@ -115,15 +134,22 @@ class ContinualRunner:
             self.resume_point = ResumePoint.read(self.output_dir, self.config)  # before anything is loaded
         else:
             prepare_output_dir(self.output_dir, self.overwrite)
+        point = self.resume_point
+        earlier = point.results.timing if point is not None and point.results is not None else None
+        self.timer = PhaseTimer(earlier)
         self.is_main = _is_main_process(self.backend.use_cpu)
         self.stage_names = stage_names([task.name for task in self.config.tasks], self.config.queue_mode)
+        # outside library_output: TrainingArguments turns disable_tqdm on when transformers logs errors only
         self.task_args = [self._training_arguments(index) for index in range(len(self.stage_names))]
         self.optimizer_state: dict[str, Any] | None = None
         self.optimizer: torch.optim.Optimizer | None = None  # the last task's (unwrapped) optimizer
         self.ever_updated: dict[str, torch.Tensor] = {}
+        self.lock = FolderLock(self.output_dir)
+        self.owner: Owner | None = None
 
-    def _print(self, message: str) -> None:
-        if self.log and self.is_main:
+    def _print(self, message: str, detail: bool = False) -> None:
+        """A progress line (main process only); a ``detail`` line only with ``verbose``."""
+        if self.log and self.is_main and (self.verbose or not detail):
             print(message, flush=True)
 
     # -- set-up -----------------------------------------------------------------------------
@@ -155,7 +181,7 @@ class ContinualRunner:
         info = check_model(config)  # a missing, empty or broken model folder: one line, now
         check_sequence_classification(info.model_type, config.model)
         model_path = info.path
-        self._print(f"[classp-hf] model {config.model} ({model_path})")
+        self._print(f"[classp-hf] model {config.model} ({model_path})", detail=True)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         except (OSError, ValueError) as error:
@@ -164,12 +190,22 @@ class ContinualRunner:
         if padding:
             self._print(padding)
         self.tasks = []
-        for task in config.tasks:
-            data = load_task(
-                task, config.labels, self.tokenizer, config.max_length, config.seed, config.validation_fraction
-            )
-            self._print(f"[classp-hf] task {task.name}: {len(data.train)} train, {len(data.test)} test examples")
-            self.tasks.append(data)
+        with self.timer.phase("tokenization"):
+            for task in config.tasks:
+                data = load_task(
+                    task,
+                    config.labels,
+                    self.tokenizer,
+                    config.max_length,
+                    config.seed,
+                    config.validation_fraction,
+                    cache_dir=self.cache_dir,
+                )
+                self._print(
+                    f"[classp-hf] task {task.name}: {len(data.train)} train, {len(data.test)} test examples",
+                    detail=True,
+                )
+                self.tasks.append(data)
         self.stages = self._stage_data()
         self.model_path = model_path
         self.model = self._load_model(model_path)
@@ -234,6 +270,9 @@ class ContinualRunner:
         dtype = getattr(self.config, "model_dtype", None)
         if dtype is not None:
             options["dtype"] = _MODEL_DTYPES[dtype]
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        if not self.log:  # --quiet: no "Loading weights" bar either (an error after it stays one line)
+            transformers.utils.logging.disable_progress_bar()
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
                 source,
@@ -245,6 +284,9 @@ class ContinualRunner:
             )
         except Exception as error:  # a missing, truncated or mismatched weights file raises many types
             raise ConfigError(f"config.model: cannot load the weights of {source!r}: {first_line(error)}") from None
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
         align_pad_token_id(model, self.tokenizer)  # decoders pool the last token that is not padding
         return model
 
@@ -275,7 +317,6 @@ class ContinualRunner:
             transformers.set_seed(self.config.seed + index)  # a fresh adapter's initialisation, the same on resume
             if self.adapters.start_task(self.model, self.tasks[index].name):
                 self.optimizer_state = None  # a new adapter's parameters start with fresh optimizer state
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.output_dir / "logs" / self.stages[index].name)
         context.trainer = StateCarryingTrainer(
             model=self.model,
             args=self.task_args[index],
@@ -285,6 +326,8 @@ class ContinualRunner:
             continual_method=self.method,
             carried_optimizer_state=self.optimizer_state,
         )
+        set_console_callbacks(context.trainer, self.verbose)
+        _set_tensorboard_folder(context.trainer, self.output_dir / "logs" / self.stages[index].name)
         return context.trainer
 
     @property
@@ -325,35 +368,48 @@ class ContinualRunner:
         data, total = self.stages[index], len(self.stages)
         if self.config.queue_mode == "single_task" and index > 0:
             self._fresh_model()
-        context = self._context(index)
-        trainer = self._trainer(index, context)
+        timer = self.timer
+        with timer.phase("method"):
+            context = self._context(index)
+            trainer = self._trainer(index, context)
         results = self.results
         if not results.initial_accuracy:
-            self._print("[classp-hf] evaluating the untrained model on every task")
-            scores = evaluate_tasks(trainer, self.tasks)
-            validation = evaluate_tasks(trainer, self.tasks, "validation").accuracy if results.validation else None
-            results.set_initial(scores.accuracy, scores.macro_f1, validation, scores.task_label_accuracy)
+            with timer.phase("evaluation"):
+                self._evaluate_initial(trainer)
         args = trainer.args
         self._print(
             f"[classp-hf] task {index + 1}/{total} {data.name}: start "
-            f"({len(data.train)} examples, optim {results.optimizer['name']}, lr {args.learning_rate:g})"
+            f"({len(data.train)} train, {len(data.test)} test examples, optim {results.optimizer['name']}, "
+            f"lr {args.learning_rate:g})"
         )
-        self.method.before_task(context)
+        with timer.phase("method"):
+            self.method.before_task(context)
         started = time.perf_counter()
         if tracking:
             trainer.add_callback(_TrackUpdates())
-        output = trainer.train()
+        trainer_folders = [self.output_dir / "trainer" / self.stage_names[index], self.output_dir / "logs" / data.name]
+        before = _files_under(trainer_folders)
+        if self.owner is not None:
+            self.owner.record(*trainer_folders)  # before the Trainer creates them (a kill may follow)
+        with timer.phase("training"):
+            output = trainer.train()
+        if self.owner is not None:  # what the Trainer wrote (its folder, TensorBoard's logs) is the run's
+            self.owner.record(*(_files_under(trainer_folders) - before))
         seconds = time.perf_counter() - started
-        self.optimizer = classp_hf.trainer._unwrap_optimizer(trainer.optimizer)
+        self.optimizer = unwrap_optimizer(trainer.optimizer)
+        # what the optimizer was built with, read back from it (the config's optim_args are only text)
+        results.optimizer["hyperparameters"] = optimizer_hyperparameters(self.optimizer)
         self.optimizer_state = capture_optimizer_state(trainer)
-        self.method.after_task(context)
-        scores = evaluate_tasks(trainer, self.tasks)
-        validation = evaluate_tasks(trainer, self.tasks, "validation").accuracy if results.validation else None
-        own = None
-        if self.adapters is not None and self.adapters.per_task:
-            own = evaluate_own_adapters(
-                trainer, self.model, self.tasks, index, scores.accuracy, self.adapters.adapter_name
-            )
+        with timer.phase("method"):
+            self.method.after_task(context)
+        with timer.phase("evaluation"):
+            scores = evaluate_tasks(trainer, self.tasks)
+            validation = evaluate_tasks(trainer, self.tasks, "validation").accuracy if results.validation else None
+            own = None
+            if self.adapters is not None and self.adapters.per_task:
+                own = evaluate_own_adapters(
+                    trainer, self.model, self.tasks, index, scores.accuracy, self.adapters.adapter_name
+                )
         record = {
             "name": data.name,
             "train_loss": float(output.training_loss) if np.isfinite(output.training_loss) else None,
@@ -381,11 +437,14 @@ class ContinualRunner:
             own_adapter_accuracy=own,
             task_label_accuracy=scores.task_label_accuracy,
         )
+        self._write_results()
         if self.is_main:
-            results.write(self.output_dir)
-            self._record_predictions(index, scores)
-        self._save_task_outputs(index, trainer)
-        self._save_checkpoint(index, trainer, tracking)
+            with timer.phase("report"):
+                self._record_predictions(index, scores)
+        with timer.phase("checkpoint"):
+            self._save_task_outputs(index, trainer)
+            if self.config.keep_last_checkpoint or index < len(self.stages) - 1:
+                self._save_checkpoint(index, trainer, tracking)
         self._print(
             f"[classp-hf] task {index + 1}/{total} {data.name}: done in {seconds:.1f}s, "
             f"loss {output.training_loss:.4f}, accuracy on it {self._own_accuracy(index, scores.accuracy):.1%}"
@@ -432,15 +491,65 @@ class ContinualRunner:
             return None
         return trainer.accelerator.get_state_dict(trainer.model_wrapped)
 
+    def _write_results(self, report: bool = True) -> None:
+        """results.json (with the timing so far) and, with ``report``, report.md and the plots (main process)."""
+        if not self.is_main:
+            return
+        with self.timer.phase("report"):
+            self.results.timing = self.timer.to_dict()
+            self.results.write(self.output_dir)
+            if report:
+                write_report(self.results.to_dict(), self.output_dir)
+
+    def _initial_key(self, trainer: Any) -> str | None:
+        """The untrained model's key in the cache (:mod:`.initial_cache`), or `None` without a cache (or with
+        several processes, which must all take the same path)."""
+        if self.cache_dir is None or self.backend.num_processes > 1 or any(t.cache_key is None for t in self.tasks):
+            return None
+        return initial_scores_key(
+            self.model_path,
+            self.config,
+            [task.cache_key for task in self.tasks],
+            trainer.args.per_device_eval_batch_size,
+            self.results.backend,
+            self.results.versions,
+        )
+
+    def _evaluate_initial(self, trainer: Any) -> None:
+        """The untrained model's scores: from the cache when a run with the same key evaluated it, else evaluated
+        (and added to the cache)."""
+        results = self.results
+        key = self._initial_key(trainer)
+        cached = None if key is None else read_initial_scores(self.cache_dir, key)
+        if cached is not None:
+            self._print("[classp-hf] the untrained model's scores: from the cache (the same model, seed and data)")
+            scores = TaskScores(cached["accuracy"], cached["macro_f1"], cached["task_label_accuracy"])
+            validation = cached["validation_accuracy"]
+        else:
+            self._print("[classp-hf] evaluating the untrained model on every task", detail=True)
+            scores = evaluate_tasks(trainer, self.tasks)
+            validation = evaluate_tasks(trainer, self.tasks, "validation").accuracy if results.validation else None
+            if key is not None and self.is_main:
+                write_initial_scores(
+                    self.cache_dir,
+                    key,
+                    {
+                        "accuracy": scores.accuracy,
+                        "macro_f1": scores.macro_f1,
+                        "validation_accuracy": validation,
+                        "task_label_accuracy": scores.task_label_accuracy,
+                    },
+                )
+        results.set_initial(scores.accuracy, scores.macro_f1, validation, scores.task_label_accuracy)
+
     def _save_checkpoint(self, index: int, trainer: Any, tracking: bool) -> None:
         """Model, optimizer, method state (and update masks) after task ``index``; see :mod:`.checkpoint`."""
         state_dict = self._model_state_dict(trainer)
         if not self.is_main:
             return
 
-        def save_model(folder: Path) -> None:
+        def save_model(folder: Path) -> None:  # what --resume loads; the tokenizer comes from config.model
             self.model.save_pretrained(folder, **({"state_dict": state_dict} if state_dict is not None else {}))
-            self.tokenizer.save_pretrained(folder)
 
         save_checkpoint(
             self.output_dir,
@@ -490,9 +599,8 @@ class ContinualRunner:
             queue_mode=config.queue_mode,
         )
         if self.is_main:
-            if self.overwrite:
-                clear_run_outputs(self.output_dir)
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+            # the marker first (after --overwrite removed what the earlier run wrote); --resume keeps the run's
+            self.owner = adopt_run_folder(self.output_dir) if self.resume else start_run_folder(self.output_dir)
             write_text_atomic(self.output_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
             start_run_state(self.output_dir, list(self.stage_names), self.backend.num_processes)
 
@@ -507,6 +615,7 @@ class ContinualRunner:
         names = list(self.stage_names)
         if done == 0:  # killed during the first task: start it again
             if self.is_main:
+                self.owner = adopt_run_folder(self.output_dir)
                 point.clean_up()
             self._print(f"[classp-hf] resuming: no task was finished in {self.output_dir}; starting the first again")
             self._start()
@@ -526,6 +635,7 @@ class ContinualRunner:
                 self.adapters.start_task(self.model, data.name)
             restore_adapters(self.model, checkpoint, self.adapters.names)
         if self.is_main:  # everything loaded: now remove what the kill left half-written
+            self.owner = adopt_run_folder(self.output_dir)
             point.clean_up()
         self.optimizer_state = point.files["optimizer"]
         self.method.load_state_dict(point.files["method"])
@@ -536,27 +646,94 @@ class ContinualRunner:
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> RunResults:
-        """Trains on every task in order and returns the results (also in results.json)."""
-        from classp_hf.continual.report import format_matrix_table
+        """Trains on every task in order and returns the results (also in results.json).
 
+        The main process holds the output folder's lock (:class:`~classp_hf.continual.ownership.FolderLock`) from
+        here to the end, so a second writer on the folder is refused at once.
+
+        Raises:
+            FolderBusyError: another live process writes into the folder (naming its pid).
+        """
+        self._claim_folder()
+        try:
+            with library_output(self.verbose):
+                return self._run()
+        finally:
+            deactivate(self.owner)
+            self.owner = None
+            self.lock.release()
+
+    def _claim_folder(self) -> None:
+        """Locks the output folder (main process) and checks again what was checked without the lock: every process
+        gets the main process's verdict, so none goes on alone."""
+        caught: ValueError | None = None
+        if self.is_main:
+            try:
+                self.lock.acquire()
+                self._check_again()
+            except ValueError as error:
+                self.lock.release()
+                caught = error
+        message = _broadcast_from_main(None if caught is None else str(caught), self.backend.num_processes)
+        if caught is not None:
+            raise caught
+        if message is not None:
+            raise (ResumeError if self.resume else OutputDirError)(message)
+
+    def _check_again(self) -> None:
+        """The folder as it is now, under the lock, must be what the runner was made for."""
+        if not self.resume:
+            prepare_output_dir(self.output_dir, self.overwrite)
+            return
+        from classp_hf.continual.checkpoint import read_run_state
+
+        now = read_run_state(self.output_dir)
+        if now != self.resume_point.run_state:
+            raise ResumeError(
+                f"--resume: {self.output_dir / 'run_state.json'} changed since it was read (another process wrote "
+                "it); run the command again"
+            )
+
+    def _run(self) -> RunResults:
         point = self.resume_point
         if point is not None and point.finished():
             self._print(f"[classp-hf] the run in {self.output_dir} is already complete; nothing to do")
             self.results = point.results
             return self.results
-        if not self.tasks:
-            self.setup()
-        start = self._restore() if self.resume else None
-        if start is None:
-            self._start()
-            start = 0
+        with self.timer.phase("startup"):
+            if not self.tasks:
+                self.setup()
+            start = self._restore() if self.resume else None
+            if start is None:
+                self._start()
+                start = 0
         tracking = self._tracks_updates()
         trainer = None
         for index in range(start, len(self.stages)):
             trainer = self._train_task(index, tracking)
-        self._save_final_model(trainer)  # also when every task was done and only the final model was missing
+        with self.timer.phase("final_model"):
+            self._save_final_model(trainer)  # also when every task was done and only the final model was missing
+            if not self.config.keep_last_checkpoint and self.is_main:
+                finish_run_state(self.output_dir, list(self.stage_names), self.backend.num_processes)
+        self._write_results(report=False)  # the finished run's timing: results.json alone, the report is written
         self._print("\n" + format_matrix_table(self.results.to_dict()))
         return self.results
+
+
+def _files_under(folders: list[Path]) -> set[Path]:
+    """The folders that exist and everything in them."""
+    return {path for folder in folders if folder.is_dir() for path in (folder, *folder.rglob("*"))}
+
+
+def _broadcast_from_main(message: str | None, num_processes: int) -> str | None:
+    """The main process's ``message`` on every process (only the main process locks and checks the folder)."""
+    import torch.distributed as dist
+
+    if num_processes <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return message
+    box = [message]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _check_optim_group_patterns(args: TrainingArguments, model: torch.nn.Module) -> None:
@@ -567,19 +744,45 @@ def _check_optim_group_patterns(args: TrainingArguments, model: torch.nn.Module)
 
     groups = parse_optim_groups(getattr(args, "optim_groups", None))
     names = [name for name, param in model.named_parameters() if param.requires_grad]
+    owner = {  # a parameter goes to the first entry that matches it
+        name: next((index for index, group in enumerate(groups) if re.search(group["params"], name)), None)
+        for name in names
+    }
     for index, group in enumerate(groups):
-        if not any(re.search(group["params"], name) for name in names):
+        matched = [name for name in names if re.search(group["params"], name)]
+        if any(owner[name] == index for name in matched):
+            continue
+        if matched:
+            raise ConfigError(
+                f"config.training.optim_groups[{index}].params: {group['params']!r} matches only parameters that "
+                f"optim_groups[{owner[matched[0]]}] takes first (a parameter goes to the first entry that matches "
+                "it); put it before, or narrow the earlier pattern"
+            )
+        if not matched:
             raise ConfigError(
                 f"config.training.optim_groups[{index}].params: {group['params']!r} matches no trainable parameter "
                 f"(e.g. {', '.join(names[:3])}, ...)"
             )
 
 
+def _set_tensorboard_folder(trainer: transformers.Trainer, folder: Path) -> None:
+    """Points the Trainer's TensorBoard callback (``report_to: tensorboard``) at ``folder`` (one per task).
+
+    transformers reads the folder from ``TENSORBOARD_LOGGING_DIR`` when the callback is made; setting the callback's
+    own ``logging_dir`` before training starts does the same without changing the process's environment.
+    """
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback):
+            callback.logging_dir = str(folder)
+
+
 class _TrackUpdates(transformers.TrainerCallback):
     """Turns on CLASSP's per-element update tracking once the task's optimizer exists."""
 
     def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
-        classp_hf.trainer._unwrap_optimizer(optimizer).track_updates()
+        unwrap_optimizer(optimizer).track_updates()
 
 
 class _WithStateDict:
@@ -599,6 +802,8 @@ def run_continual(
     overwrite: bool = False,
     log: bool = True,
     resume: bool = False,
+    verbose: bool = False,
+    cache_dir: str | os.PathLike | None = None,
 ) -> RunResults:
     """Runs a continual fine-tuning config (see :class:`ContinualRunner`).
 
@@ -608,8 +813,14 @@ def run_continual(
         overwrite: start afresh in a folder an earlier run wrote into.
         log: print progress lines.
         resume: continue the run in ``output_dir`` after its last checkpointed task.
+        verbose: let the libraries print as they do (see :mod:`.console`).
+        cache_dir: a folder of tokenized tasks and untrained-model scores shared by runs (see :class:`ContinualRunner`).
 
     Returns:
         The results (also written to ``output_dir/results.json``).
     """
-    return ContinualRunner(config, Path(output_dir), overwrite=overwrite, log=log, resume=resume).run()
+    cache = None if cache_dir is None else Path(cache_dir)
+    runner = ContinualRunner(
+        config, Path(output_dir), overwrite=overwrite, log=log, resume=resume, cache_dir=cache, verbose=verbose
+    )
+    return runner.run()

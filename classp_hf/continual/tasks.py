@@ -12,6 +12,7 @@ from typing import Any
 import datasets
 
 from classp_hf.continual.config import ConfigError, TaskConfig
+from classp_hf.continual.data_cache import read_cached_task, task_cache_key, write_cached_task
 
 __all__ = ["TaskData", "load_task", "label_mapping"]
 
@@ -27,6 +28,7 @@ class TaskData:
         train: tokenized training examples (``input_ids``, ``attention_mask``, ..., ``labels``).
         test: tokenized test examples.
         validation: tokenized examples held out of the training split, if asked for.
+        cache_key: the key of these splits in a cache of tokenized tasks (:mod:`.data_cache`), when one was used.
         test_index: each test example's row in the task's test file (after the seeded subsample); `None`: in
             order, ``0 .. len(test) - 1``.
     """
@@ -35,6 +37,7 @@ class TaskData:
     train: datasets.Dataset
     test: datasets.Dataset
     validation: datasets.Dataset | None = None
+    cache_key: str | None = None
     test_index: list[int] | None = None
 
     @property
@@ -197,6 +200,15 @@ def _label_names(split: datasets.Dataset, column: str) -> list[str]:
     return [str(v) for v in values]
 
 
+def _distinct_label_names(split: datasets.Dataset, column: str) -> list[str]:
+    """The distinct labels of a whole split, as names, in order of first appearance."""
+    feature = split.features[column]
+    values = split.unique(column)
+    if isinstance(feature, datasets.ClassLabel):
+        return [feature.int2str(int(v)) for v in values]
+    return [str(v) for v in values]
+
+
 def load_task(
     task: TaskConfig,
     labels: list[str],
@@ -204,8 +216,9 @@ def load_task(
     max_length: int,
     seed: int,
     validation_fraction: float = 0.0,
+    cache_dir: str | Path | None = None,
 ) -> TaskData:
-    """Loads, checks, samples and tokenizes one task.
+    """Loads, checks, samples and tokenizes one task (or reads it from ``cache_dir``).
 
     Args:
         task: the task's config.
@@ -215,6 +228,9 @@ def load_task(
         seed: seed of the random subsample (``max_train_samples`` / ``max_eval_samples``) and of
             the validation split.
         validation_fraction: share of the (subsampled) training examples held out as validation.
+        cache_dir: a folder of tokenized tasks (:mod:`~classp_hf.continual.data_cache`) shared by runs: a task
+            tokenized there before with the same data, settings and tokenizer is read back instead; a new one is
+            added.
 
     Returns:
         The tokenized task.
@@ -222,12 +238,33 @@ def load_task(
     Raises:
         ConfigError: missing file, missing column, unmapped label or empty split, naming it.
     """
+    key = None
+    if cache_dir is not None:
+        key = task_cache_key(task, labels, tokenizer, max_length, seed, validation_fraction)
+        cached = read_cached_task(Path(cache_dir), task.name, key)
+        if cached is not None:
+            return TaskData(task.name, cached["train"], cached["test"], cached["validation"], cache_key=key)
+    data = _tokenize_task(task, labels, tokenizer, max_length, seed, validation_fraction)
+    data.cache_key = key
+    if key is not None:
+        write_cached_task(
+            Path(cache_dir), task.name, key, {"train": data.train, "test": data.test, "validation": data.validation}
+        )
+    return data
+
+
+def _tokenize_task(
+    task: TaskConfig, labels: list[str], tokenizer: Any, max_length: int, seed: int, validation_fraction: float
+) -> TaskData:
     raw = _load_raw(task)
     _check_columns(task, raw)
     prepared = {}
     test_index = None
     for split in ("train", "test"):
         data = raw[split]
+        # every label of the whole split, not only the sampled rows: whether a config is accepted must not
+        # depend on the seed
+        label_mapping(task, _distinct_label_names(data, task.label_column), labels)
         limit = task.max_train_samples if split == "train" else task.max_eval_samples
         if limit is not None and limit < len(data):
             if split == "test":

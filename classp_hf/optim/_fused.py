@@ -13,18 +13,23 @@ value the other paths use) and passed in.
 
 from __future__ import annotations
 
+import types
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["BACKEND", "fused_update", "compiled_update", "power_kind"]
+__all__ = ["BACKEND", "fused_update", "compiled_update", "power_kind", "run_fused_update"]
 
 #: The ``torch.compile`` backend of the fused step ("inductor"; tests may use "aot_eager" where no C++
 #: compiler is installed, which traces the same graph but runs it with eager kernels).
 BACKEND = "inductor"
 
-_COMPILED: dict[str, Callable[..., tuple[Tensor, Tensor | None]]] = {}
+_COMPILED: dict[tuple[str, tuple[Any, ...]], Callable[..., tuple[Tensor, Tensor | None]]] = {}
+#: Structures whose compiled function hit dynamo's recompile limit: they take the eager path from then on.
+_EAGER: set[tuple[str, tuple[Any, ...]]] = set()
 
 
 def power_kind(power: float) -> str:
@@ -98,11 +103,59 @@ def fused_update(
     return count, weight
 
 
-def compiled_update(backend: str | None = None) -> Callable[..., tuple[Tensor, Tensor | None]]:
-    """:func:`fused_update` compiled for flat tensors of any length (made at the first call, then reused)."""
+def _own_copy(function: Callable[..., Any], suffix: str) -> Callable[..., Any]:
+    """A copy of ``function`` with a code object of its own.
+
+    Dynamo keeps compiled graphs, and counts recompilations against ``recompile_limit``, per code object: one
+    copy per structure (dtypes, device, power kind, flags) gives each its own budget, so a process that builds
+    many differently configured fused optimizers never exhausts one shared cache.
+    """
+    name = f"{function.__name__}_{suffix}"
+    code = function.__code__.replace(co_name=name, co_qualname=name)
+    copy = types.FunctionType(code, function.__globals__, name, function.__defaults__, function.__closure__)
+    copy.__kwdefaults__ = function.__kwdefaults__
+    copy.__doc__ = function.__doc__
+    return copy
+
+
+def compiled_update(
+    backend: str | None = None, structure: tuple[Any, ...] = ()
+) -> Callable[..., tuple[Tensor, Tensor | None]]:
+    """:func:`fused_update` compiled for flat tensors of any length, one compiled function per ``structure``.
+
+    Args:
+        backend (`str`, *optional*): the ``torch.compile`` backend (default :data:`BACKEND`).
+        structure (`tuple`): what the graph specialises on (dtypes, device type, power kind, flags); each
+            structure gets a function (and a dynamo cache) of its own, made at its first call and reused.
+    """
     backend = backend or BACKEND
-    compiled = _COMPILED.get(backend)
+    key = (backend, structure)
+    compiled = _COMPILED.get(key)
     if compiled is None:
-        compiled = torch.compile(fused_update, backend=backend, dynamic=True, fullgraph=True)
-        _COMPILED[backend] = compiled
+        function = _own_copy(fused_update, str(len(_COMPILED)))
+        compiled = torch.compile(function, backend=backend, dynamic=True, fullgraph=True)
+        _COMPILED[key] = compiled
     return compiled
+
+
+def run_fused_update(structure: tuple[Any, ...], *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor | None] | None:
+    """Runs the compiled :func:`fused_update` of ``structure``; `None` where it cannot be compiled again.
+
+    A structure whose function hits dynamo's recompile limit (many differently laid-out tensors) is not an
+    error: it warns once and returns `None` from then on, and the caller steps that tensor on the eager path
+    (the same update). A failing compiler still raises (``classp-hf`` checks it when a config is loaded).
+    """
+    key = (BACKEND, structure)
+    if key in _EAGER:
+        return None
+    try:
+        return compiled_update(BACKEND, structure)(*args, **kwargs)
+    except torch._dynamo.exc.FailOnRecompileLimitHit:
+        _EAGER.add(key)
+        warnings.warn(
+            f"CLASSP(fused=True): torch.compile reached its recompile limit for {structure}; those tensors now "
+            "step on the eager single-tensor path (the same update, not compiled)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None

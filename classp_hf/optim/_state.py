@@ -26,11 +26,13 @@ its two neighbouring codes with 16 random bits (unbiased up to 2**-16 of a step)
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from classp_hf.optim._rows import RowPlan
+from classp_hf.optim._rows import RowPlan, compute_dtype
+from classp_hf.optim._sharded import local_tensor, match_layout
 
 __all__ = [
     "STATE_DTYPES",
@@ -51,6 +53,10 @@ __all__ = [
 STATE_DTYPES = ("float32", "bfloat16", "8bit")
 #: State keys: ``S`` in float32/float64 or bfloat16; the 8-bit codes and block scales.
 SUM_KEY = "grad_sum"
+#: The same key under the name :class:`~classp_hf.optim.CLASSP` uses.
+STATE_KEY = SUM_KEY
+#: Top-level :meth:`CLASSP.state_dict` key of the stochastic-rounding generators' states.
+RNG_KEY = "stochastic_rounding_rng"
 CODES_KEY = "grad_sum_codes"
 SCALES_KEY = "grad_sum_scales"
 #: Largest number of elements sharing one scale in the 8-bit format.
@@ -223,3 +229,41 @@ class EncodedSum:
                 self.state[key] = value
             else:
                 self.state[key].index_copy_(0, plan.rows, value)
+
+
+def _checked_shape(pid: Any, name: str, value: Any, expected: tuple[int, ...], what: str = "the parameter has") -> None:
+    """Raises ``ValueError`` unless ``value`` is a tensor of shape ``expected``."""
+    if not isinstance(value, Tensor) or tuple(value.shape) != tuple(expected):
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(
+            f"Invalid CLASSP state_dict: {name} of parameter {pid} has shape {shape}, {what} {tuple(expected)}"
+        )
+
+
+def _loaded_sum(pid: Any, p: Tensor, entries: dict[str, Any]) -> dict[str, Tensor]:
+    """The ``S`` entries of a loaded state for parameter ``p``, checked and placed (:meth:`CLASSP.load_state_dict`)."""
+    if STATE_KEY in entries:
+        grad_sum = entries[STATE_KEY]
+        _checked_shape(pid, STATE_KEY, grad_sum, tuple(p.shape))
+        dtype = torch.bfloat16 if grad_sum.dtype == torch.bfloat16 else compute_dtype(p.dtype)
+        return {STATE_KEY: match_layout(grad_sum, p, dtype)}
+    rows, _, blocks, length = block_layout(p.shape)
+    codes, scales = entries.get(CODES_KEY), entries.get(SCALES_KEY)
+    _checked_shape(pid, CODES_KEY, codes, (rows, blocks * length), "expected")
+    _checked_shape(pid, SCALES_KEY, scales, (rows, blocks), "expected")
+    device = local_tensor(p).device
+    return {
+        CODES_KEY: codes.to(device=device, dtype=torch.uint8, copy=True),
+        SCALES_KEY: scales.to(device=device, dtype=torch.float32, copy=True),
+    }
+
+
+def _checked_rng_states(value: Any) -> dict[str, Tensor]:
+    """The generator states of a state_dict's ``"stochastic_rounding_rng"`` entry, copied, or ``ValueError``."""
+    if not isinstance(value, dict) or not all(
+        isinstance(name, str) and isinstance(state, Tensor) for name, state in value.items()
+    ):
+        raise ValueError(
+            f"Invalid CLASSP state_dict: {RNG_KEY!r} must map device names to uint8 tensors, got {value!r:.80}"
+        )
+    return {name: state.detach().clone() for name, state in value.items()}

@@ -485,6 +485,7 @@ register_optimizer(
         "seed": int,
         "fused": bool,
         "state_dtype": str,
+        "grad_sum_decay": float,
         **_COMMON,
     },
 )

@@ -2,7 +2,8 @@
 
 A comparison (:class:`~classp_hf.continual.compare.grid.Grid`: a base config, settings, seeds) runs in one folder::
 
-    DIR/compare_plan.json                          what is compared (marks DIR as a comparison folder)
+    DIR/classp-hf-owner.json                       the marker: a comparison's folder, and what it wrote (.ownership)
+    DIR/compare_plan.json                          what is compared
     DIR/runs/<setting>/<grid point>/seed<k>/       ordinary run folders (classp-hf run)
     DIR/configs/<setting>/<grid point>/seed<k>.yaml   each run's resolved config
     DIR/logs/<setting>/<grid point>/seed<k>.log|.json  its output, and the wall and CPU time of each attempt
@@ -63,8 +64,17 @@ from classp_hf.continual.compare.results import (
     summarize,
 )
 from classp_hf.continual.config import ConfigError, RunConfig, stored_config_differences
-from classp_hf.continual.io import write_json_atomic, write_text_atomic
+from classp_hf.continual.io import check_writable_folder, write_json_atomic, write_text_atomic
 from classp_hf.continual.outputs import OutputDirError, is_complete_model
+from classp_hf.continual.ownership import (
+    FolderLock,
+    Owner,
+    activate,
+    deactivate,
+    folder_entries,
+    legacy_entries,
+    record_written,
+)
 
 __all__ = [
     "COMPARISON_FILENAME",
@@ -85,8 +95,20 @@ __all__ = [
 
 PLAN_FILENAME = "compare_plan.json"
 COMPARISON_FILENAME = "comparison.json"
-#: Everything ``compare`` writes into its folder (``--overwrite`` removes these, nothing else).
-COMPARE_OUTPUTS = (PLAN_FILENAME, COMPARISON_FILENAME, "comparison.md", "figures", "runs", "configs", "logs")
+#: The cache its runs share (tokenized tasks, the untrained model's scores; see ``classp-hf run --cache-dir``).
+CACHE_FOLDER = "cache"
+#: The names ``compare`` writes at the top of its folder (besides its marker); ``--overwrite`` removes what its
+#: marker's manifest lists under them (and the shared cache whole), nothing else.
+COMPARE_OUTPUTS = (
+    PLAN_FILENAME,
+    COMPARISON_FILENAME,
+    "comparison.md",
+    "figures",
+    "runs",
+    "configs",
+    "logs",
+    CACHE_FOLDER,
+)
 _PREFIX = "[compare]"
 
 
@@ -94,7 +116,9 @@ _PREFIX = "[compare]"
 
 
 def _is_comparison_folder(path: Path) -> bool:
-    return (path / PLAN_FILENAME).is_file()
+    """A comparison's marker, or the plan of an earlier classp_hf's comparison (no marker)."""
+    owner = Owner.read(path) if path.is_dir() else None
+    return owner.kind == "compare" if owner is not None else (path / PLAN_FILENAME).is_file()
 
 
 def check_output_dir(output_dir: Path) -> None:
@@ -105,20 +129,50 @@ def check_output_dir(output_dir: Path) -> None:
     """
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputDirError(f"--output-dir {output_dir} exists and is not a directory")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not _is_comparison_folder(output_dir):
+    if folder_entries(output_dir) and not _is_comparison_folder(output_dir):
         raise OutputDirError(
             f"--output-dir {output_dir} is not empty and holds no comparison ({PLAN_FILENAME}); choose another folder"
         )
 
 
-def clear_outputs(output_dir: Path) -> None:
-    """``--overwrite``: removes what a comparison wrote (:data:`COMPARE_OUTPUTS`), nothing else; the plan first."""
-    for name in COMPARE_OUTPUTS:
-        path = output_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
+def _earlier_owner(output_dir: Path) -> Owner | None:
+    owner = Owner.read(output_dir) if output_dir.is_dir() else None
+    if owner is None:
+        entries = legacy_entries(output_dir, "compare")
+        if entries is not None:
+            owner = Owner(output_dir, {"tool": "classp-hf", "kind": "compare", "written": entries})
+    return owner
+
+
+def clear_outputs(output_dir: Path) -> list[str]:
+    """``--overwrite``: removes what the earlier comparison wrote (its marker's manifest; each of its runs through
+    the run's own marker), nothing else; the plan first.
+
+    Returns:
+        The paths removed, relative to ``output_dir``.
+    """
+    owner = _earlier_owner(output_dir)
+    if owner is None:
+        return []
+    cache = output_dir / CACHE_FOLDER
+    if owner.owns(cache) and cache.is_dir() and not cache.is_symlink():
+        shutil.rmtree(cache)  # only caches live there (tokenized tasks, scores), written by the runs
+    return owner.remove(output_dir / PLAN_FILENAME) + owner.clear()
+
+
+def _own_folder(output_dir: Path, overwrite: bool) -> Owner:
+    """The comparison's marker, written before anything else (after ``--overwrite`` cleared the earlier one's
+    outputs); a comparison continued keeps its marker, one of an earlier classp_hf gets one."""
+    if overwrite:
+        clear_outputs(output_dir)
+        owner = Owner.create(output_dir, "compare")
+    else:
+        owner = Owner.read(output_dir)
+        if owner is None:
+            entries = legacy_entries(output_dir, "compare")
+            owner = Owner.create(output_dir, "compare", entries or [], adopted=entries is not None)
+    activate(owner)
+    return owner
 
 
 @dataclass(frozen=True)
@@ -161,7 +215,7 @@ _RunState = Literal["absent", "finished", "unfinished", "broken"]
 def _run_state(run_dir: Path) -> _RunState:
     from classp_hf.continual.checkpoint import ResumeError, read_run_state
 
-    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+    if not folder_entries(run_dir):
         return "absent"
     try:
         state = read_run_state(run_dir, require_checkpoint=False)  # a finished run needs no checkpoint
@@ -173,6 +227,8 @@ def _run_state(run_dir: Path) -> _RunState:
             return "finished"
     if state.checkpoint is not None and not state.checkpoint.is_dir():
         return "broken"  # nothing to resume from
+    if state.checkpoint is None and state.completed_tasks > 0:
+        return "broken"  # recorded finished without a checkpoint (keep_last_checkpoint: false), but incomplete
     return "unfinished"
 
 
@@ -290,7 +346,17 @@ class _Execution:
             return None
         config = self.grid.run_config(setting, point, seed)
         mode = {"absent": "start", "unfinished": "resume", "broken": "overwrite"}[state]
-        return RunJob(setting.name, point, seed, config, paths.run_dir, paths.config_path, paths.log_path, mode)
+        return RunJob(
+            setting.name,
+            point,
+            seed,
+            config,
+            paths.run_dir,
+            paths.config_path,
+            paths.log_path,
+            mode,
+            cache_dir=self.output_dir / CACHE_FOLDER,
+        )
 
     # -- after a run
     def _finish(self, setting: Setting, point: GridPoint, seed: int, attempt: Attempt | None) -> RunRecord:
@@ -363,6 +429,7 @@ class _Execution:
         if job is None:
             self._finish(setting, point, seed, None)
             return None
+        record_written(job.run_dir, job.log_path)  # the run's folder (the run records its files) and its log
         _write_config(job)
         how = {"start": "start", "resume": "resume (killed earlier)", "overwrite": "start afresh"}[job.mode]
         self.progress.line(f"{job.title}: {how}")
@@ -654,25 +721,47 @@ def compare(
     Raises:
         ConfigError, OutputDirError: bad input in one line (the grid, a preset, a key, a folder, a run made with
             another config), before anything is written or run.
+        FolderBusyError: another live process writes into ``output_dir`` (naming its pid).
     """
-    from classp_hf.continual.compare.report import write_comparison
-
     grid = _resolve_grid(grid, config, presets, seeds, overrides, profile)
     reference = _check_reference(grid, reference)
     runner, launcher_name, threads = _make_launcher(launcher, jobs)
-    output_dir = Path(output_dir)
-    check_output_dir(output_dir)
-    if report_only and (overwrite or not _is_comparison_folder(output_dir)):
-        raise ConfigError(
-            f"--report-only reads the comparison in --output-dir {output_dir}: there is none (or --overwrite was given)"
-        )
-    if not overwrite:
-        _check_existing_runs(grid, output_dir)
-    if overwrite and output_dir.is_dir():
-        clear_outputs(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = check_writable_folder(output_dir)
+    check_output_dir(output_dir)  # before the lock creates the folder: a file in the way is named as such
+    lock = FolderLock(output_dir).acquire()  # a second comparison on the folder is refused here, at once
+    owner = None
+    try:
+        check_output_dir(output_dir)
+        if report_only and (overwrite or not _is_comparison_folder(output_dir)):
+            raise ConfigError(
+                f"--report-only reads the comparison in --output-dir {output_dir}: there is none (or --overwrite was "
+                "given)"
+            )
+        if not overwrite:
+            _check_existing_runs(grid, output_dir)
+        owner = _own_folder(output_dir, overwrite)
+        return _compare(grid, output_dir, runner, launcher_name, threads, jobs, report_only, log, reference)
+    finally:
+        deactivate(owner)
+        lock.release()
+
+
+def _compare(
+    grid: Grid,
+    output_dir: Path,
+    runner: Launcher,
+    launcher_name: str,
+    threads: int | None,
+    jobs: int,
+    report_only: bool,
+    log: bool,
+    reference: str,
+) -> Comparison:
+    from classp_hf.continual.compare.report import format_table, write_comparison
+
     if not report_only:  # marks the folder as a comparison before any run starts
         write_json_atomic(output_dir / PLAN_FILENAME, _plan(grid))
+        record_written(output_dir / CACHE_FOLDER)  # the runs fill it from their processes: it is cleared whole
     expected = sum(len(s.points) + len(grid.seeds) - 1 if len(s.points) > 1 else len(grid.seeds) for s in grid.settings)
     progress = _Progress(expected, log)
     schedule = {"launcher": launcher_name, "jobs": jobs, "threads_per_job": threads}
@@ -704,5 +793,5 @@ def compare(
     )
     write_comparison(comparison.to_dict(), output_dir)
     if log:
-        print("\n" + comparison.table(), flush=True)
+        print("\n" + format_table(comparison.to_dict()), flush=True)
     return comparison

@@ -38,7 +38,16 @@ from typing import Any
 
 import yaml
 
-from classp_hf.continual.config import ConfigError, RunConfig, check_keys, config_from_dict, parse_yaml, require
+from classp_hf.continual.config import (
+    MAX_SEED,
+    ConfigError,
+    RunConfig,
+    check_keys,
+    config_from_dict,
+    parse_yaml,
+    read_yaml_file,
+    require,
+)
 
 __all__ = [
     "PRESETS_RESOURCE",
@@ -57,7 +66,8 @@ __all__ = [
 PRESETS_RESOURCE = "presets.yaml"
 """The presets shipped in the package (``classp_hf/presets.yaml``)."""
 
-_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+#: A setting's or preset's name (it names a folder: not ``.`` or ``..``).
+_NAME = re.compile(r"(?!\.+$)[A-Za-z0-9_.+-]+")
 _GRID_KEYS = {"base", "description", "seeds", "overrides", "settings", "profiles"}
 _SETTING_KEYS = {"name", "preset", "description", "overrides", "grid"}
 _PRESET_KEYS = {"description", "optimizer", "optim_args", "method", "method_args", "overrides", "grid"}
@@ -299,8 +309,7 @@ def load_presets(path: str | os.PathLike | None = None) -> dict[str, Preset]:
         ConfigError: naming the preset and key.
     """
     where = str(path) if path is not None else f"classp_hf/{PRESETS_RESOURCE}"
-    text = Path(path).read_text(encoding="utf-8") if path is not None else _shipped_presets_text()
-    raw = parse_yaml(text)
+    raw = read_yaml_file(Path(path), "presets") if path is not None else parse_yaml(_shipped_presets_text())
     require(isinstance(raw, dict) and raw, f"{where}: expected a mapping of preset names")
     return {str(name): _preset_from_dict(name, value, where) for name, value in raw.items()}
 
@@ -325,7 +334,7 @@ def _setting_from_raw(raw: Any, index: int, presets: Mapping[str, Preset], sourc
     name = raw.get("name", preset_name)
     require(
         isinstance(name, str) and _NAME.fullmatch(name) is not None,
-        f"{where}.name: {name!r}: use letters, digits and _.+- (it names a folder)",
+        f"{where}.name: {name!r}: use letters, digits and _.+-, not only dots (it names a folder)",
     )
     where = f"{source}: settings[{index}] ({name})"
     overrides = merge_overrides(base.overrides, _check_overrides(raw.get("overrides"), f"{where}.overrides"))
@@ -352,6 +361,8 @@ def parse_seeds(raw: Any, where: str = "seeds") -> list[int]:
         f"{where}: expected a non-empty list of non-negative integers, got {raw!r}",
     )
     require(len(set(raw)) == len(raw), f"{where}: a seed is listed twice in {raw}")
+    for seed in raw:
+        require(seed <= MAX_SEED, f"{where}: seed {seed} is out of range (a seed is an integer in [0, 2**32 - 1])")
     return list(raw)
 
 
@@ -401,10 +412,7 @@ class Grid:
     def _base_raw(self) -> dict[str, Any]:
         path = self.base_config
         require(path.is_file(), f"{self.source}: base: config file not found: {path}")
-        try:
-            raw = parse_yaml(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: malformed YAML: {getattr(error, 'problem', None) or error}") from None
+        raw = read_yaml_file(path, "base")
         require(isinstance(raw, dict), f"{path}: expected a mapping at the top level")
         return raw
 
@@ -428,9 +436,11 @@ class Grid:
             ConfigError: naming the setting and point, then the key.
         """
         overrides = self.overrides_for(setting, point, seed)
+        raw = copy.deepcopy(self._base_raw)
+        raw.setdefault("keep_last_checkpoint", False)  # a finished run of a comparison keeps no checkpoint
         try:
             return config_from_dict(
-                copy.deepcopy(self._base_raw),
+                raw,
                 base_dir=self.base_config.resolve().parent,
                 source=str(self.base_config),
                 overrides=overrides,
@@ -547,10 +557,7 @@ def load_grid(
     """
     path = Path(path)
     require(path.is_file(), f"grid file not found: {path}")
-    try:
-        raw = parse_yaml(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: malformed YAML: {getattr(error, 'problem', None) or error}") from None
+    raw = read_yaml_file(path, "grid")
     return grid_from_dict(raw, path.resolve().parent, str(path), profile=profile, seeds=seeds, overrides=overrides)
 
 

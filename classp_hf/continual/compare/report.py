@@ -20,6 +20,7 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import best_match
 
+from classp_hf.continual.compare.figures import FIGURES
 from classp_hf.continual.compare.results import LEARNED_MARGIN
 from classp_hf.continual.io import write_json_atomic, write_text_atomic
 from classp_hf.continual.report import figure_colors, markdown_table, new_figure, save_png
@@ -39,13 +40,6 @@ __all__ = [
 ]
 
 COMPARISON_SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "comparison.schema.json"
-#: Figure file names, under ``figures/``.
-FIGURES = {
-    "matrices": "accuracy_matrices.png",
-    "first_task": "first_task.png",
-    "memory": "acc_vs_memory.png",
-    "stability": "stability_plasticity.png",
-}
 _NA = "n/a"
 _MIB = 2.0**20
 
@@ -360,6 +354,7 @@ def _cost_section(data: dict[str, Any]) -> list[str]:
         "method state (MiB)",
         "wall / run (s)",
         "CPU / run (s)",
+        "training %",
     ]
     rows = []
     for setting in _ordered(data):
@@ -375,6 +370,7 @@ def _cost_section(data: dict[str, Any]) -> list[str]:
                 _pm(s["method_state_bytes"], 1 / _MIB, 2),
                 _pm(s["wall_seconds"], 1.0, 0),
                 _pm(s["cpu_seconds"], 1.0, 0),
+                _pm(s.get("training_share"), 100.0, 0),
             ]
         )
     return [
@@ -382,7 +378,9 @@ def _cost_section(data: dict[str, Any]) -> list[str]:
         "",
         "Trainable parameters: on the last task; total: the model after the last task (per-task adapters add "
         "theirs). Extra memory: what the optimizer and the continual method keep after the last task (optimizer "
-        "state + method state), beyond the model. Wall and CPU time per run (user + system, the run's process).",
+        "state + method state), beyond the model. Wall and CPU time per run (user + system, the run's process); "
+        "training %: the share of a run's wall time spent in `Trainer.train` (the rest: start-up, tokenization, "
+        "evaluation, checkpoints, report; `python benchmarks/run_breakdown.py CONFIG` prints one run's breakdown).",
         "",
         markdown_table(header, rows),
         "",

@@ -64,7 +64,10 @@ def run_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
         without a validation split), ``acc_task_labels`` (ACC with the argmax over each task's own labels; `None`
         for runs from before it was recorded), ``trainable_parameters``, ``total_parameters`` (the model after the
         last task: per-task adapters add theirs), ``optimizer_state_bytes``, ``method_state_bytes``,
-        ``extra_memory_bytes`` (their sum), ``bytes_per_trainable_parameter``, ``train_seconds``, and with CLASSP's
+        ``extra_memory_bytes`` (their sum), ``bytes_per_trainable_parameter``, ``train_seconds``,
+        ``timed_training_seconds`` (``Trainer.train`` over all attempts, from results.json's ``timing``; `None` for
+        runs from before it was recorded), ``training_share`` (that over the run's wall time in the runner; `None`
+        likewise), and with CLASSP's
         update diagnostics (``diagnostics: true``; `None` otherwise) ``update_fraction`` (elements updated per
         step, mean over tasks), ``task_update_fraction`` (elements a task updated at least once, mean over tasks)
         and ``overlap_with_earlier`` (of those, the share earlier tasks had updated, mean over tasks 2 to T).
@@ -76,6 +79,7 @@ def run_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
     optimizer_bytes = int(last.get("optimizer_state_bytes", 0))
     method_bytes = int(last.get("method_state_bytes", 0))
     extra = optimizer_bytes + method_bytes
+    timing = results.get("timing") or {}
     return {
         **{key: results["metrics"].get(key) for key in ("acc", "bwt", "fwt", "forgetting")},
         "validation_acc": (validation.get("metrics") or {}).get("acc"),
@@ -95,6 +99,8 @@ def run_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
         "extra_memory_bytes": extra,
         "bytes_per_trainable_parameter": extra / trainable if trainable else None,
         "train_seconds": round(sum(float(record.get("seconds", 0.0)) for record in results["per_task"]), 3),
+        "timed_training_seconds": (timing.get("phases") or {}).get("training"),
+        "training_share": timing.get("training_share"),
         **_update_sparsity(results["per_task"]),
     }
 
@@ -188,6 +194,7 @@ SUMMARY_SCALARS = (
     "train_seconds",
     "wall_seconds",
     "cpu_seconds",
+    "training_share",
     "update_fraction",
     "task_update_fraction",
     "overlap_with_earlier",
@@ -206,7 +213,18 @@ def _stat(values: Sequence[float | None]) -> dict[str, Any]:
 
 
 def _value(record: RunRecord, key: str) -> Any:
+    if key == "training_share":
+        return _training_share(record)
     return getattr(record, key) if key in ("wall_seconds", "cpu_seconds") else record.metrics.get(key)
+
+
+def _training_share(record: RunRecord) -> float | None:
+    """``Trainer.train``'s seconds over the run's process wall time (every attempt, start-up included), or the
+    share the run recorded within its runner when the comparison has no wall time for it; `None` for older runs."""
+    training = record.metrics.get("timed_training_seconds")
+    if training is not None and record.wall_seconds:
+        return min(1.0, float(training) / record.wall_seconds)
+    return record.metrics.get("training_share")
 
 
 def summarize(records: Sequence[RunRecord]) -> dict[str, Any]:
@@ -384,12 +402,6 @@ class Comparison:
             "reference_settings": self.reference_settings,
             "settings": [setting.to_dict() for setting in self.settings],
         }
-
-    def table(self) -> str:
-        """The console table (see :func:`classp_hf.continual.compare.report.format_table`)."""
-        from classp_hf.continual.compare.report import format_table
-
-        return format_table(self.to_dict())
 
 
 def apply_references(settings: Sequence[SettingResult], tasks: Sequence[str]) -> dict[str, str | None]:

@@ -1,0 +1,108 @@
+"""Tokenized tasks kept on disk, keyed by everything that makes them, so the runs of one comparison tokenize once.
+
+``classp-hf compare`` gives its runs ``DIR/cache/`` (``classp-hf run --cache-dir``). A task's entry is the folder
+``tokenized/<task>-<key>/`` with its splits saved by ``datasets`` (read back memory-mapped). The key is a hash of
+what :func:`~classp_hf.continual.tasks.load_task` reads: the task's config (files, columns, label map, sample
+sizes), each data file's path, size and modification time, the shared labels, ``max_length``, the seed, the
+validation fraction and the tokenizer (``datasets``' fingerprint of the tokenizer object: its vocabulary, special
+tokens and settings). Change any of them and the key changes; entries are never modified, only added.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+__all__ = ["TOKENIZED_FOLDER", "task_cache_key", "read_cached_task", "write_cached_task"]
+
+TOKENIZED_FOLDER = "tokenized"
+_SPLITS = ("train", "test", "validation")
+
+
+def _file_stamp(path: str) -> dict[str, Any]:
+    stat = os.stat(path)
+    return {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """``datasets``' deterministic hash of a tokenizer (what its ``map`` caching keys on)."""
+    from datasets.fingerprint import Hasher
+
+    return Hasher.hash(tokenizer)
+
+
+def task_cache_key(
+    task: Any,
+    labels: list[str],
+    tokenizer: Any,
+    max_length: int,
+    seed: int,
+    validation_fraction: float,
+) -> str:
+    """The cache key of a task's tokenized splits (hex, 20 characters).
+
+    Args:
+        task: the task's :class:`~classp_hf.continual.config.TaskConfig`.
+        labels, tokenizer, max_length, seed, validation_fraction: as :func:`~classp_hf.continual.tasks.load_task`
+            takes them.
+    """
+    spec = {key: value for key, value in dataclasses.asdict(task).items() if key != "training"}
+    files = {split: _file_stamp(path) for split, path in (task.data_files or {}).items() if os.path.isfile(path)}
+    payload = {
+        "task": spec,
+        "files": files,
+        "labels": list(labels),
+        "max_length": max_length,
+        "seed": seed,
+        "validation_fraction": validation_fraction,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "datasets": datasets.__version__,
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
+def _entry(cache_dir: Path, name: str, key: str) -> Path:
+    return Path(cache_dir) / TOKENIZED_FOLDER / f"{name}-{key}"
+
+
+def read_cached_task(cache_dir: Path, name: str, key: str) -> dict[str, datasets.Dataset | None] | None:
+    """The cached splits of a task (``train``, ``test``, ``validation`` or `None`), or `None` if not cached."""
+    folder = _entry(cache_dir, name, key)
+    if not (folder / "complete").is_file():
+        return None
+    try:
+        return {
+            split: datasets.load_from_disk(str(folder / split)) if (folder / split).is_dir() else None
+            for split in _SPLITS
+        }
+    except (OSError, ValueError, FileNotFoundError):  # a damaged entry: tokenize again
+        return None
+
+
+def write_cached_task(cache_dir: Path, name: str, key: str, splits: dict[str, datasets.Dataset | None]) -> None:
+    """Saves a task's splits under its key (into a temporary folder renamed into place; a run that finds the entry
+    already written by another run keeps that one)."""
+    folder = _entry(cache_dir, name, key)
+    if (folder / "complete").is_file():
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for split, data in splits.items():
+            if data is not None:
+                data.save_to_disk(str(tmp / split))
+        (tmp / "complete").write_text("ok\n", encoding="utf-8")
+        if folder.exists():  # an incomplete entry of a killed run
+            shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    except OSError:  # another run wrote it first, or no room: the run goes on with what it tokenized
+        shutil.rmtree(tmp, ignore_errors=True)
