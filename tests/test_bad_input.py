@@ -182,7 +182,7 @@ def assert_refused(tmp_path, model_dir, case, capsys):
 @pytest.fixture
 def no_accelerator(monkeypatch):
     """fp16 is refused where no GPU is used; pretend there is none on any machine."""
-    import classp_hf.continual.config as config_module
+    import classp_hf.continual.config.sections as config_module
 
     monkeypatch.setattr(config_module, "accelerator_available", lambda: False)
 

@@ -316,7 +316,7 @@ def test_post_init_error_of_a_key_combination_names_the_section():
 def test_building_training_arguments_writes_nothing_and_leaves_accelerate_alone(tmp_path, monkeypatch):
     from accelerate.state import PartialState
 
-    import classp_hf.continual.config as config_module
+    import classp_hf.continual.config.sections as config_module
     from classp_hf.training_args import TrainingArguments
 
     never = tmp_path / "never" / "created"
@@ -332,7 +332,7 @@ def test_building_training_arguments_writes_nothing_and_leaves_accelerate_alone(
 
 
 def test_fp16_without_an_accelerator_is_refused(monkeypatch):
-    import classp_hf.continual.config as config_module
+    import classp_hf.continual.config.sections as config_module
 
     monkeypatch.setattr(config_module, "accelerator_available", lambda: False)
     with pytest.raises(ConfigError, match=r"^config\.training\.fp16: fp16 mixed precision runs only on a GPU"):
