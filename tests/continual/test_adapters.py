@@ -13,7 +13,7 @@ from classp_hf.continual.runner import ContinualRunner
 from classp_hf.methods import ContinualMethod, register_method
 from classp_hf.optim import list_optimizers
 
-from .test_runner import raw_config, tiny_model_dir  # noqa: F401  (fixture)
+from ..helpers.runs import raw_config
 
 LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["query", "value"]}
 
@@ -41,12 +41,12 @@ def logits(model, tokenizer, texts=("profits rose sharply", "the flight was late
 
 
 @pytest.fixture(scope="module")
-def shared_run(tmp_path_factory, tiny_model_dir):  # noqa: F811
+def shared_run(tmp_path_factory, tiny_model_dir):
     return lora_run(tmp_path_factory.mktemp("shared"), tiny_model_dir, merge=True)
 
 
 @pytest.fixture(scope="module")
-def per_task_run(tmp_path_factory, tiny_model_dir):  # noqa: F811
+def per_task_run(tmp_path_factory, tiny_model_dir):
     return lora_run(tmp_path_factory.mktemp("per_task"), tiny_model_dir, adapters="per_task", init="previous")
 
 
@@ -63,7 +63,7 @@ def test_shared_adapter_results_and_state(shared_run):
     assert sum(float(s["grad_sum"].sum()) for s in runner.optimizer.state.values()) > 0
 
 
-def test_saved_adapter_reloads_with_identical_predictions(shared_run, tiny_model_dir):  # noqa: F811
+def test_saved_adapter_reloads_with_identical_predictions(shared_run, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
@@ -74,7 +74,7 @@ def test_saved_adapter_reloads_with_identical_predictions(shared_run, tiny_model
     torch.testing.assert_close(logits(reloaded, runner.tokenizer), logits(runner.model, runner.tokenizer))
 
 
-def test_base_weights_untouched_and_merged_model(shared_run, tiny_model_dir):  # noqa: F811
+def test_base_weights_untouched_and_merged_model(shared_run, tiny_model_dir):
     from transformers import AutoModelForSequenceClassification
 
     runner, _ = shared_run
@@ -92,7 +92,7 @@ def test_base_weights_untouched_and_merged_model(shared_run, tiny_model_dir):  #
     torch.testing.assert_close(logits(final, runner.tokenizer), logits(runner.model, runner.tokenizer))
 
 
-def test_per_task_adapters(per_task_run, tiny_model_dir):  # noqa: F811
+def test_per_task_adapters(per_task_run, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
@@ -123,7 +123,7 @@ def test_per_task_adapters(per_task_run, tiny_model_dir):  # noqa: F811
 
 
 @pytest.mark.parametrize("optim", sorted(set(list_optimizers()) & {"classp", "sgd", "adam", "adamw", "adagrad"}))
-def test_every_optimizer_works_with_lora(tmp_path, tiny_model_dir, optim):  # noqa: F811
+def test_every_optimizer_works_with_lora(tmp_path, tiny_model_dir, optim):
     raw = raw_config(tiny_model_dir, peft=LORA)
     raw["tasks"] = raw["tasks"][:1]
     raw["training"].update(optim=optim, optim_args=None, max_steps=2)
@@ -150,7 +150,7 @@ def test_every_optimizer_works_with_lora(tmp_path, tiny_model_dir, optim):  # no
         ({"use_dora": "no"}, r"config\.peft\.use_dora: expected true or false, got 'no'"),
     ],
 )
-def test_invalid_peft_section(tiny_model_dir, peft, message):  # noqa: F811
+def test_invalid_peft_section(tiny_model_dir, peft, message):
     with pytest.raises(ConfigError, match=message):
         config_from_dict(raw_config(tiny_model_dir, peft=peft))
 
@@ -187,7 +187,7 @@ def randomise(model, adapter):
 
 
 @pytest.mark.parametrize("second", ["value", "query", "dense", "classifier", "default", "first.2", "firs"])
-def test_per_task_adapter_named_like_a_module_copies_every_tensor(tiny_model_dir, second):  # noqa: F811
+def test_per_task_adapter_named_like_a_module_copies_every_tensor(tiny_model_dir, second):
     """A task named like a module used to get a partial copy (``.value.`` matched the module too)."""
     setup, model = lora_on_tiny_bert(tiny_model_dir, "first")
     randomise(model, adapter_name_for_task("first"))
@@ -202,7 +202,7 @@ def test_per_task_adapter_named_like_a_module_copies_every_tensor(tiny_model_dir
     assert trainable == {n for n, _ in model.named_parameters() if adapter_name_for_task(second) in n.split(".")}
 
 
-def test_fresh_per_task_adapter_is_not_copied(tiny_model_dir):  # noqa: F811
+def test_fresh_per_task_adapter_is_not_copied(tiny_model_dir):
     setup, model = lora_on_tiny_bert(tiny_model_dir, "first", init="fresh")
     randomise(model, adapter_name_for_task("first"))
     setup.start_task(model, "value")
@@ -211,7 +211,7 @@ def test_fresh_per_task_adapter_is_not_copied(tiny_model_dir):  # noqa: F811
     assert not any(torch.equal(param, source[name]) for name, param in target.items() if "lora_A" in name)
 
 
-def test_copy_refuses_an_adapter_name_that_is_a_module_name(tiny_model_dir):  # noqa: F811
+def test_copy_refuses_an_adapter_name_that_is_a_module_name(tiny_model_dir):
     """The copy checks that every tensor of the target was written: a clashing name cannot pass silently."""
     import peft
 
@@ -221,7 +221,7 @@ def test_copy_refuses_an_adapter_name_that_is_a_module_name(tiny_model_dir):  # 
         setup._copy_adapter(model, adapter_name_for_task("first"), "value")
 
 
-def test_adapter_of_a_task_named_value_saves_under_the_task_name_and_reloads(tmp_path, tiny_model_dir):  # noqa: F811
+def test_adapter_of_a_task_named_value_saves_under_the_task_name_and_reloads(tmp_path, tiny_model_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     setup, model = lora_on_tiny_bert(tiny_model_dir, "first")
@@ -273,7 +273,7 @@ class AnchorL2(ContinualMethod):
         self.anchors = dict(state["anchors"])
 
 
-def test_a_stateful_method_runs_on_lora_and_survives_resume(tmp_path, tiny_model_dir):  # noqa: F811
+def test_a_stateful_method_runs_on_lora_and_survives_resume(tmp_path, tiny_model_dir):
     """Later methods (EWC, replay) plug in the same way on a PeftModel, and their state is checkpointed."""
     register_method(AnchorL2.name, AnchorL2)
     raw = raw_config(tiny_model_dir, peft={**LORA, "adapters": "shared"}, method=AnchorL2.name)

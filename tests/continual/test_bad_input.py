@@ -9,41 +9,15 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
-from classp_hf.cli import main as cli_main
 from classp_hf.continual.config import ConfigError, config_from_dict
 from classp_hf.continual.model_check import check_model, looks_like_hub_id
 
-from .test_runner import raw_config, tiny_model_dir  # noqa: F401  (fixture)
-
-
-@dataclass(frozen=True)
-class Case:
-    """A bad edit of the working config and the line it must give (a regex matching the start of the message)."""
-
-    change: Callable[[dict, Path], None]
-    message: str
-
-
-def training(**values):
-    return lambda raw, tmp: raw["training"].update(values)
-
-
-def task(index, **values):
-    return lambda raw, tmp: raw["tasks"][index].update(values)
-
-
-def top(**values):
-    return lambda raw, tmp: raw.update(values)
-
-
-def peft(**values):
-    return lambda raw, tmp: raw.update(peft={"r": 4, "target_modules": ["query", "value"], **values})
+from ..helpers.bad_input import Case, assert_refused, peft, task, top, training
+from ..helpers.runs import raw_config
 
 
 def model_folder(edit: Callable[[Path], None]):
@@ -157,28 +131,6 @@ MODEL_CASES = {
 }
 
 
-def run_bad(tmp_path, model_dir, case: Case, capsys) -> tuple[int, list[str], Path]:
-    raw = raw_config(model_dir)
-    for item in raw["tasks"]:
-        item.update(max_train_samples=8, max_eval_samples=8)
-    case.change(raw, tmp_path)
-    config_path = tmp_path / "run.yaml"
-    config_path.write_text(yaml.safe_dump(raw))
-    output = tmp_path / "out"
-    code = cli_main(["run", str(config_path), "--output-dir", str(output), "--quiet"])
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    return code, lines, output
-
-
-def assert_refused(tmp_path, model_dir, case, capsys):
-    code, lines, output = run_bad(tmp_path, model_dir, case, capsys)
-    assert code == 2, lines
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("classp-hf: error: ")
-    assert re.match(case.message, lines[0].removeprefix("classp-hf: error: ")), lines[0]
-    assert not output.exists()
-
-
 @pytest.fixture
 def no_accelerator(monkeypatch):
     """fp16 is refused where no GPU is used; pretend there is none on any machine."""
@@ -188,12 +140,12 @@ def no_accelerator(monkeypatch):
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny_model_dir, capsys, no_accelerator, name):  # noqa: F811
+def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny_model_dir, capsys, no_accelerator, name):
     assert_refused(tmp_path, tiny_model_dir, CASES[name], capsys)
 
 
 @pytest.mark.parametrize("name", MODEL_CASES)
-def test_bad_model_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny_model_dir, capsys, name):  # noqa: F811
+def test_bad_model_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny_model_dir, capsys, name):
     assert_refused(tmp_path, tiny_model_dir, MODEL_CASES[name], capsys)
 
 
@@ -201,7 +153,7 @@ def test_bad_model_exits_2_with_one_line_and_writes_nothing(tmp_path, tiny_model
 
 
 @pytest.mark.parametrize("name", list(MODEL_CASES))
-def test_check_model_messages(tmp_path, tiny_model_dir, name):  # noqa: F811
+def test_check_model_messages(tmp_path, tiny_model_dir, name):
     raw = raw_config(tiny_model_dir)
     MODEL_CASES[name].change(raw, tmp_path)
     config = config_from_dict(raw)
@@ -210,7 +162,7 @@ def test_check_model_messages(tmp_path, tiny_model_dir, name):  # noqa: F811
     assert re.match(MODEL_CASES[name].message, str(error.value)), str(error.value)
 
 
-def test_check_model_of_a_good_folder(tiny_model_dir, minilm_path):  # noqa: F811
+def test_check_model_of_a_good_folder(tiny_model_dir, minilm_path):
     info = check_model(config_from_dict(raw_config(tiny_model_dir)))
     assert (info.path, info.local, info.model_type) == (tiny_model_dir, True, "bert")
     assert info.max_position_embeddings == info.max_length_limit == 128 and info.saved_dtype == "float32"
@@ -218,7 +170,7 @@ def test_check_model_of_a_good_folder(tiny_model_dir, minilm_path):  # noqa: F81
     assert packaged.path == minilm_path and packaged.max_length_limit == 512
 
 
-def test_check_model_leaves_hub_ids_to_the_hub(tiny_model_dir, monkeypatch):  # noqa: F811
+def test_check_model_leaves_hub_ids_to_the_hub(tiny_model_dir, monkeypatch):
     import transformers
 
     asked = []

@@ -23,7 +23,7 @@ from classp_hf.continual.config import (
     resolve_model_path,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "recipes" / "configs").glob("*.yaml"))
 
 

@@ -23,7 +23,7 @@ from classp_hf.continual.families import classification_head
 from classp_hf.continual.results import validate_results
 from classp_hf.continual.runner import ContinualRunner
 
-from .model_families import DECODERS, EOS, REPO, available_families, run_config
+from ..helpers.model_families import DECODERS, EOS, REPO, available_families, run_config
 
 FAMILY_NAMES = available_families()
 TASKS = ["financial_phrasebank", "amazon_reviews"]

@@ -21,8 +21,8 @@ from classp_hf.continual.outputs import save_model_atomic
 from classp_hf.continual.results import ResultsVersionError, RunResults
 from classp_hf.continual.runner import ContinualRunner
 
-from .test_resume import Killed, KilledBeforeTask, assert_same_run, snapshot, three_task_config
-from .test_runner import raw_config, tiny_model_dir  # noqa: F401  (fixture)
+from ..helpers.resume import Killed, KilledBeforeTask, assert_same_run, snapshot, three_task_config
+from ..helpers.runs import raw_config
 
 
 class KilledInFirstTask(KilledBeforeTask):
@@ -30,7 +30,7 @@ class KilledInFirstTask(KilledBeforeTask):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_model_dir):  # noqa: F811
+def reference(tmp_path_factory, tiny_model_dir):
     raw = raw_config(tiny_model_dir)
     runner = ContinualRunner(config_from_dict(raw), tmp_path_factory.mktemp("ref") / "out", log=False)
     return raw, runner, runner.run().to_dict()
@@ -181,7 +181,7 @@ def test_a_full_disk_while_checkpointing_stops_in_one_line_and_the_run_resumes(
     assert_same_run(resumed, resumed.run().to_dict(), reference_runner, reference_results)
 
 
-def test_a_truncated_checkpoint_is_refused_in_one_line(tmp_path, tiny_model_dir, capsys):  # noqa: F811
+def test_a_truncated_checkpoint_is_refused_in_one_line(tmp_path, tiny_model_dir, capsys):
     raw = three_task_config(tiny_model_dir)
     output = tmp_path / "out"
     with pytest.raises(Killed):
@@ -209,7 +209,7 @@ def test_results_of_an_older_version_are_upgraded_or_refused(reference):
         RunResults.from_dict({**results, "schema_version": 9})
 
 
-def test_an_optimizer_state_of_an_older_version_is_refused_on_resume(tmp_path, tiny_model_dir, capsys):  # noqa: F811
+def test_an_optimizer_state_of_an_older_version_is_refused_on_resume(tmp_path, tiny_model_dir, capsys):
     raw = three_task_config(tiny_model_dir)
     output = tmp_path / "out"
     with pytest.raises(Killed):
@@ -256,7 +256,7 @@ def test_resume_refuses_a_folder_without_a_run(tmp_path, reference):
         ContinualRunner(config_from_dict(raw), tmp_path, log=False, resume=True)
 
 
-def test_bf16_runs_on_the_cpu_with_autocast(tmp_path, tiny_model_dir):  # noqa: F811
+def test_bf16_runs_on_the_cpu_with_autocast(tmp_path, tiny_model_dir):
     raw = raw_config(tiny_model_dir)
     raw["training"]["bf16"] = True
     runner = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False)
@@ -271,7 +271,7 @@ def test_bf16_runs_on_the_cpu_with_autocast(tmp_path, tiny_model_dir):  # noqa: 
     assert next(runner.model.parameters()).dtype == torch.float32  # autocast: the weights stay float32
 
 
-def test_model_dtype_bfloat16_with_stochastic_rounding(tmp_path, tiny_model_dir):  # noqa: F811
+def test_model_dtype_bfloat16_with_stochastic_rounding(tmp_path, tiny_model_dir):
     raw = raw_config(tiny_model_dir)
     raw["model_dtype"] = "bfloat16"
     raw["training"]["optim_args"] = "power=1,eps=1e-8,stochastic_rounding=true,seed=3"

@@ -26,10 +26,10 @@ from classp_hf.continual import io as io_module
 from classp_hf.continual.compare.grid import load_grid
 from classp_hf.continual.config import ConfigError, config_from_dict, load_config
 
-from .test_bad_input import Case, assert_refused, peft, task, top, training
-from .test_runner import raw_config, tiny_model_dir  # noqa: F401  (fixture)
+from ..helpers.bad_input import Case, assert_refused, peft, task, top, training
+from ..helpers.runs import raw_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def label_outside_the_sample(raw, tmp):
@@ -104,7 +104,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_refused_at_load_with_one_line_and_nothing_written(tmp_path, tiny_model_dir, capsys, name):  # noqa: F811
+def test_refused_at_load_with_one_line_and_nothing_written(tmp_path, tiny_model_dir, capsys, name):
     assert_refused(tmp_path, tiny_model_dir, CASES[name], capsys)
 
 
@@ -116,7 +116,7 @@ def test_optim_args_lists_no_refused_key():
     assert "lr" not in re.split(r"[,)\s]+", accepted)
 
 
-def test_transformers_optim_args_are_applied_and_recorded_as_built(tmp_path, tiny_model_dir):  # noqa: F811
+def test_transformers_optim_args_are_applied_and_recorded_as_built(tmp_path, tiny_model_dir):
     """optim_args transformers reads reach the optimizer, and results.json records what it was built with."""
     raw = raw_config(tiny_model_dir)
     raw["training"].update(optim="sgd", optim_args="momentum=0.5,nesterov=true", weight_decay=0.01, max_steps=1)
@@ -152,7 +152,7 @@ def one_error(capsys) -> str:
     return lines[0].removeprefix("classp-hf: error: ")
 
 
-def test_output_folder_below_a_file(tmp_path, tiny_model_dir, capsys):  # noqa: F811
+def test_output_folder_below_a_file(tmp_path, tiny_model_dir, capsys):
     config = write_config(tmp_path, tiny_model_dir)
     blocker = tmp_path / "file"
     blocker.write_text("mine")
@@ -177,7 +177,7 @@ def read_only(monkeypatch):
     return folders
 
 
-def test_read_only_output_folder_for_run_resume_compare_and_probe(tmp_path, tiny_model_dir, capsys, read_only):  # noqa: F811
+def test_read_only_output_folder_for_run_resume_compare_and_probe(tmp_path, tiny_model_dir, capsys, read_only):
     config = write_config(tmp_path, tiny_model_dir)
     disk = tmp_path / "ro"
     disk.mkdir()
@@ -202,7 +202,7 @@ def test_read_only_output_folder_for_run_resume_compare_and_probe(tmp_path, tiny
 # -- fused needs a compiler ---------------------------------------------------------------------------------
 
 
-def test_fused_without_a_compiler_is_refused_at_load(tmp_path, tiny_model_dir):  # noqa: F811
+def test_fused_without_a_compiler_is_refused_at_load(tmp_path, tiny_model_dir):
     config = write_config(tmp_path, tiny_model_dir, optim_args="fused=true")
     env = {
         **os.environ,
@@ -229,7 +229,7 @@ def test_fused_without_a_compiler_is_refused_at_load(tmp_path, tiny_model_dir): 
 # -- YAML -----------------------------------------------------------------------------------------------------
 
 
-def test_duplicate_keys_are_refused_with_file_key_and_lines(tmp_path, tiny_model_dir):  # noqa: F811
+def test_duplicate_keys_are_refused_with_file_key_and_lines(tmp_path, tiny_model_dir):
     path = tmp_path / "dup.yaml"
     text = yaml.safe_dump(raw_config(tiny_model_dir), sort_keys=False)
     path.write_text("seed: 0\n" + text.replace("seed: 0\n", "seed: 7\n"))
@@ -277,7 +277,7 @@ def test_alias_bombs_are_refused_fast(tmp_path):
         load_config(recursive)
 
 
-def test_a_reused_anchor_still_loads(tmp_path, tiny_model_dir):  # noqa: F811
+def test_a_reused_anchor_still_loads(tmp_path, tiny_model_dir):
     raw = raw_config(tiny_model_dir)
     files = raw["tasks"][0]["data_files"]
     text = yaml.safe_dump(raw, sort_keys=False)
@@ -300,7 +300,7 @@ def test_a_config_that_is_not_utf8_names_the_file(tmp_path, capsys):
 
 
 @pytest.fixture
-def base_config(tmp_path, tiny_model_dir):  # noqa: F811
+def base_config(tmp_path, tiny_model_dir):
     raw = raw_config(tiny_model_dir, validation_fraction=0.25)
     path = tmp_path / "configs" / "base.yaml"
     path.parent.mkdir()

@@ -16,8 +16,7 @@ from classp_hf.continual.results import validate_results
 from classp_hf.continual.runner import ContinualRunner
 from classp_hf.trainer import Trainer, _unwrap_optimizer
 
-from .test_resume import Killed, KilledBeforeTask, three_task_config
-from .test_runner import REPO, tiny_model_dir  # noqa: F401  (fixture)
+from ..helpers.resume import Killed, KilledBeforeTask, three_task_config
 
 
 class OldHandOver(ContinualRunner):
@@ -49,7 +48,7 @@ class OldHandOver(ContinualRunner):
 
 
 @pytest.mark.parametrize("optim_args", ["power=1,eps=1e-8", "threshold=0.5,threshold_mode=relative,power=2"])
-def test_carried_state_gives_the_same_run_as_the_old_hand_over(tmp_path, tiny_model_dir, optim_args):  # noqa: F811
+def test_carried_state_gives_the_same_run_as_the_old_hand_over(tmp_path, tiny_model_dir, optim_args):
     raw = three_task_config(tiny_model_dir)
     raw["training"]["optim_args"] = optim_args
     new = ContinualRunner(config_from_dict(raw), tmp_path / "new", log=False)
@@ -106,7 +105,7 @@ torch.save(
 """
 
 
-def test_ddp_resumes_a_one_process_run_and_keeps_every_rank_equal(tmp_path, tiny_model_dir):  # noqa: F811
+def test_ddp_resumes_a_one_process_run_and_keeps_every_rank_equal(tmp_path, tiny_model_dir):
     """1 process for task 1, killed; resumed under DDP with 2 CPU processes (torchrun, gloo) for tasks 2 and 3."""
     raw = three_task_config(tiny_model_dir)
     raw["training"]["num_train_epochs"] = 2

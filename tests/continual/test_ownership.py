@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,10 +27,10 @@ from classp_hf.continual.ownership import (
 )
 from classp_hf.continual.runner import _broadcast_from_main
 
-from .test_compare import FakeLauncher, base_config, write_grid  # noqa: F401  (base_config is a fixture)
-from .test_runner import raw_config, tiny_model_dir  # noqa: F401  (fixture)
+from ..helpers.compare import FakeLauncher, write_grid
+from ..helpers.ownership import LockHolder
+from ..helpers.runs import raw_config
 
-REPO = Path(__file__).resolve().parents[1]
 FIRST, SECOND = "financial_phrasebank", "amazon_reviews"
 
 #: A user's files under every name a run writes (and beside them).
@@ -61,32 +58,6 @@ def place(folder: Path, files: dict[str, str]) -> None:
 def assert_kept(folder: Path, files: dict[str, str]) -> None:
     for name, text in files.items():
         assert (folder / name).is_file() and (folder / name).read_text() == text, name
-
-
-def child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-
-
-class LockHolder:
-    """A child process holding a folder's lock (a second writer's view of a live run)."""
-
-    def __init__(self, folder: Path) -> None:
-        code = (
-            "import sys, time\nfrom classp_hf.continual.ownership import FolderLock\n"
-            "lock = FolderLock(sys.argv[1]).acquire()\nprint('locked', flush=True)\ntime.sleep(120)\n"
-        )
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True, env=child_env()
-        )
-        assert self.process.stdout.readline().strip() == "locked"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
 
 
 @pytest.fixture
@@ -124,7 +95,7 @@ def test_a_held_lock_refuses_a_second_writer_naming_the_pid_and_a_dead_holders_l
     assert not (tmp_path / "new").exists()  # a writer that wrote nothing leaves no folder it made
 
 
-def test_second_run_and_compare_on_a_live_folder_exit_2_in_one_line(tmp_path, tiny_model_dir, holder, capsys):  # noqa: F811
+def test_second_run_and_compare_on_a_live_folder_exit_2_in_one_line(tmp_path, tiny_model_dir, holder, capsys):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(raw_config(tiny_model_dir)))
     folder = tmp_path / "out"
@@ -143,7 +114,7 @@ def test_second_run_and_compare_on_a_live_folder_exit_2_in_one_line(tmp_path, ti
     assert [p.name for p in folder.iterdir()] == [LOCK_FILENAME]  # nothing written by the refused writers
 
 
-def test_a_second_compare_is_refused_at_once_and_compare_runs_lock_their_folders(tmp_path, base_config, holder):  # noqa: F811
+def test_a_second_compare_is_refused_at_once_and_compare_runs_lock_their_folders(tmp_path, base_config, holder):
     grid = write_grid(tmp_path, [{"name": "plain"}])
     output = tmp_path / "cmp"
     held = holder(output)
@@ -178,7 +149,7 @@ def test_only_the_main_process_locks_and_every_rank_gets_its_verdict(tmp_path):
 # -- ownership --------------------------------------------------------------------------------------
 
 
-def test_a_folder_without_a_marker_is_refused_without_suggesting_overwrite(tmp_path, tiny_model_dir, capsys):  # noqa: F811
+def test_a_folder_without_a_marker_is_refused_without_suggesting_overwrite(tmp_path, tiny_model_dir, capsys):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(raw_config(tiny_model_dir)))
     folder = tmp_path / "out"
@@ -204,7 +175,7 @@ def written_by_run(folder: Path) -> set[str]:
 
 def test_overwrite_keeps_user_files_under_every_output_name_and_in_folders_of_earlier_versions(
     tmp_path,
-    tiny_model_dir,  # noqa: F811
+    tiny_model_dir,
 ):
     raw = lora_config(tiny_model_dir)
     folder = tmp_path / "out"
@@ -248,7 +219,7 @@ def test_owner_clear_removes_only_the_manifest_and_empty_folders(tmp_path):
     ]
 
 
-def test_compare_overwrite_keeps_user_files_in_runs_logs_figures_and_configs(tmp_path, base_config):  # noqa: F811
+def test_compare_overwrite_keeps_user_files_in_runs_logs_figures_and_configs(tmp_path, base_config):
     grid = write_grid(tmp_path, [{"name": "plain"}])
     output = tmp_path / "cmp"
     launcher = FakeLauncher(lambda job: (0.5, 0.5))
@@ -275,7 +246,7 @@ def test_compare_overwrite_keeps_user_files_in_runs_logs_figures_and_configs(tmp
     assert len(launcher.launched) == 3
 
 
-def test_a_run_folder_is_not_a_comparison_and_the_other_way_round(tmp_path, base_config, tiny_model_dir, capsys):  # noqa: F811
+def test_a_run_folder_is_not_a_comparison_and_the_other_way_round(tmp_path, base_config, tiny_model_dir, capsys):
     grid = write_grid(tmp_path, [{"name": "plain"}])
     run_folder = tmp_path / "run"
     Owner.create(run_folder, "run")
@@ -289,7 +260,7 @@ def test_a_run_folder_is_not_a_comparison_and_the_other_way_round(tmp_path, base
     assert "holds a comparison, not a run; choose another folder" in capsys.readouterr().err
 
 
-def test_bad_input_with_overwrite_writes_nothing_into_a_marked_folder(tmp_path, tiny_model_dir, capsys):  # noqa: F811
+def test_bad_input_with_overwrite_writes_nothing_into_a_marked_folder(tmp_path, tiny_model_dir, capsys):
     raw = raw_config(tiny_model_dir)
     raw["tasks"][0]["text_column"] = "body"
     folder = tmp_path / "out"

@@ -13,7 +13,7 @@ from classp_hf.continual.config import config_from_dict
 from classp_hf.continual.probe import module_group, probe_gradients
 from classp_hf.optim import CLASSP
 
-from .test_runner import raw_config, tiny_model_dir  # noqa: F401  (fixture)
+from ..helpers.runs import raw_config
 
 
 @pytest.mark.parametrize(
@@ -31,7 +31,7 @@ def test_module_group(name, group):
 
 
 @pytest.mark.parametrize("mode", ["absolute", "relative", "quantile"])
-def test_probe_reports_and_suggests(tiny_model_dir, mode):  # noqa: F811
+def test_probe_reports_and_suggests(tiny_model_dir, mode):
     config = config_from_dict(raw_config(tiny_model_dir))
     result = probe_gradients(config, batches=3, mode=mode, target_fraction=0.02)
     groups = {g["group"]: g for g in result["groups"]}
@@ -47,7 +47,7 @@ def test_probe_reports_and_suggests(tiny_model_dir, mode):  # noqa: F811
         assert result["suggested_threshold"] > 0
 
 
-def test_suggested_absolute_threshold_hits_the_target_fraction(tiny_model_dir):  # noqa: F811
+def test_suggested_absolute_threshold_hits_the_target_fraction(tiny_model_dir):
     from transformers import AutoModelForSequenceClassification
 
     config = config_from_dict(raw_config(tiny_model_dir))
@@ -73,7 +73,7 @@ def test_suggested_absolute_threshold_hits_the_target_fraction(tiny_model_dir): 
     assert abs(fraction - 0.01) < 0.001
 
 
-def test_probe_command_line(tmp_path, tiny_model_dir, capsys):  # noqa: F811
+def test_probe_command_line(tmp_path, tiny_model_dir, capsys):
     config_path = tmp_path / "run.yaml"
     config_path.write_text(yaml.safe_dump(raw_config(tiny_model_dir)))
     out = tmp_path / "probe.json"
@@ -106,7 +106,7 @@ def test_probe_with_a_missing_model_folder(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_probe_json_target_checked_before_probing(tmp_path, tiny_model_dir, capsys, monkeypatch):  # noqa: F811
+def test_probe_json_target_checked_before_probing(tmp_path, tiny_model_dir, capsys, monkeypatch):
     import classp_hf.continual.probe as probe_module
 
     def never(*args, **kwargs):
@@ -128,7 +128,7 @@ def test_probe_json_target_checked_before_probing(tmp_path, tiny_model_dir, caps
     )
 
 
-def test_probe_refuses_max_length_beyond_the_model(tmp_path, tiny_model_dir, capsys):  # noqa: F811
+def test_probe_refuses_max_length_beyond_the_model(tmp_path, tiny_model_dir, capsys):
     config_path = write_config(tmp_path, tiny_model_dir, max_length=512)
     assert cli_main(["probe", config_path]) == 2
     assert only_error_line(capsys).startswith(

@@ -24,8 +24,8 @@ from classp_hf.continual.predictions import PREDICTIONS_FILENAME, read_predictio
 from classp_hf.continual.results import validate_results
 from classp_hf.continual.runner import ContinualRunner
 
-from .test_compare import TASKS, FakeLauncher, base_config, crafted_results, write_grid  # noqa: F401  (fixture)
-from .test_runner import SAMPLE, raw_config, tiny_model_dir  # noqa: F401  (fixture)
+from ..helpers.compare import TASKS, FakeLauncher, crafted_results, write_grid
+from ..helpers.runs import SAMPLE, raw_config
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -50,12 +50,12 @@ def reference_config(model_dir, mode):
         ({"queue_mode": "parallel"}, r"config\.queue_mode: expected one of sequential, joint, single_task"),
     ],
 )
-def test_reference_modes_refuse_what_they_cannot_train(tiny_model_dir, change, message):  # noqa: F811
+def test_reference_modes_refuse_what_they_cannot_train(tiny_model_dir, change, message):
     with pytest.raises(ConfigError, match=message):
         config_from_dict({**raw_config(tiny_model_dir), **change})
 
 
-def test_joint_refuses_per_task_training_options(tiny_model_dir):  # noqa: F811
+def test_joint_refuses_per_task_training_options(tiny_model_dir):
     raw = raw_config(tiny_model_dir, queue_mode="joint")  # amazon_reviews has its own learning rate
     with pytest.raises(ConfigError, match=r"tasks\[1\] \(amazon_reviews\)\.training: queue_mode joint trains"):
         config_from_dict(raw)
@@ -67,7 +67,7 @@ def csv_labels(task: str, rows: list[int]) -> list[int]:
     return [LABELS.index(labels[row]) for row in rows]
 
 
-def test_joint_run_trains_one_stage_on_the_union_and_records_its_predictions(tmp_path, tiny_model_dir):  # noqa: F811
+def test_joint_run_trains_one_stage_on_the_union_and_records_its_predictions(tmp_path, tiny_model_dir):
     output = tmp_path / "joint"
     results = ContinualRunner(config_from_dict(reference_config(tiny_model_dir, "joint")), output, log=False).run()
     data = json.loads((output / "results.json").read_text())
@@ -101,7 +101,7 @@ class FirstWeights(ContinualRunner):
         return super()._context(index)
 
 
-def test_single_task_starts_each_task_from_the_pretrained_model(tmp_path, tiny_model_dir):  # noqa: F811
+def test_single_task_starts_each_task_from_the_pretrained_model(tmp_path, tiny_model_dir):
     output = tmp_path / "single"
     runner = FirstWeights(config_from_dict(reference_config(tiny_model_dir, "single_task")), output, log=False)
     data = runner.run().to_dict()
@@ -220,7 +220,7 @@ class ReferenceLauncher(FakeLauncher):
         return attempt
 
 
-def test_compare_reports_references_paired_intervals_and_did_not_learn(tmp_path, base_config):  # noqa: F811
+def test_compare_reports_references_paired_intervals_and_did_not_learn(tmp_path, base_config):
     grid = write_grid(
         tmp_path,
         [
@@ -267,7 +267,7 @@ def test_compare_reports_references_paired_intervals_and_did_not_learn(tmp_path,
     assert render_markdown(data) == markdown
 
 
-def test_reference_option_picks_the_setting_and_refuses_an_unknown_one(tmp_path, base_config, capsys):  # noqa: F811
+def test_reference_option_picks_the_setting_and_refuses_an_unknown_one(tmp_path, base_config, capsys):
     grid = write_grid(tmp_path, [{"name": "base", "preset": "adamw", "grid": None}, {"preset": "joint", "grid": None}])
     output = tmp_path / "out"
     code = cli_main(["compare", str(grid), "--output-dir", str(output), "--reference", "nope", "--quiet"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import pytest
@@ -12,27 +11,10 @@ import yaml
 from classp_hf.cli import main as cli_main
 from classp_hf.continual.adapters import adapter_name_for_task
 from classp_hf.continual.config import config_from_dict
-from classp_hf.continual.results import validate_results
 from classp_hf.continual.runner import ContinualRunner
 
-from .test_runner import SAMPLE, raw_config, tiny_model_dir  # noqa: F401  (fixture)
-
-LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["query", "value"]}
-
-
-class Killed(RuntimeError):
-    """Stands for the process dying (power cut, OOM kill, Ctrl-C) at a chosen point."""
-
-
-class KilledBeforeTask(ContinualRunner):
-    """Dies when task ``kill_at`` is about to start."""
-
-    kill_at = 2
-
-    def _trainer(self, index, context=None):
-        if index == self.kill_at:
-            raise Killed(f"killed before task {index}")
-        return super()._trainer(index, context)
+from ..helpers.ownership import LockHolder
+from ..helpers.resume import LORA, Killed, KilledBeforeTask, assert_same_run, snapshot, three_task_config
 
 
 class KilledWhileCheckpointing(ContinualRunner):
@@ -46,46 +28,8 @@ class KilledWhileCheckpointing(ContinualRunner):
         super()._save_checkpoint(index, trainer, tracking)
 
 
-def three_task_config(model_dir, **overrides):
-    raw = raw_config(model_dir, **overrides)
-    files = {split: str(SAMPLE / "airline_tweets" / f"{split}.csv") for split in ("train", "test")}
-    task = {"name": "airline_tweets", "data_files": files, "max_train_samples": 32, "max_eval_samples": 24}
-    raw["tasks"].append(task)
-    raw["diagnostics"] = True
-    return raw
-
-
-def final_state(runner):
-    return {name: tensor.detach().clone() for name, tensor in runner.model.state_dict().items()}
-
-
-def assert_same_run(resumed, resumed_results, reference, reference_results):
-    assert resumed_results["status"] == "complete"
-    validate_results(resumed_results)
-    for key in ("accuracy_matrix", "macro_f1_matrix", "initial_accuracy", "metrics"):
-        assert resumed_results[key] == reference_results[key], key
-    assert [t["train_loss"] for t in resumed_results["per_task"]] == [
-        t["train_loss"] for t in reference_results["per_task"]
-    ]
-    for key in ("accuracy_matrix_own_adapter",):
-        assert resumed_results.get(key) == reference_results.get(key)
-    expected = final_state(reference)
-    got = final_state(resumed)
-    assert got.keys() == expected.keys()
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
-    # The optimizer state continues, not restarts: CLASSP's S (AdamW's moments) is the uninterrupted run's.
-    states = list(resumed.optimizer.state.values())
-    reference_states = list(reference.optimizer.state.values())
-    assert len(states) == len(reference_states) > 0
-    for a, b in zip(states, reference_states):
-        assert a.keys() == b.keys()
-        for key in a:
-            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
-
-
 @pytest.fixture(scope="module")
-def reference_full(tmp_path_factory, tiny_model_dir):  # noqa: F811
+def reference_full(tmp_path_factory, tiny_model_dir):
     raw = three_task_config(tiny_model_dir)
     runner = ContinualRunner(config_from_dict(raw), tmp_path_factory.mktemp("ref") / "out", log=False)
     return raw, runner, runner.run().to_dict()
@@ -121,7 +65,7 @@ def test_resumed_full_run_matches_the_uninterrupted_one(tmp_path, reference_full
 
 
 @pytest.mark.parametrize("adapters", ["shared", "per_task"])
-def test_resumed_lora_run_matches_the_uninterrupted_one(tmp_path, tiny_model_dir, adapters):  # noqa: F811
+def test_resumed_lora_run_matches_the_uninterrupted_one(tmp_path, tiny_model_dir, adapters):
     raw = three_task_config(tiny_model_dir, peft={**LORA, "adapters": adapters})
     raw["training"]["learning_rate"] = 5e-3
     reference = ContinualRunner(config_from_dict(raw), tmp_path / "ref", log=False)
@@ -138,16 +82,8 @@ def test_resumed_lora_run_matches_the_uninterrupted_one(tmp_path, tiny_model_dir
         assert trainable and all(f".{adapter_name_for_task('airline_tweets')}." in n for n in trainable)
 
 
-def snapshot(folder):
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
 @pytest.fixture()
-def interrupted(tmp_path, tiny_model_dir):  # noqa: F811
+def interrupted(tmp_path, tiny_model_dir):
     """A 3-task run killed before its third task, with its config file."""
     raw = three_task_config(tiny_model_dir)
     config_path = tmp_path / "run.yaml"
@@ -209,7 +145,6 @@ def test_resume_refuses_bad_state_with_one_line_and_keeps_everything(interrupted
 
 
 def test_resume_of_a_run_live_in_another_process_is_refused(interrupted, capsys):
-    from .test_ownership import LockHolder
 
     _, config_path, output = interrupted
     holder = LockHolder(output)  # the run goes on in another process (it holds the folder's lock)
@@ -242,7 +177,7 @@ def test_resuming_a_complete_run_changes_nothing(tmp_path, reference_full, capsy
     assert snapshot(reference.output_dir) == before
 
 
-def test_resume_counts_a_config_key_the_run_predates_as_its_default(tmp_path, tiny_model_dir):  # noqa: F811
+def test_resume_counts_a_config_key_the_run_predates_as_its_default(tmp_path, tiny_model_dir):
     from classp_hf.continual.checkpoint import ResumeError, check_same_config
 
     config = config_from_dict(three_task_config(tiny_model_dir))

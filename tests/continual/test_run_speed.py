@@ -21,7 +21,7 @@ from classp_hf.continual.runner import ContinualRunner
 from classp_hf.continual.tasks import load_task
 from classp_hf.continual.timing import PHASES, PhaseTimer
 
-from .test_runner import SAMPLE, raw_config, tiny_model_dir  # noqa: F401  (fixture)
+from ..helpers.runs import SAMPLE, raw_config
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -132,7 +132,7 @@ def count_evaluations(monkeypatch):
 
 def test_a_run_without_its_last_checkpoint_is_finished_and_shares_the_cache(
     tmp_path,
-    tiny_model_dir,  # noqa: F811
+    tiny_model_dir,
     count_evaluations,
 ):
     raw = raw_config(tiny_model_dir, keep_last_checkpoint=False, validation_fraction=0.25)
@@ -170,7 +170,7 @@ def test_a_run_without_its_last_checkpoint_is_finished_and_shares_the_cache(
         ContinualRunner(config_from_dict(raw), run, log=False, resume=True)
 
 
-def test_keep_last_checkpoint_must_be_a_bool(tiny_model_dir):  # noqa: F811
+def test_keep_last_checkpoint_must_be_a_bool(tiny_model_dir):
     with pytest.raises(ConfigError, match=r"^config\.keep_last_checkpoint: expected true or false$"):
         config_from_dict(raw_config(tiny_model_dir, keep_last_checkpoint="no"))
     assert config_from_dict(raw_config(tiny_model_dir)).keep_last_checkpoint is True

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-import transformers
 import yaml
 
 from classp_hf.cli import main as cli_main
@@ -18,53 +16,7 @@ from classp_hf.continual.ownership import MARKER_FILENAME, Owner
 from classp_hf.continual.results import validate_results
 from classp_hf.continual.runner import ContinualRunner
 
-from .conftest import tiny_bert_config
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "recipes" / "data" / "quickstart"
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, minilm_path):
-    from transformers import AutoTokenizer, BertForSequenceClassification
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    BertForSequenceClassification(tiny_bert_config()).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
-    return str(folder)
-
-
-def raw_config(model_dir, **overrides):
-    def task(name, **extra):
-        files = {split: str(SAMPLE / name / f"{split}.csv") for split in ("train", "test")}
-        return {"name": name, "data_files": files, "max_train_samples": 32, "max_eval_samples": 24, **extra}
-
-    config = {
-        "model": model_dir,
-        "labels": ["negative", "neutral", "positive"],
-        "max_length": 32,
-        "seed": 0,
-        "training": {
-            "optim": "classp",
-            "optim_args": "power=1,eps=1e-8",
-            "learning_rate": 1e-3,
-            "num_train_epochs": 1,
-            "per_device_train_batch_size": 8,
-            "disable_tqdm": True,
-            "logging_steps": 2,
-        },
-        "tasks": [
-            task("financial_phrasebank"),
-            task(
-                "amazon_reviews",
-                label_map={"negative": "negative", "positive": "positive"},
-                training={"learning_rate": 5e-4},
-            ),
-        ],
-    }
-    config.update(overrides)
-    return config
+from ..helpers.runs import RecordStart, raw_config
 
 
 class Recorder(ContinualRunner):
@@ -75,17 +27,6 @@ class Recorder(ContinualRunner):
         if index > 0:
             trainer.add_callback(RecordStart(self))
         return trainer
-
-
-class RecordStart(transformers.TrainerCallback):
-    def __init__(self, runner):
-        self.runner = runner
-
-    def on_train_begin(self, args, state, control, optimizer=None, model=None, **kwargs):
-        optimizer = optimizer.optimizer  # accelerate's wrapper
-        runner = self.runner
-        runner.seen_lrs = getattr(runner, "seen_lrs", []) + [[g["lr"] for g in optimizer.param_groups]]
-        runner.sums_before = [optimizer.state[p]["grad_sum"].clone() for p in model.parameters()]
 
 
 @pytest.fixture(scope="module")

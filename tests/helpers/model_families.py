@@ -12,7 +12,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "recipes" / "data" / "quickstart"
 VOCAB = 1000
 EOS = "<|endoftext|>"

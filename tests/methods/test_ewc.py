@@ -10,7 +10,8 @@ import torch
 from classp_hf.methods import EWC, TaskContext, create_method
 from classp_hf.methods.ewc import empirical_fisher, sample_indices
 
-from .methods_helpers import BagOfWords, pad_collator, toy_dataset
+from ..helpers.methods import BagOfWords, pad_collator, toy_dataset
+from ..helpers.runs import tiny_bert_config
 
 
 def context(model, data, index=0, seed=0):
@@ -151,8 +152,6 @@ def test_no_penalty_before_the_first_task_ends():
 def test_shared_lora_adapter_anchors_only_the_adapter():
     import peft
     from transformers import BertForSequenceClassification
-
-    from .conftest import tiny_bert_config
 
     torch.manual_seed(0)
     base = BertForSequenceClassification(tiny_bert_config(vocab_size=100, num_hidden_layers=1))

@@ -10,7 +10,7 @@ import torch
 from classp_hf.methods import LwF, TaskContext
 from classp_hf.methods.lwf import INDEX_COLUMN, distillation_loss
 
-from .methods_helpers import BagOfWords, pad_collator, toy_dataset
+from ..helpers.methods import BagOfWords, pad_collator, toy_dataset
 
 
 def context(model, data, index):

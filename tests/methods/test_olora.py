@@ -12,8 +12,8 @@ from transformers import BertForSequenceClassification
 from classp_hf.methods import OLoRA, TaskContext
 from classp_hf.methods.olora import adapter_names
 
-from .conftest import tiny_bert_config
-from .methods_helpers import pad_collator, toy_dataset
+from ..helpers.methods import pad_collator, toy_dataset
+from ..helpers.runs import tiny_bert_config
 
 
 def lora_config():

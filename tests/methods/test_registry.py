@@ -27,8 +27,8 @@ from classp_hf.methods import (
     register_method,
 )
 
-from .conftest import REPO
-from .methods_helpers import BagOfWords, pad_collator, toy_dataset
+from ..helpers.methods import BagOfWords, pad_collator, toy_dataset
+from ..helpers.runs import REPO
 
 
 def test_builtin_methods_are_registered():

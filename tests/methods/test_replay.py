@@ -12,7 +12,7 @@ import torch
 from classp_hf.methods import Replay, TaskContext
 from classp_hf.methods.replay import balanced_quotas, replay_count
 
-from .methods_helpers import BagOfWords, pad_collator, toy_dataset
+from ..helpers.methods import BagOfWords, pad_collator, toy_dataset
 
 
 def context(data, index, seed=0, batch_size=4):

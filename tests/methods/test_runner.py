@@ -13,8 +13,8 @@ from classp_hf.cli import main as cli_main
 from classp_hf.continual.config import config_from_dict
 from classp_hf.continual.runner import ContinualRunner
 
-from .test_resume import LORA, Killed, KilledBeforeTask, assert_same_run, three_task_config
-from .test_runner import raw_config, tiny_model_dir  # noqa: F401  (fixture)
+from ..helpers.resume import LORA, Killed, KilledBeforeTask, assert_same_run, three_task_config
+from ..helpers.runs import SAMPLE, raw_config
 
 ADAMW_LORA = {"optim": "adamw_torch", "learning_rate": 5e-3}
 #: method, its arguments, and the setting it runs with: CLASSP full fine-tuning or AdamW + LoRA, alternately.
@@ -47,7 +47,7 @@ def method_config(model_dir, key, three_tasks=False):
 
 
 @pytest.mark.parametrize("key", list(METHODS))
-def test_each_method_runs_in_the_runner(tmp_path, tiny_model_dir, key):  # noqa: F811
+def test_each_method_runs_in_the_runner(tmp_path, tiny_model_dir, key):
     runner = ContinualRunner(config_from_dict(method_config(tiny_model_dir, key)), tmp_path / "out", log=False)
     results = runner.run().to_dict()
     assert results["status"] == "complete"
@@ -62,7 +62,7 @@ def test_each_method_runs_in_the_runner(tmp_path, tiny_model_dir, key):  # noqa:
         assert runner.method.state_bytes() <= 16 * 32 * 8 * 3
 
 
-def test_o_lora_keeps_earlier_adapters_active_and_merges_them_all(tmp_path, tiny_model_dir):  # noqa: F811
+def test_o_lora_keeps_earlier_adapters_active_and_merges_them_all(tmp_path, tiny_model_dir):
     runner = ContinualRunner(config_from_dict(method_config(tiny_model_dir, "olora")), tmp_path / "out", log=False)
     runner.run()
     model = runner.model
@@ -80,7 +80,7 @@ def test_o_lora_keeps_earlier_adapters_active_and_merges_them_all(tmp_path, tiny
 
 
 @pytest.mark.parametrize("key", ["ewc", "ewc_online", "replay", "lwf", "olora"])
-def test_resume_after_a_kill_between_tasks_continues_every_stateful_method(tmp_path, tiny_model_dir, key):  # noqa: F811
+def test_resume_after_a_kill_between_tasks_continues_every_stateful_method(tmp_path, tiny_model_dir, key):
     raw = method_config(tiny_model_dir, key, three_tasks=True)
     reference = ContinualRunner(config_from_dict(raw), tmp_path / "ref", log=False)
     reference_results = reference.run().to_dict()
@@ -127,7 +127,7 @@ def test_resume_after_a_kill_between_tasks_continues_every_stateful_method(tmp_p
         "group-pattern",
     ],
 )
-def test_bad_method_settings_are_one_line_and_write_nothing(tmp_path, tiny_model_dir, capsys, change, message):  # noqa: F811
+def test_bad_method_settings_are_one_line_and_write_nothing(tmp_path, tiny_model_dir, capsys, change, message):
     raw = raw_config(tiny_model_dir)
     change = dict(change)
     raw["training"].update(change.pop("training_extra", {}))
@@ -141,7 +141,7 @@ def test_bad_method_settings_are_one_line_and_write_nothing(tmp_path, tiny_model
     assert not output.exists()
 
 
-def test_method_terms_are_logged(tmp_path, tiny_model_dir):  # noqa: F811
+def test_method_terms_are_logged(tmp_path, tiny_model_dir):
     raw = method_config(tiny_model_dir, "ewc")
     runner = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False)
     seen = []
@@ -162,7 +162,6 @@ def test_method_terms_are_logged(tmp_path, tiny_model_dir):  # noqa: F811
 @pytest.mark.slow
 def test_replay_keeps_more_of_the_first_task_than_none_on_minilm(tmp_path, minilm_path):
     """MiniLM, the quick-start sample, FPB then Amazon reviews (no `neutral`): replay keeps FPB (~+39 points here)."""
-    from .test_runner import SAMPLE
 
     def config(method, method_args):
         tasks = [

@@ -10,8 +10,8 @@ from classp_hf import TrainingArguments
 from classp_hf.methods import TaskContext, build_method
 from classp_hf.trainer import Trainer
 
-from .conftest import tiny_bert_config
-from .methods_helpers import toy_dataset
+from ..helpers.methods import toy_dataset
+from ..helpers.runs import tiny_bert_config
 
 
 def run_two_tasks(tmp_path, tokenizer, method):

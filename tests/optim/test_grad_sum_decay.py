@@ -10,8 +10,8 @@ from classp_hf.continual.runner import ContinualRunner
 from classp_hf.optim import CLASSP
 from classp_hf.optim.factory import create_optimizer, parse_optim_args
 
-from .test_resume import Killed, KilledBeforeTask, assert_same_run, three_task_config
-from .test_runner import RecordStart, raw_config, tiny_model_dir  # noqa: F401  (fixture)
+from ..helpers.resume import Killed, KilledBeforeTask, assert_same_run, three_task_config
+from ..helpers.runs import RecordStart, raw_config
 
 
 def stepped(gammas, state_dtype="float32", steps=3):
@@ -96,7 +96,7 @@ def test_factory_types_and_validates_the_option(tiny_model):
         ("grad_sum_decay=x", r"^config\.training\.optim_args: Invalid optim_args value for 'grad_sum_decay'"),
     ],
 )
-def test_config_refuses_a_bad_gamma_in_one_line(tiny_model_dir, optim_args, message):  # noqa: F811
+def test_config_refuses_a_bad_gamma_in_one_line(tiny_model_dir, optim_args, message):
     raw = raw_config(tiny_model_dir)
     raw["training"]["optim_args"] = optim_args
     with pytest.raises(ConfigError, match=message):
@@ -115,7 +115,7 @@ class CarriedRecorder(ContinualRunner):
         return trainer
 
 
-def test_the_runner_decays_the_carried_state_once_at_the_boundary(tmp_path, tiny_model_dir):  # noqa: F811
+def test_the_runner_decays_the_carried_state_once_at_the_boundary(tmp_path, tiny_model_dir):
     raw = raw_config(tiny_model_dir)
     raw["training"]["optim_args"] = "power=1,eps=1e-8,grad_sum_decay=0.5"
     runner = CarriedRecorder(config_from_dict(raw), tmp_path / "out", log=False)
@@ -126,7 +126,7 @@ def test_the_runner_decays_the_carried_state_once_at_the_boundary(tmp_path, tiny
         torch.testing.assert_close(at_start, runner.carried[name] * 0.5, rtol=0, atol=0, msg=name)
 
 
-def test_a_resumed_run_decays_exactly_as_the_uninterrupted_one(tmp_path, tiny_model_dir):  # noqa: F811
+def test_a_resumed_run_decays_exactly_as_the_uninterrupted_one(tmp_path, tiny_model_dir):
     raw = three_task_config(tiny_model_dir)
     raw["training"]["optim_args"] = "power=1,eps=1e-8,grad_sum_decay=0.5"
     reference = ContinualRunner(config_from_dict(raw), tmp_path / "ref", log=False)

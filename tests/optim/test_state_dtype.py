@@ -12,7 +12,7 @@ from torch import nn
 
 from classp_hf.optim import CLASSP, _rows, _state, create_optimizer
 
-from .conftest import tiny_bert_config
+from ..helpers.runs import tiny_bert_config
 
 classp_module = importlib.import_module("classp_hf.optim._functional")  # the functional update
 
@@ -67,7 +67,7 @@ def _real_gradients():
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import real_gradients
 
     return real_gradients
