@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from classp_hf.continual.compare.execute import Attempt
+from classp_hf.continual.compare.grid import load_grid
 from classp_hf.continual.ownership import Owner
 
 TASKS = ["financial_phrasebank", "amazon_reviews"]
@@ -87,3 +88,10 @@ class FakeLauncher:
         (run / "run_state.json").write_text(json.dumps(state))
         (run / "results.json").write_text(json.dumps(crafted_results(job.config, *result)))
         return Attempt(True, None, 2.0, 3.0)
+
+
+def comparison_config(folder: Path):
+    """The run config of the setting ``plain`` in ``folder``'s grid."""
+    grid = load_grid(folder / "grid.yaml")
+    setting = grid.settings[0]
+    return grid.run_config(setting, setting.points[0], 0)
