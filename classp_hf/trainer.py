@@ -14,11 +14,25 @@ from classp_hf.methods.base import ContinualMethod, label_column, output_logits
 from classp_hf.optim.factory import apply_optim_groups, get_optimizer_info
 from classp_hf.training_args import is_transformers_optimizer, optimizer_name, validate_optim_args
 
-__all__ = ["Trainer", "optimizer_diagnostics", "optimizer_hyperparameters", "set_learning_rate", "masked_label_loss"]
+__all__ = [
+    "Trainer",
+    "optimizer_diagnostics",
+    "optimizer_hyperparameters",
+    "set_learning_rate",
+    "masked_label_loss",
+    "unwrap_optimizer",
+]
 
 
-def _unwrap_optimizer(optimizer: Any) -> Any:
-    """Returns the torch optimizer inside accelerate's ``AcceleratedOptimizer`` (or itself)."""
+def unwrap_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside accelerate's ``AcceleratedOptimizer`` (the one way classp_hf reaches it).
+
+    Args:
+        optimizer: ``trainer.optimizer`` (wrapped once the Trainer prepared it) or a plain optimizer.
+
+    Returns:
+        The innermost optimizer: the first with ``diagnostics()`` (CLASSP), or the one that wraps nothing.
+    """
     while hasattr(optimizer, "optimizer") and not hasattr(optimizer, "diagnostics"):
         optimizer = optimizer.optimizer
     return optimizer
@@ -35,7 +49,7 @@ def optimizer_diagnostics(optimizer: Any) -> dict[str, float]:
         ``grad_sum_mean``, ``grad_sum_max`` and ``grad_sum_nonzero_fraction``, weighted by the
         number of elements of each param group.
     """
-    optimizer = _unwrap_optimizer(optimizer)
+    optimizer = unwrap_optimizer(optimizer)
     if not hasattr(optimizer, "diagnostics"):
         return {}
     groups = optimizer.diagnostics()
@@ -78,7 +92,7 @@ def optimizer_hyperparameters(optimizer: Any) -> dict[str, Any]:
         group the options that differ from ``defaults`` (the no-decay group's ``weight_decay``, an
         ``optim_groups`` entry's options), learning rates left out (the schedule moves them).
     """
-    optimizer = _unwrap_optimizer(optimizer)
+    optimizer = unwrap_optimizer(optimizer)
     defaults = {key: _plain(value) for key, value in optimizer.defaults.items() if key not in ("params",)}
     groups = []
     for group in optimizer.param_groups:
@@ -98,7 +112,7 @@ def set_learning_rate(optimizer: Any, learning_rate: float) -> None:
     A group's ``lr_scale`` (from ``optim_groups``) is kept: its learning rate is
     ``learning_rate * lr_scale``.
     """
-    for group in _unwrap_optimizer(optimizer).param_groups:
+    for group in unwrap_optimizer(optimizer).param_groups:
         group["lr"] = group["initial_lr"] = learning_rate * group.get("lr_scale", 1.0)
 
 
@@ -222,7 +236,7 @@ class Trainer(transformers.Trainer):
         if building and optim_groups:
             opt_model = self.model if model is None else model
             decay_names = self.get_decay_parameter_names(opt_model)
-            apply_optim_groups(_unwrap_optimizer(optimizer), opt_model.named_parameters(), optim_groups, decay_names)
+            apply_optim_groups(unwrap_optimizer(optimizer), opt_model.named_parameters(), optim_groups, decay_names)
         return optimizer
 
     def _set_signature_columns_if_needed(self) -> None:

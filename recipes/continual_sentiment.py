@@ -1,7 +1,7 @@
 """Continual fine-tuning over a queue of sentiment datasets.
 
     accelerate launch recipes/continual_sentiment.py --config recipes/configs/quickstart.yaml --output-dir runs/qs
-    accelerate launch recipes/continual_sentiment.py --config CONFIG training.learning_rate=1e-2 --output-dir DIR
+    accelerate launch recipes/continual_sentiment.py --config CONFIG --output-dir DIR training.learning_rate=1e-2
 
 A thin script over ``classp_hf``: the config names the model, the tasks and the optimizer.
 """
@@ -12,11 +12,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from classp_hf.cli import add_run_arguments, run_command
+from classp_hf.cli import IntermixedArgumentParser, add_run_arguments, run_command
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = IntermixedArgumentParser(description=__doc__.splitlines()[0])
     add_run_arguments(parser, config_option=True)
     return parser
 
@@ -24,7 +24,14 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     return run_command(
-        args.config, args.output_dir, args.overwrite, args.quiet, args.resume, args.overrides, args.cache_dir
+        args.config,
+        args.output_dir,
+        args.overwrite,
+        args.quiet,
+        args.resume,
+        args.overrides,
+        verbose=args.verbose,
+        cache_dir=args.cache_dir,
     )
 
 

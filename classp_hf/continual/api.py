@@ -21,6 +21,7 @@ def run(
     overwrite: bool = False,
     resume: bool = False,
     log: bool = True,
+    verbose: bool = False,
 ) -> RunResults:
     """Runs (or resumes) a continual fine-tuning config, as ``classp-hf run`` does.
 
@@ -33,6 +34,7 @@ def run(
         overwrite: start afresh in a folder an earlier run wrote into.
         resume: continue the run in ``output_dir``.
         log: print progress lines.
+        verbose: let transformers, datasets and Python warnings print as they do (``--verbose``).
 
     Returns:
         The run's :class:`RunResults` (``.to_dict()`` is results.json).
@@ -54,4 +56,4 @@ def run(
         config = config_from_dict(dict(config), base_dir=Path.cwd(), source="config", overrides=overrides)
     else:
         config = load_config(config, overrides=overrides)
-    return run_continual(config, output_dir, overwrite=overwrite, log=log, resume=resume)
+    return run_continual(config, output_dir, overwrite=overwrite, log=log, resume=resume, verbose=verbose)

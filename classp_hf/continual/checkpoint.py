@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from classp_hf.continual.config import ConfigError, RunConfig, stored_config_differences
+from classp_hf.continual.config import RunConfig, stored_config_differences
+from classp_hf.continual.errors import ConfigError, ResumeError
 from classp_hf.continual.io import first_line, write_failure, write_json_atomic
 from classp_hf.continual.optimizer_state import check_named_state
 from classp_hf.continual.outputs import is_complete_model, remove_stray_files, replace_folder, temporary_folder
@@ -52,10 +53,6 @@ RUN_STATE = "run_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 METHOD_FILE = "method.pt"
 UPDATE_MASKS_FILE = "update_masks.pt"
-
-
-class ResumeError(ValueError):
-    """A run cannot be resumed (no run state, another config, a corrupt checkpoint); the message says which."""
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,9 @@ import torch
 import transformers
 import yaml
 
+from classp_hf.continual.errors import ConfigError
 from classp_hf.continual.io import first_line
+from classp_hf.continual.launch import accelerator_available, detect_backend
 
 __all__ = [
     "ConfigError",
@@ -95,10 +97,6 @@ _UNUSED_OUTPUT_DIR = os.path.join(os.sep, "nonexistent", "classp-hf-config-check
 
 #: Config keys that change what a run keeps on disk, not its results: no difference for ``--resume`` or run reuse.
 RESULT_NEUTRAL_KEYS = frozenset({"keep_last_checkpoint"})
-
-
-class ConfigError(ValueError):
-    """A run config is invalid; the message names the offending key."""
 
 
 @dataclass
@@ -788,14 +786,6 @@ def _training_field_types() -> dict[str, Any]:
     return _field_types(TrainingArguments)
 
 
-def accelerator_available() -> bool:
-    """Whether torch sees an accelerator (CUDA, XPU, MPS, ...)."""
-    accelerator = getattr(torch, "accelerator", None)
-    if accelerator is not None:
-        return bool(accelerator.is_available())
-    return torch.cuda.is_available()
-
-
 def _check_training(training: Any, where: str, *, per_task: bool) -> dict[str, Any]:
     """Keys, value types and ranges of a ``training`` section (the whole arguments are built later)."""
     if training is None:
@@ -1207,9 +1197,7 @@ def config_from_dict(
         queue_mode=queue_mode,
         source=source,
     )
-    from classp_hf.continual.launch import detect_backend  # the launch first: it decides what the arguments mean
-
-    detect_backend(training, peft_section)
+    detect_backend(training, peft_section)  # the launch first: it decides what the arguments mean
     _check_optimizer_values(_check_training_arguments(config))
     return config
 
@@ -1265,27 +1253,40 @@ def _is_text(annotation: Any) -> bool:
 
 
 def parse_override_args(args: Sequence[str]) -> dict[str, Any]:
-    """Parses ``key=value`` command-line overrides.
+    """Parses ``key=value`` and ``~key`` command-line overrides.
 
     Values are read as YAML (``1e-2`` is a float, ``true`` a bool, ``[a, b]`` a list), except for
     keys whose field holds text (``model``, ``tasks.<t>.name``, ``training.optim_args``, data
     paths, ...): their value stays the text written (``NA``, ``null``, ``1e3`` stay strings).
+    ``~key`` (Hydra's spelling) clears a key as ``key: null`` does in a YAML file, text keys included
+    (``~training.optim_args``: CLASSP's defaults).
 
     Args:
-        args: ``["training.learning_rate=1e-2", "tasks.imdb.max_train_samples=64", ...]``.
+        args: ``["training.learning_rate=1e-2", "tasks.imdb.max_train_samples=64", "~training.optim_args"]``.
 
     Returns:
         ``{dotted key: value}`` for :func:`apply_overrides` (a key given twice: the last wins).
 
     Raises:
-        ConfigError: an entry without ``=``, an empty key part, or a value that is not valid YAML.
+        ConfigError: an entry without ``=``, a ``~key`` with a value, an empty key part, or a value that is
+            not valid YAML.
     """
     overrides: dict[str, Any] = {}
     for arg in args:
+        if arg.startswith("~"):
+            key, sep, _ = arg[1:].partition("=")
+            key = key.strip()
+            if sep or not key:
+                raise ConfigError(f"override {arg!r}: ~key clears a key and takes no value (e.g. ~training.optim_args)")
+            require(all(key.split(".")), f"override {key}: empty part in the dotted key")
+            overrides[key] = None
+            continue
         key, sep, text = arg.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"override {arg!r}: expected key=value (e.g. training.learning_rate=1e-3)")
+            raise ConfigError(
+                f"override {arg!r}: expected key=value (e.g. training.learning_rate=1e-3) or ~key to clear a key"
+            )
         parts = key.split(".")
         require(all(parts), f"override {key}: empty part in the dotted key")
         if _is_text(_override_annotation(parts)):
@@ -1311,17 +1312,28 @@ def _task_index(tasks: list[Any], part: str, key: str) -> int:
 
 def _set_dotted(root: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
-    node, path = root, []
-    if parts[0] == "tasks" and len(parts) > 1:
-        tasks = root.get("tasks")
-        require(isinstance(tasks, list) and bool(tasks), f"override {key}: the config has no list of tasks")
-        index = _task_index(tasks, parts[1], key)
+    if parts[0] != "tasks" or len(parts) == 1:
+        _set_path(root, parts, key, [], value)
+        return
+    tasks = root.get("tasks")
+    require(isinstance(tasks, list) and bool(tasks), f"override {key}: the config has no list of tasks")
+    if parts[1] == "*":  # every task
+        require(len(parts) > 2, f"override {key}: name a key of every task (e.g. tasks.*.max_train_samples)")
+        indices = list(range(len(tasks)))
+    else:
+        indices = [_task_index(tasks, parts[1], key)]
+    for index in indices:
         if len(parts) == 2:
             tasks[index] = value
-            return
-        node, path = tasks[index], [f"tasks.{parts[1]}"]
-        require(isinstance(node, dict), f"override {key}: tasks.{parts[1]} is not a mapping")
-        parts = parts[2:]
+            continue
+        node = tasks[index]
+        where = f"tasks.{parts[1] if parts[1] != '*' else index}"
+        require(isinstance(node, dict), f"override {key}: {where} is not a mapping")
+        _set_path(node, parts[2:], key, [where], copy.deepcopy(value))
+
+
+def _set_path(node: dict[str, Any], parts: list[str], key: str, path: list[str], value: Any) -> None:
+    """Sets ``node[parts[0]]...[parts[-1]] = value``, creating missing mappings (``path``: where ``node`` is)."""
     for part in parts[:-1]:
         path.append(part)
         child = node.get(part)
@@ -1341,7 +1353,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[s
     - ``training.learning_rate``, ``seed``, ``method_args.buffer_size``, ``peft.r``: set that key
       (missing mappings are created).
     - ``tasks.<name or index>.<key>``: a task by name (first) or position, e.g.
-      ``tasks.imdb.max_train_samples``, ``tasks.0.training.learning_rate``.
+      ``tasks.imdb.max_train_samples``, ``tasks.0.training.learning_rate``; ``tasks.*.<key>``: every task.
     - ``method``: a different method drops the config's ``method_args`` unless they are overridden too.
     - A value replaces the key's value whole (``training.optim_args`` is one string).
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from classp_hf.continual.errors import OutputWriteError
 from classp_hf.continual.ownership import record_written
 
 __all__ = [
@@ -23,10 +24,6 @@ __all__ = [
     "write_text_atomic",
     "write_json_atomic",
 ]
-
-
-class OutputWriteError(OSError):
-    """An output could not be written (a full disk, a lost mount): what was written before stays as it was."""
 
 
 class UnwritableFolderError(ValueError):

@@ -11,9 +11,19 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from classp_hf.continual.config import ConfigError, accelerator_available
+import torch
+
+from classp_hf.continual.errors import ConfigError
 
 __all__ = ["Backend", "detect_backend", "accelerator_available"]
+
+
+def accelerator_available() -> bool:
+    """Whether torch sees an accelerator (CUDA, XPU, MPS, ...)."""
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None:
+        return bool(accelerator.is_available())
+    return torch.cuda.is_available()
 
 
 def _flag(name: str) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from classp_hf.trainer import Trainer, _unwrap_optimizer
+from classp_hf.trainer import Trainer, unwrap_optimizer
 
 __all__ = [
     "NAMED_STATE_FORMAT",
@@ -59,7 +59,7 @@ def capture_optimizer_state(trainer: Any) -> dict[str, Any]:
         ``{"format": NAMED_STATE_FORMAT, "optimizer": class name, "state": {name: {key: tensor, ...}},
         "extra": {...}}``. Under FSDP with ``cpu_offload`` only the main process holds the tensors.
     """
-    optimizer = _unwrap_optimizer(trainer.optimizer)
+    optimizer = unwrap_optimizer(trainer.optimizer)
     backend = _backend(trainer)
     if backend == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -192,7 +192,7 @@ class StateCarryingTrainer(Trainer):
         if named is None:
             return
         backend = _backend(self)
-        optimizer = _unwrap_optimizer(self.optimizer)
+        optimizer = unwrap_optimizer(self.optimizer)
         if backend == "deepspeed":
             self.loaded_state_entries = _load_deepspeed(self, named)
         elif backend == "fsdp":
@@ -212,6 +212,12 @@ class StateCarryingTrainer(Trainer):
         return super().create_scheduler(num_training_steps, optimizer)
 
     def _prepare_for_training(self, *args: Any, **kwargs: Any) -> Any:
+        # Why a private hook: under DeepSpeed the scheduler is built before the engine (deepspeed_init), so
+        # create_scheduler comes too early; transformers has no public hook between accelerator.prepare and the first
+        # step. We rely on Trainer.train calling _prepare_for_training(max_steps, train_dataloader,
+        # resume_from_checkpoint) once per train(), returning (model, train_dataloader) with self.optimizer prepared
+        # and no step taken; tests/test_optimizer_state.py::test_transformers_prepares_as_the_carried_state_expects
+        # pins that (and that create_scheduler runs inside it, after the optimizer is prepared).
         prepared = super()._prepare_for_training(*args, **kwargs)
         if self.is_deepspeed_enabled:
             self._load_carried_state()

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from classp_hf.continual.errors import OutputDirError
 from classp_hf.continual.io import current_umask, write_failure
 from classp_hf.continual.ownership import (
     _CHECKPOINT,
@@ -58,10 +59,6 @@ RUN_OUTPUTS = (
     "logs",
 )
 _TEMP_PREFIX = TEMP_PREFIX
-
-
-class OutputDirError(ValueError):
-    """The output directory is not usable (non-empty without ``--overwrite``, not a run's, a file in the way)."""
 
 
 def prepare_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:

@@ -491,7 +491,7 @@ def legacy_entries(folder: str | os.PathLike, kind: Kind = "run") -> list[str] |
 
 
 def _legacy_compare_entries(root: Path) -> list[str]:
-    from classp_hf.continual.compare.report import FIGURES
+    from classp_hf.continual.compare.figures import FIGURES
 
     entries = [name for name in LEGACY_COMPARE_FILES if (root / name).exists()]
     entries += [f"figures/{name}" for name in FIGURES.values() if (root / "figures" / name).exists()]

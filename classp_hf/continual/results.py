@@ -20,6 +20,8 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import best_match
 
+from classp_hf.continual.errors import ResultsVersionError
+
 __all__ = [
     "RESULTS_FILENAME",
     "RESULTS_SCHEMA_PATH",
@@ -185,10 +187,6 @@ SCHEMA_VERSION = 2
 _EMPTY_METRICS: dict[str, float | None] = {"acc": None, "bwt": None, "fwt": None, "forgetting": None}
 # Per-row lists that resume cuts back to the checkpointed tasks.
 _ROW_KEYS = ("accuracy_matrix", "macro_f1_matrix", "per_task")
-
-
-class ResultsVersionError(ValueError):
-    """``results.json`` was written by a version of classp_hf whose layout this one cannot continue."""
 
 
 @dataclass
@@ -420,26 +418,21 @@ class RunResults:
         """Checks the results against the JSON Schema and for consistency (see :func:`validate_results`)."""
         validate_results(self.to_dict())
 
-    def write(self, output_dir: str | Path, report: bool = True) -> Path:
-        """Writes ``results.json`` atomically, then ``report.md`` and the plots.
+    def write(self, output_dir: str | Path) -> Path:
+        """Validates the results and writes ``results.json`` atomically (the runner then writes the report from it,
+        :func:`classp_hf.continual.report.write_report`).
 
         Args:
             output_dir: the run's folder.
-            report: also write ``report.md`` and the plots (`False`: results.json alone, e.g. to record the final
-                timing once the report is written).
 
         Returns:
             The path of ``results.json``.
         """
         from classp_hf.continual.io import write_json_atomic
-        from classp_hf.continual.report import write_report
 
         data = self.to_dict()
         validate_results(data)
-        path = write_json_atomic(Path(output_dir) / RESULTS_FILENAME, data)
-        if report:
-            write_report(data, output_dir)
-        return path
+        return write_json_atomic(Path(output_dir) / RESULTS_FILENAME, data)
 
 
 RESULTS_FILENAME = "results.json"

@@ -33,6 +33,7 @@ from classp_hf.continual.checkpoint import (
     start_run_state,
 )
 from classp_hf.continual.config import ConfigError, RunConfig, task_training_options
+from classp_hf.continual.console import library_output, set_console_callbacks
 from classp_hf.continual.evaluation import TaskScores, evaluate_own_adapters, evaluate_tasks
 from classp_hf.continual.families import (
     align_pad_token_id,
@@ -55,12 +56,13 @@ from classp_hf.continual.outputs import (
 )
 from classp_hf.continual.ownership import FolderLock, Owner, deactivate
 from classp_hf.continual.predictions import final_stage, record_predictions
+from classp_hf.continual.report import format_matrix_table, write_report
 from classp_hf.continual.results import JOINT_STAGE, RunResults, stage_names
 from classp_hf.continual.tasks import TaskData, load_task
 from classp_hf.continual.timing import PhaseTimer
 from classp_hf.methods import TaskContext, build_method
 from classp_hf.metrics.continual import majority_class_accuracy
-from classp_hf.trainer import optimizer_diagnostics, optimizer_hyperparameters
+from classp_hf.trainer import optimizer_diagnostics, optimizer_hyperparameters, unwrap_optimizer
 from classp_hf.training_args import TrainingArguments, optimizer_name
 
 __all__ = ["ContinualRunner", "run_continual", "OutputDirError", "ResumeError", "prepare_output_dir"]
@@ -104,6 +106,8 @@ class ContinualRunner:
         overwrite: start afresh in a folder an earlier run wrote into (removes only what a run writes).
         log: prints progress lines (main process only).
         resume: continue the run in ``output_dir`` after its last checkpointed task (same config).
+        verbose: let transformers, datasets and Python warnings print as they do (the load report, evaluation and
+            saving bars, the Trainer's log dicts); by default they are held back (see :mod:`.console`).
         cache_dir: a folder shared by runs (``classp-hf compare`` gives ``DIR/cache``): tokenized tasks
             (:mod:`.data_cache`) and the untrained model's scores (:mod:`.initial_cache`) are read from it when made
             before with the same inputs, and added to it otherwise. The results are the same with or without it.
@@ -114,6 +118,7 @@ class ContinualRunner:
     overwrite: bool = False
     log: bool = True
     resume: bool = False
+    verbose: bool = False
     cache_dir: Path | None = None
     tasks: list[TaskData] = field(default_factory=list, init=False)
     stages: list[TaskData] = field(default_factory=list, init=False)
@@ -134,6 +139,7 @@ class ContinualRunner:
         self.timer = PhaseTimer(earlier)
         self.is_main = _is_main_process(self.backend.use_cpu)
         self.stage_names = stage_names([task.name for task in self.config.tasks], self.config.queue_mode)
+        # outside library_output: TrainingArguments turns disable_tqdm on when transformers logs errors only
         self.task_args = [self._training_arguments(index) for index in range(len(self.stage_names))]
         self.optimizer_state: dict[str, Any] | None = None
         self.optimizer: torch.optim.Optimizer | None = None  # the last task's (unwrapped) optimizer
@@ -141,8 +147,9 @@ class ContinualRunner:
         self.lock = FolderLock(self.output_dir)
         self.owner: Owner | None = None
 
-    def _print(self, message: str) -> None:
-        if self.log and self.is_main:
+    def _print(self, message: str, detail: bool = False) -> None:
+        """A progress line (main process only); a ``detail`` line only with ``verbose``."""
+        if self.log and self.is_main and (self.verbose or not detail):
             print(message, flush=True)
 
     # -- set-up -----------------------------------------------------------------------------
@@ -174,7 +181,7 @@ class ContinualRunner:
         info = check_model(config)  # a missing, empty or broken model folder: one line, now
         check_sequence_classification(info.model_type, config.model)
         model_path = info.path
-        self._print(f"[classp-hf] model {config.model} ({model_path})")
+        self._print(f"[classp-hf] model {config.model} ({model_path})", detail=True)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         except (OSError, ValueError) as error:
@@ -194,7 +201,10 @@ class ContinualRunner:
                     config.validation_fraction,
                     cache_dir=self.cache_dir,
                 )
-                self._print(f"[classp-hf] task {task.name}: {len(data.train)} train, {len(data.test)} test examples")
+                self._print(
+                    f"[classp-hf] task {task.name}: {len(data.train)} train, {len(data.test)} test examples",
+                    detail=True,
+                )
                 self.tasks.append(data)
         self.stages = self._stage_data()
         self.model_path = model_path
@@ -307,7 +317,6 @@ class ContinualRunner:
             transformers.set_seed(self.config.seed + index)  # a fresh adapter's initialisation, the same on resume
             if self.adapters.start_task(self.model, self.tasks[index].name):
                 self.optimizer_state = None  # a new adapter's parameters start with fresh optimizer state
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.output_dir / "logs" / self.stages[index].name)
         context.trainer = StateCarryingTrainer(
             model=self.model,
             args=self.task_args[index],
@@ -317,6 +326,8 @@ class ContinualRunner:
             continual_method=self.method,
             carried_optimizer_state=self.optimizer_state,
         )
+        set_console_callbacks(context.trainer, self.verbose)
+        _set_tensorboard_folder(context.trainer, self.output_dir / "logs" / self.stages[index].name)
         return context.trainer
 
     @property
@@ -368,7 +379,8 @@ class ContinualRunner:
         args = trainer.args
         self._print(
             f"[classp-hf] task {index + 1}/{total} {data.name}: start "
-            f"({len(data.train)} examples, optim {results.optimizer['name']}, lr {args.learning_rate:g})"
+            f"({len(data.train)} train, {len(data.test)} test examples, optim {results.optimizer['name']}, "
+            f"lr {args.learning_rate:g})"
         )
         with timer.phase("method"):
             self.method.before_task(context)
@@ -384,7 +396,7 @@ class ContinualRunner:
         if self.owner is not None:  # what the Trainer wrote (its folder, TensorBoard's logs) is the run's
             self.owner.record(*(_files_under(trainer_folders) - before))
         seconds = time.perf_counter() - started
-        self.optimizer = classp_hf.trainer._unwrap_optimizer(trainer.optimizer)
+        self.optimizer = unwrap_optimizer(trainer.optimizer)
         # what the optimizer was built with, read back from it (the config's optim_args are only text)
         results.optimizer["hyperparameters"] = optimizer_hyperparameters(self.optimizer)
         self.optimizer_state = capture_optimizer_state(trainer)
@@ -485,7 +497,9 @@ class ContinualRunner:
             return
         with self.timer.phase("report"):
             self.results.timing = self.timer.to_dict()
-            self.results.write(self.output_dir, report=report)
+            self.results.write(self.output_dir)
+            if report:
+                write_report(self.results.to_dict(), self.output_dir)
 
     def _initial_key(self, trainer: Any) -> str | None:
         """The untrained model's key in the cache (:mod:`.initial_cache`), or `None` without a cache (or with
@@ -512,7 +526,7 @@ class ContinualRunner:
             scores = TaskScores(cached["accuracy"], cached["macro_f1"], cached["task_label_accuracy"])
             validation = cached["validation_accuracy"]
         else:
-            self._print("[classp-hf] evaluating the untrained model on every task")
+            self._print("[classp-hf] evaluating the untrained model on every task", detail=True)
             scores = evaluate_tasks(trainer, self.tasks)
             validation = evaluate_tasks(trainer, self.tasks, "validation").accuracy if results.validation else None
             if key is not None and self.is_main:
@@ -642,7 +656,8 @@ class ContinualRunner:
         """
         self._claim_folder()
         try:
-            return self._run()
+            with library_output(self.verbose):
+                return self._run()
         finally:
             deactivate(self.owner)
             self.owner = None
@@ -680,8 +695,6 @@ class ContinualRunner:
             )
 
     def _run(self) -> RunResults:
-        from classp_hf.continual.report import format_matrix_table
-
         point = self.resume_point
         if point is not None and point.finished():
             self._print(f"[classp-hf] the run in {self.output_dir} is already complete; nothing to do")
@@ -752,11 +765,24 @@ def _check_optim_group_patterns(args: TrainingArguments, model: torch.nn.Module)
             )
 
 
+def _set_tensorboard_folder(trainer: transformers.Trainer, folder: Path) -> None:
+    """Points the Trainer's TensorBoard callback (``report_to: tensorboard``) at ``folder`` (one per task).
+
+    transformers reads the folder from ``TENSORBOARD_LOGGING_DIR`` when the callback is made; setting the callback's
+    own ``logging_dir`` before training starts does the same without changing the process's environment.
+    """
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback):
+            callback.logging_dir = str(folder)
+
+
 class _TrackUpdates(transformers.TrainerCallback):
     """Turns on CLASSP's per-element update tracking once the task's optimizer exists."""
 
     def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
-        classp_hf.trainer._unwrap_optimizer(optimizer).track_updates()
+        unwrap_optimizer(optimizer).track_updates()
 
 
 class _WithStateDict:
@@ -776,6 +802,7 @@ def run_continual(
     overwrite: bool = False,
     log: bool = True,
     resume: bool = False,
+    verbose: bool = False,
     cache_dir: str | os.PathLike | None = None,
 ) -> RunResults:
     """Runs a continual fine-tuning config (see :class:`ContinualRunner`).
@@ -786,10 +813,14 @@ def run_continual(
         overwrite: start afresh in a folder an earlier run wrote into.
         log: print progress lines.
         resume: continue the run in ``output_dir`` after its last checkpointed task.
+        verbose: let the libraries print as they do (see :mod:`.console`).
         cache_dir: a folder of tokenized tasks and untrained-model scores shared by runs (see :class:`ContinualRunner`).
 
     Returns:
         The results (also written to ``output_dir/results.json``).
     """
     cache = None if cache_dir is None else Path(cache_dir)
-    return ContinualRunner(config, Path(output_dir), overwrite=overwrite, log=log, resume=resume, cache_dir=cache).run()
+    runner = ContinualRunner(
+        config, Path(output_dir), overwrite=overwrite, log=log, resume=resume, cache_dir=cache, verbose=verbose
+    )
+    return runner.run()

@@ -14,7 +14,7 @@ from classp_hf.continual.config import config_from_dict
 from classp_hf.continual.optimizer_state import capture_optimizer_state, check_named_state, named_state_bytes
 from classp_hf.continual.results import validate_results
 from classp_hf.continual.runner import ContinualRunner
-from classp_hf.trainer import Trainer, _unwrap_optimizer
+from classp_hf.trainer import Trainer, unwrap_optimizer
 
 from ..helpers.resume import Killed, KilledBeforeTask, three_task_config
 
@@ -39,7 +39,7 @@ class OldHandOver(ContinualRunner):
         )
         if self.handed_over is None:
             trainer.create_optimizer()
-            self.handed_over = _unwrap_optimizer(trainer.optimizer)
+            self.handed_over = unwrap_optimizer(trainer.optimizer)
         else:
             for group in self.handed_over.param_groups:
                 group["lr"] = group["initial_lr"] = args.learning_rate
@@ -138,3 +138,49 @@ def test_ddp_resumes_a_one_process_run_and_keeps_every_rank_equal(tmp_path, tiny
         assert ranks[0][part].keys() == ranks[1][part].keys() and ranks[0][part]
         for name in ranks[0][part]:
             torch.testing.assert_close(ranks[0][part][name], ranks[1][part][name], rtol=0, atol=0, msg=name)
+
+
+def test_transformers_prepares_as_the_carried_state_expects(tmp_path, tiny_model):
+    """Pins the transformers behaviour StateCarryingTrainer relies on (its _prepare_for_training override).
+
+    ``Trainer.train`` calls the private ``_prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)``
+    once, which prepares the optimizer with accelerate, then calls ``create_scheduler`` with ``lr_scheduler`` unset,
+    and returns ``(model, train_dataloader)`` before the first optimizer step.
+    """
+    import inspect
+
+    import transformers
+    from accelerate.optimizer import AcceleratedOptimizer
+    from datasets import Dataset
+
+    parameters = list(inspect.signature(transformers.Trainer._prepare_for_training).parameters)
+    assert parameters == ["self", "max_steps", "train_dataloader", "resume_from_checkpoint"]
+    events = []
+
+    class Recording(Trainer):
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            events.append(("scheduler", type(self.optimizer), self.lr_scheduler is None))
+            return super().create_scheduler(num_training_steps, optimizer)
+
+        def _prepare_for_training(self, *args, **kwargs):
+            events.append(("prepare", None, None))
+            prepared = super()._prepare_for_training(*args, **kwargs)
+            steps = sum(len(s) for s in unwrap_optimizer(self.optimizer).state.values())
+            events.append(("prepared", type(self.optimizer), steps == 0 and len(prepared) == 2))
+            return prepared
+
+        def optimizer_step_seen(self):
+            return any(len(s) for s in unwrap_optimizer(self.optimizer).state.values())
+
+    data = Dataset.from_dict({"input_ids": [[101, 2000 + i, 102] for i in range(4)], "labels": [0, 1, 2, 0]})
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, report_to=[], use_cpu=True
+    )
+    trainer = Recording(model=tiny_model, args=args, train_dataset=data)
+    trainer.train()
+    assert events == [
+        ("prepare", None, None),
+        ("scheduler", AcceleratedOptimizer, True),  # inside it, after accelerate prepared the optimizer
+        ("prepared", AcceleratedOptimizer, True),  # returned (model, dataloader), no step taken yet
+    ]
+    assert trainer.optimizer_step_seen()

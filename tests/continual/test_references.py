@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from classp_hf.cli import main as cli_main
 from classp_hf.continual.compare import compare
 from classp_hf.continual.compare.noise import paired_bootstrap, paired_difference
-from classp_hf.continual.compare.report import load_comparison_schema, render_markdown
+from classp_hf.continual.compare.report import format_table, load_comparison_schema, render_markdown
 from classp_hf.continual.config import ConfigError, config_from_dict
 from classp_hf.continual.outputs import clear_run_outputs
 from classp_hf.continual.predictions import PREDICTIONS_FILENAME, read_predictions
@@ -278,7 +278,7 @@ def test_reference_option_picks_the_setting_and_refuses_an_unknown_one(tmp_path,
     data = comparison.to_dict()
     assert data["noise"]["reference"] == "joint" and comparison.setting("joint").versus_reference is None
     assert comparison.setting("base").versus_reference["mean"] == pytest.approx(0.6 - 0.95)
-    assert "vs joint pts [95% CI]" in comparison.table()
+    assert "vs joint pts [95% CI]" in format_table(data)
 
 
 def test_shipped_experiments_hold_the_references():

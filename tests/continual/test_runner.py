@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+import transformers
 import yaml
 
 from classp_hf.cli import main as cli_main
@@ -233,3 +236,21 @@ def test_python_run_with_overrides_returns_the_results(tmp_path, tiny_model_dir)
     assert stored["training"]["learning_rate"] == 2e-3 and stored["tasks"][1]["max_train_samples"] == 16
     # --resume reads the resolved config from the run folder: nothing to repeat
     assert cli_main(["run", "--output-dir", str(tmp_path / "out"), "--resume", "--quiet"]) == 0
+
+
+def test_tensorboard_folder_is_set_on_the_callback_not_in_the_environment(tmp_path, tiny_model, monkeypatch):
+    from transformers.integrations import TensorBoardCallback
+
+    from classp_hf.continual.runner import _set_tensorboard_folder
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    callback = TensorBoardCallback.__new__(TensorBoardCallback)  # tensorboard need not be installed
+    callback.logging_dir = None
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = transformers.Trainer(model=tiny_model, args=args, callbacks=[callback])
+    _set_tensorboard_folder(trainer, tmp_path / "logs" / "imdb")
+    assert callback.logging_dir == str(tmp_path / "logs" / "imdb")
+    assert "TENSORBOARD_LOGGING_DIR" not in os.environ
+    import classp_hf.continual.runner as runner_module
+
+    assert "os.environ" not in Path(runner_module.__file__).read_text()  # no process-wide writes

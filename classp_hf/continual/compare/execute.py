@@ -757,7 +757,7 @@ def _compare(
     log: bool,
     reference: str,
 ) -> Comparison:
-    from classp_hf.continual.compare.report import write_comparison
+    from classp_hf.continual.compare.report import format_table, write_comparison
 
     if not report_only:  # marks the folder as a comparison before any run starts
         write_json_atomic(output_dir / PLAN_FILENAME, _plan(grid))
@@ -793,5 +793,5 @@ def _compare(
     )
     write_comparison(comparison.to_dict(), output_dir)
     if log:
-        print("\n" + comparison.table(), flush=True)
+        print("\n" + format_table(comparison.to_dict()), flush=True)
     return comparison

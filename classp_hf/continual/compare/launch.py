@@ -97,7 +97,8 @@ def error_line(error: BaseException) -> str:
 class InProcessLauncher:
     """Runs each job in this process (:func:`classp_hf.continual.runner.run_continual`), one at a time.
 
-    The run's own output (the Trainer's logs and bars) goes to the job's log file; an exception is the attempt's
+    The run's progress lines go to the job's log file; the libraries' own output is held back (their loggers
+    write to the console they started with, not to the log: see :mod:`.console`). An exception is the attempt's
     error (a traceback in the log), except ``KeyboardInterrupt``, which ends the comparison.
     """
 
@@ -116,6 +117,7 @@ class InProcessLauncher:
                         overwrite=job.mode == "overwrite",
                         resume=job.mode == "resume",
                         log=True,
+                        verbose=False,
                         cache_dir=job.cache_dir,
                     )
             except Exception as caught:  # any failure of one run is recorded, the comparison goes on
@@ -144,7 +146,8 @@ def _package_root() -> str:
 
 
 class SubprocessLauncher:
-    """Runs each job as ``python -m classp_hf.cli run CONFIG --output-dir RUN``, output to its log file.
+    """Runs each job as ``python -m classp_hf.cli run CONFIG --output-dir RUN --verbose``, all its output (the
+    libraries' too) to its log file.
 
     Args:
         threads: ``OMP_NUM_THREADS`` of each run, unless the environment sets it.
@@ -168,6 +171,7 @@ class SubprocessLauncher:
     def command(self, job: RunJob) -> list[str]:
         """The command line of ``job``."""
         command = [sys.executable, "-m", "classp_hf.cli", "run", str(job.config_path), "--output-dir", str(job.run_dir)]
+        command.append("--verbose")  # the log is a file: everything the libraries print helps explain a failure
         if job.cache_dir is not None:
             command += ["--cache-dir", str(job.cache_dir)]
         if job.mode == "resume":

@@ -20,6 +20,7 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import best_match
 
+from classp_hf.continual.compare.figures import FIGURES
 from classp_hf.continual.compare.results import LEARNED_MARGIN
 from classp_hf.continual.io import write_json_atomic, write_text_atomic
 from classp_hf.continual.report import figure_colors, markdown_table, new_figure, save_png
@@ -39,13 +40,6 @@ __all__ = [
 ]
 
 COMPARISON_SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "comparison.schema.json"
-#: Figure file names, under ``figures/``.
-FIGURES = {
-    "matrices": "accuracy_matrices.png",
-    "first_task": "first_task.png",
-    "memory": "acc_vs_memory.png",
-    "stability": "stability_plasticity.png",
-}
 _NA = "n/a"
 _MIB = 2.0**20
 

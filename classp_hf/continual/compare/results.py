@@ -403,12 +403,6 @@ class Comparison:
             "settings": [setting.to_dict() for setting in self.settings],
         }
 
-    def table(self) -> str:
-        """The console table (see :func:`classp_hf.continual.compare.report.format_table`)."""
-        from classp_hf.continual.compare.report import format_table
-
-        return format_table(self.to_dict())
-
 
 def apply_references(settings: Sequence[SettingResult], tasks: Sequence[str]) -> dict[str, str | None]:
     """Fills every setting's ``references`` (gap to joint, share of single-task) and ``did_not_learn``.
