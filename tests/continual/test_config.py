@@ -278,7 +278,7 @@ def with_training(**training):
         ({"logging_steps": 0}, r"^config\.training\.logging_steps: logging strategy .* requires non-zero"),
         ({"adam_beta1": 1.5}, r"^config\.training\.adam_beta1: expected a number in \[0, 1\), got 1\.5$"),
         ({"bf16": "yes"}, r"^config\.training\.bf16: expected true or false, got 'yes'$"),
-        ({"report_to": 3}, r"^config\.training\.report_to: expected null, a string or a list of strings, got 3$"),
+        ({"report_to": 3}, r"^config\.training\.report_to: expected a string, a list of strings or null, got 3$"),
     ],
 )
 def test_invalid_training_values(training, message):
