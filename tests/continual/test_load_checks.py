@@ -301,6 +301,8 @@ def test_a_config_that_is_not_utf8_names_the_file(tmp_path, capsys):
 
 @pytest.fixture
 def base_config(tmp_path, tiny_model_dir):
+    """The tiny run config as a YAML file, the second task's own learning rate kept (overrides the one in
+    tests/continual/conftest.py)."""
     raw = raw_config(tiny_model_dir, validation_fraction=0.25)
     path = tmp_path / "configs" / "base.yaml"
     path.parent.mkdir()
