@@ -81,7 +81,7 @@ CASES = {
     "optim_args typo": Case(
         training(optim_args="thresold=0.1"),
         r"config\.training\.optim_args: unknown key 'thresold' for optimizer 'classp' \(did you mean 'threshold'\? "
-        r"accepted: apply_decay, eps, foreach, fused, maximize, power, ",
+        r"accepted: apply_decay, eps, foreach, fused, grad_sum_decay, maximize, power, ",
     ),
     # checked at load instead of failing late
     "seed out of range": Case(
