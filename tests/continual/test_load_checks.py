@@ -334,6 +334,7 @@ def test_compare_positional_without_equals_is_a_malformed_override(tmp_path, bas
     assert cli_main([*args, "--output-dir", str(out)]) == 2
     assert one_error(capsys) == (
         "override 'training.learning_rate': expected key=value (e.g. training.learning_rate=1e-3)"
+        " or ~key to clear a key"
     )
     assert not out.exists()
 
