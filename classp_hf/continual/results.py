@@ -371,7 +371,8 @@ class RunResults:
         """
         self.accuracy_matrix.append(list(accuracy))
         self.macro_f1_matrix.append(list(macro_f1))
-        self.per_task.append(record.to_dict() if isinstance(record, TaskRecord) else dict(record))
+        record = record.to_dict() if isinstance(record, TaskRecord) else dict(record)
+        self.per_task.append(record)
         if self.validation is not None and validation_accuracy is not None:
             self.validation.accuracy_matrix.append(list(validation_accuracy))
         if self.accuracy_matrix_own_adapter is not None and own_adapter_accuracy is not None:
