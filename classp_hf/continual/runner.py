@@ -1,10 +1,12 @@
 """The continual runner: one model trained over a queue of tasks, the optimizer's state carried across them.
 
-Flow: config -> launch checked (:mod:`.launch`) -> tasks loaded and checked before anything is written -> for each
-task a :class:`~classp_hf.continual.optimizer_state.StateCarryingTrainer` built from the task's
-``TrainingArguments`` (built once, when the runner is made) and started from the previous task's optimizer state ->
+Flow: config -> launch checked (:mod:`.launch`) -> tokenizer, tasks and model loaded (:mod:`.model_setup`) and checked
+before anything is written -> for each task a :class:`~classp_hf.continual.optimizer_state.StateCarryingTrainer`
+built from the task's ``TrainingArguments`` (built once, when the runner is made) and started from the previous
+task's optimizer state ->
 every task evaluated (:mod:`.evaluation`) -> results (:mod:`.results`) and report rewritten atomically -> checkpoint
-(:mod:`.checkpoint`) -> final model.
+(:mod:`.checkpoint`) -> final model. Each task's row is a :class:`~classp_hf.continual.results.TaskRecord` (with
+``training.diagnostics``, its update sparsity from :mod:`.sparsity`).
 """
 
 from __future__ import annotations
