@@ -18,6 +18,7 @@ from classp_hf.continual.errors import OutputDirError
 from classp_hf.continual.io import current_umask, write_failure
 from classp_hf.continual.ownership import (
     _CHECKPOINT,
+    LEGACY_RUN_FILES,
     MARKER_FILENAME,
     TEMP_PREFIX,
     Owner,
@@ -42,22 +43,7 @@ __all__ = [
 ]
 
 #: The names a run writes at the top of its output folder (besides its marker).
-RUN_OUTPUTS = (
-    "config.yaml",
-    "run_state.json",
-    "results.json",
-    "predictions.json",
-    "report.md",
-    "accuracy_matrix.png",
-    "accuracy_curves.png",
-    "sparsity.png",
-    "checkpoints",
-    "model",
-    "adapters",
-    "merged",
-    "trainer",
-    "logs",
-)
+RUN_OUTPUTS = (*LEGACY_RUN_FILES, "checkpoints", "model", "adapters", "merged", "trainer", "logs")
 _TEMP_PREFIX = TEMP_PREFIX
 
 
