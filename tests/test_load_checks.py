@@ -81,7 +81,7 @@ CASES = {
     "optim_args typo": Case(
         training(optim_args="thresold=0.1"),
         r"config\.training\.optim_args: unknown key 'thresold' for optimizer 'classp' \(did you mean 'threshold'\? "
-        r"accepted: apply_decay, eps, foreach, fused, maximize, power, ",
+        r"accepted: apply_decay, eps, foreach, fused, grad_sum_decay, maximize, power, ",
     ),
     # checked at load instead of failing late
     "seed out of range": Case(
@@ -332,6 +332,7 @@ def test_compare_positional_without_equals_is_a_malformed_override(tmp_path, bas
     assert cli_main([*args, "--output-dir", str(out)]) == 2
     assert one_error(capsys) == (
         "override 'training.learning_rate': expected key=value (e.g. training.learning_rate=1e-3)"
+        " or ~key to clear a key"
     )
     assert not out.exists()
 
