@@ -40,27 +40,12 @@ def tokenizer(minilm_path):
     return AutoTokenizer.from_pretrained(minilm_path)
 
 
-def tiny_bert_config(num_labels: int = 3, **overrides):
-    """A 2-layer, 32-wide random BERT with MiniLM's vocabulary (fast on CPU)."""
-    from transformers import BertConfig
-
-    options = dict(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=num_labels,
-    )
-    options.update(overrides)
-    return BertConfig(**options)
-
-
 @pytest.fixture
 def tiny_model():
     import torch
     from transformers import BertForSequenceClassification
+
+    from .helpers.runs import tiny_bert_config
 
     torch.manual_seed(0)
     return BertForSequenceClassification(tiny_bert_config())
@@ -69,7 +54,7 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def family_tokenizers() -> dict:
     """``{"wordpiece": ..., "bpe": ...}``: the two tokenizers the tiny family models use (see model_families)."""
-    from .model_families import bpe_tokenizer, wordpiece_tokenizer
+    from .helpers.model_families import bpe_tokenizer, wordpiece_tokenizer
 
     return {"wordpiece": wordpiece_tokenizer(), "bpe": bpe_tokenizer()}
 
@@ -77,7 +62,7 @@ def family_tokenizers() -> dict:
 @pytest.fixture(scope="session")
 def family_model_dir(tmp_path_factory, family_tokenizers):
     """``family_model_dir(family)``: the folder of a tiny random model of ``family`` (built once per session)."""
-    from .model_families import FAMILIES, save_tiny_model
+    from .helpers.model_families import FAMILIES, save_tiny_model
 
     folders: dict[str, str] = {}
 
@@ -89,3 +74,18 @@ def family_model_dir(tmp_path_factory, family_tokenizers):
         return folders[family]
 
     return build
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, minilm_path) -> str:
+    """A saved tiny random BERT with the MiniLM tokenizer (built once per test module)."""
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from .helpers.runs import tiny_bert_config
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    BertForSequenceClassification(tiny_bert_config()).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    return str(folder)

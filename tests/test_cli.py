@@ -18,7 +18,7 @@ from classp_hf.cli import main as cli_main
 from classp_hf.continual.config import ConfigError, config_from_dict, parse_override_args
 from classp_hf.continual.console import TrainingBar, library_output, set_console_callbacks
 
-from .conftest import tiny_bert_config
+from .helpers.runs import tiny_bert_config
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "recipes" / "data" / "quickstart"

@@ -17,7 +17,7 @@ import yaml
 from classp_hf.continual.config import load_config
 from classp_hf.continual.tasks import load_task
 
-from .conftest import tiny_bert_config
+from .helpers.runs import tiny_bert_config
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "recipes" / "data" / "quickstart"

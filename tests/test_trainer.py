@@ -15,7 +15,7 @@ from classp_hf.methods import ContinualMethod
 from classp_hf.optim import CLASSP
 from classp_hf.trainer import Trainer, masked_label_loss, set_learning_rate
 
-from .conftest import tiny_bert_config
+from .helpers.runs import tiny_bert_config
 
 LABELS = {"negative": 0, "neutral": 1, "positive": 2}
 

@@ -1,0 +1,191 @@
+"""Runs that spend their time training: sorted evaluation, the tokenized-task and untrained-model caches,
+``keep_last_checkpoint: false`` and the timing record. Correctness only: no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import classp_hf.continual.runner as runner_module
+from classp_hf.continual import tasks as tasks_module
+from classp_hf.continual.checkpoint import ResumeError, read_run_state
+from classp_hf.continual.compare.folder import run_state as _run_state
+from classp_hf.continual.config import ConfigError, TaskConfig, config_from_dict, stored_config_differences
+from classp_hf.continual.evaluation import _logits, length_order
+from classp_hf.continual.results import validate_results
+from classp_hf.continual.runner import ContinualRunner
+from classp_hf.continual.tasks import load_task
+from classp_hf.continual.timing import PHASES, PhaseTimer
+
+from ..helpers.runs import SAMPLE, raw_config
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+def fpb_task(**extra):
+    files = {split: str(SAMPLE / "financial_phrasebank" / f"{split}.csv") for split in ("train", "test")}
+    return TaskConfig(name="financial_phrasebank", data_files=files, max_train_samples=40, max_eval_samples=30, **extra)
+
+
+# -- evaluation ---------------------------------------------------------------------------------------------------
+
+
+def test_length_sorted_evaluation_gives_every_example_its_own_prediction(tiny_model, tokenizer, tmp_path):
+    from transformers import DataCollatorWithPadding
+
+    from classp_hf.trainer import Trainer
+    from classp_hf.training_args import TrainingArguments
+
+    data = load_task(fpb_task(), LABELS, tokenizer, 64, seed=0)
+    order = length_order(data.test)
+    lengths = [len(ids) for ids in data.test["input_ids"]]
+    assert [lengths[i] for i in order] == sorted(lengths, reverse=True)
+    assert not np.array_equal(order, np.arange(len(order)))  # the sample is not sorted already: the test means it
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_eval_batch_size=8, report_to="none", use_cpu=True, disable_tqdm=True
+    )
+    trainer = Trainer(model=tiny_model, args=args, data_collator=DataCollatorWithPadding(tokenizer))
+    sorted_logits, sorted_labels = _logits(trainer, data.test, "test", sort_by_length=True)
+    plain_logits, plain_labels = _logits(trainer, data.test, "test", sort_by_length=False)
+    assert np.array_equal(sorted_labels, np.asarray(data.test["labels"]))
+    assert np.array_equal(sorted_labels, plain_labels)
+    assert np.array_equal(sorted_logits.argmax(-1), plain_logits.argmax(-1))
+    np.testing.assert_allclose(sorted_logits, plain_logits, rtol=0, atol=1e-5)
+    assert torch.is_grad_enabled()  # inference mode was left
+
+
+# -- the tokenized-task cache -------------------------------------------------------------------------------------
+
+
+def test_cached_tasks_are_identical_and_read_back_instead_of_tokenized(tokenizer, tmp_path, monkeypatch):
+    task = fpb_task()
+    fresh = load_task(task, LABELS, tokenizer, 48, seed=1, validation_fraction=0.25)
+    first = load_task(task, LABELS, tokenizer, 48, seed=1, validation_fraction=0.25, cache_dir=tmp_path)
+    monkeypatch.setattr(tasks_module, "_tokenize_task", lambda *a, **k: pytest.fail("tokenized again"))
+    again = load_task(task, LABELS, tokenizer, 48, seed=1, validation_fraction=0.25, cache_dir=tmp_path)
+    assert first.cache_key == again.cache_key and fresh.cache_key is None
+    for split in ("train", "test", "validation"):
+        expected = getattr(fresh, split).to_dict()
+        assert getattr(first, split).to_dict() == expected, split
+        assert getattr(again, split).to_dict() == expected, split
+    assert len(list((tmp_path / "tokenized").iterdir())) == 1
+
+
+def test_the_cache_key_changes_with_the_tokenizer_max_length_and_data(tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    from classp_hf.continual.data_cache import task_cache_key
+
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLE / "financial_phrasebank", data)
+    task = TaskConfig(name="fpb", data_files={s: str(data / f"{s}.csv") for s in ("train", "test")})
+    key = task_cache_key(task, LABELS, tokenizer, 64, 0, 0.0)
+    assert task_cache_key(task, LABELS, tokenizer, 64, 0, 0.0) == key
+    assert task_cache_key(task, LABELS, tokenizer, 32, 0, 0.0) != key  # max_length
+    assert task_cache_key(task, LABELS, tokenizer, 64, 1, 0.0) != key  # seed (the sample)
+    other = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    assert task_cache_key(task, LABELS, other, 64, 0, 0.0) == key  # the same tokenizer loaded again
+    other.add_tokens(["zzqx"])
+    assert task_cache_key(task, LABELS, other, 64, 0, 0.0) != key  # another vocabulary
+    lowered = AutoTokenizer.from_pretrained(tokenizer.name_or_path, model_max_length=7)
+    assert task_cache_key(task, LABELS, lowered, 64, 0, 0.0) != key  # another setting
+    with open(data / "train.csv", "a", encoding="utf-8") as handle:
+        handle.write('"a new sentence",positive\n')
+    assert task_cache_key(task, LABELS, tokenizer, 64, 0, 0.0) != key  # the data changed
+
+
+# -- a run: keep_last_checkpoint false, the timing record, the untrained model's scores from the cache --------------
+
+
+def check_timing(results):
+    timing = results["timing"]
+    assert set(timing["phases"]) == set(PHASES)
+    phases = timing["phases"]
+    assert all(value >= 0 for value in phases.values())
+    assert phases["training"] > 0 and phases["evaluation"] > 0 and phases["tokenization"] > 0
+    assert sum(phases.values()) + timing["other_seconds"] == pytest.approx(timing["total_seconds"], abs=0.01)
+    assert timing["training_share"] == pytest.approx(phases["training"] / timing["total_seconds"], abs=1e-4)
+    train_seconds = sum(task["seconds"] for task in results["per_task"])
+    assert phases["training"] <= train_seconds + 0.01  # Trainer.train inside each task's timed seconds
+
+
+class CountingRunner(ContinualRunner):
+    evaluations = 0
+
+
+@pytest.fixture
+def count_evaluations(monkeypatch):
+    real = runner_module.evaluate_tasks
+
+    def counting(*args, **kwargs):
+        CountingRunner.evaluations += 1
+        return real(*args, **kwargs)
+
+    CountingRunner.evaluations = 0
+    monkeypatch.setattr(runner_module, "evaluate_tasks", counting)
+    return CountingRunner
+
+
+def test_a_run_without_its_last_checkpoint_is_finished_and_shares_the_cache(
+    tmp_path,
+    tiny_model_dir,
+    count_evaluations,
+):
+    raw = raw_config(tiny_model_dir, keep_last_checkpoint=False, validation_fraction=0.25)
+    cache = tmp_path / "cache"
+    first = count_evaluations(config_from_dict(raw), tmp_path / "a", log=False, cache_dir=cache).run().to_dict()
+    assert count_evaluations.evaluations == 6  # test + validation: untrained, after task 1, after task 2
+    run = tmp_path / "a"
+    assert not (run / "checkpoints").exists()
+    state = read_run_state(run, require_checkpoint=False)
+    assert state.completed_tasks == 2 and state.checkpoint is None
+    assert _run_state(run) == "finished"
+    on_disk = json.loads((run / "results.json").read_text())
+    assert on_disk == first and first["status"] == "complete"
+    validate_results(on_disk)
+    check_timing(first)
+    assert first["timing"]["phases"]["final_model"] > 0  # the last write came after the final model
+    # --resume of the finished run: nothing to do, nothing needed from a checkpoint
+    resumed = ContinualRunner(config_from_dict(raw), run, log=False, resume=True).run().to_dict()
+    assert resumed == first
+    # keep_last_checkpoint is no config difference (a run made with either is reused / resumed)
+    assert stored_config_differences(config_from_dict({**raw, "keep_last_checkpoint": True}), run / "config.yaml") == []
+    # a second run (another learning rate) takes the untrained model's scores from the cache: identical numbers
+    count_evaluations.evaluations = 0
+    other = {**raw, "training": {**raw["training"], "learning_rate": 5e-4}}
+    second = count_evaluations(config_from_dict(other), tmp_path / "b", log=False, cache_dir=cache).run().to_dict()
+    assert count_evaluations.evaluations == 4
+    assert second["initial_accuracy"] == first["initial_accuracy"]
+    assert second["initial_macro_f1"] == first["initial_macro_f1"]
+    assert second["validation"]["initial_accuracy"] == first["validation"]["initial_accuracy"]
+    assert second["task_labels"]["initial_accuracy"] == first["task_labels"]["initial_accuracy"]
+    # a run recorded finished without a checkpoint but whose final model is gone: refused in one line
+    (run / "model" / "config.json").unlink()
+    assert _run_state(run) == "broken"  # compare starts it afresh
+    with pytest.raises(ResumeError, match=r"^--resume: .*records a finished run without a checkpoint, but its final"):
+        ContinualRunner(config_from_dict(raw), run, log=False, resume=True)
+
+
+def test_keep_last_checkpoint_must_be_a_bool(tiny_model_dir):
+    with pytest.raises(ConfigError, match=r"^config\.keep_last_checkpoint: expected true or false$"):
+        config_from_dict(raw_config(tiny_model_dir, keep_last_checkpoint="no"))
+    assert config_from_dict(raw_config(tiny_model_dir)).keep_last_checkpoint is True
+
+
+def test_phase_timer_counts_a_nested_phase_toward_itself_only():
+    timer = PhaseTimer({"phases": {"training": 2.0}, "total_seconds": 5.0, "attempts": 1})
+    with timer.phase("startup"):
+        with timer.phase("training"):
+            sum(range(10**5))
+        with timer.phase("startup"):
+            pass
+    record = timer.to_dict()
+    assert record["phases"]["training"] > 2.0 and record["phases"]["startup"] >= 0 and record["attempts"] == 2
+    assert sum(record["phases"].values()) <= record["total_seconds"]
+    with pytest.raises(ValueError, match="unknown phase 'warmup'"):
+        with timer.phase("warmup"):
+            pass
