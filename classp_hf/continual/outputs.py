@@ -180,15 +180,16 @@ def is_complete_model(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any((folder / name).is_file() for name in _WEIGHT_FILES)
 
 
-def save_model_atomic(model: Any, tokenizer: Any, folder: Path) -> Path:
+def save_model_atomic(model: Any, tokenizer: Any, folder: Path, *, state_dict: dict[str, Any] | None = None) -> Path:
     """Saves a model and its tokenizer into a temporary folder beside ``folder``, then moves it into place
     (:func:`replace_folder`).
 
-    A kill during the save leaves no ``folder`` (or the old one), never a half-written one.
+    A kill during the save leaves no ``folder`` (or the old one), never a half-written one. ``state_dict``: the
+    gathered full state dict to save instead of the model's own (sharded backends).
     """
     tmp = temporary_folder(folder.parent, folder.name)
     try:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         replace_folder(tmp, folder)

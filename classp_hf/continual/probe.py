@@ -100,10 +100,9 @@ def probe_gradients(
     Raises:
         ConfigError: unknown mode, target fraction outside (0, 1], a bad model or ``max_length``.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     from classp_hf.continual.families import align_pad_token_id, set_pad_token
     from classp_hf.continual.model_check import check_model
+    from classp_hf.continual.model_setup import load_model, load_tokenizer
 
     if mode not in CANDIDATES:
         raise ConfigError(f"--mode: unknown threshold mode {mode!r} (one of {', '.join(CANDIDATES)})")
@@ -115,13 +114,14 @@ def probe_gradients(
     torch.manual_seed(config.seed)
     if model is None or tokenizer is None:
         path = check_model(config).path
-    tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
-    set_pad_token(tokenizer, config.model)  # decoder tokenizers ship without one
+    if tokenizer is None:
+        tokenizer, _ = load_tokenizer(config, path)  # with a pad token (decoder tokenizers ship without one)
+    else:
+        set_pad_token(tokenizer, config.model)
     if model is None:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(config.labels), ignore_mismatched_sizes=True
-        )
-    align_pad_token_id(model, tokenizer)
+        model = load_model(config, path, tokenizer)  # the run's model: its labels, head and model_dtype
+    else:
+        align_pad_token_id(model, tokenizer)
     model.train()  # dropout on, as in training
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     total = sum(p.numel() for _, p in named)

@@ -31,6 +31,7 @@ __all__ = [
     "stage_names",
     "ResultsVersionError",
     "RunResults",
+    "TaskRecord",
     "AccuracyPart",
     "TaskLabelResults",
     "ValidationResults",
@@ -229,6 +230,51 @@ class TaskLabelResults(AccuracyPart):
 
 
 @dataclass
+class TaskRecord:
+    """One trained stage's ``per_task`` record in ``results.json`` (the runner makes one per task).
+
+    Args:
+        name: the stage's name (the task's, or ``joint``).
+        train_loss: the mean training loss (`None` when not finite).
+        steps: optimizer steps taken.
+        seconds: the training's wall time.
+        train_examples: examples trained on.
+        eval_examples: test examples evaluated over every task.
+        learning_rate: the task's learning rate.
+        optimizer_diagnostics: the optimizer's own numbers after the task.
+        optimizer_diagnostics_scope: ``global``, or ``rank`` when each process sees its shard (FSDP, ZeRO).
+        trainable_parameters: parameters that train (counted after the task: per-task adapters add some).
+        total_parameters: every parameter of the model after the task.
+        optimizer_state_bytes: the size of the optimizer state carried to the next task.
+        method_state_bytes: the size of the continual method's state.
+        sparsity: with ``training.diagnostics`` and a tracking optimizer, the task's update sparsity
+            (:func:`~classp_hf.continual.sparsity.task_sparsity`); left out of the record otherwise.
+    """
+
+    name: str
+    train_loss: float | None
+    steps: int
+    seconds: float
+    train_examples: int
+    eval_examples: int
+    learning_rate: float
+    optimizer_diagnostics: dict[str, Any]
+    optimizer_diagnostics_scope: str
+    trainable_parameters: int
+    total_parameters: int
+    optimizer_state_bytes: int
+    method_state_bytes: int
+    sparsity: dict[str, float | None] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as ``results.json`` holds it (no ``sparsity`` key without sparsity)."""
+        record = dataclasses.asdict(self)
+        if record["sparsity"] is None:
+            del record["sparsity"]
+        return record
+
+
+@dataclass
 class RunResults:
     """The results of a continual run, as ``results.json`` holds them (see ``schemas/results.schema.json``).
 
@@ -308,7 +354,7 @@ class RunResults:
         self,
         accuracy: list[float],
         macro_f1: list[float],
-        record: dict[str, Any],
+        record: TaskRecord | dict[str, Any],
         *,
         validation_accuracy: list[float] | None = None,
         own_adapter_accuracy: list[float] | None = None,
@@ -318,14 +364,15 @@ class RunResults:
 
         Args:
             accuracy, macro_f1: scores on every task's test split.
-            record: the task's ``per_task`` record (name, loss, steps, seconds, state bytes, ...).
+            record: the task's ``per_task`` record (:class:`TaskRecord`, or its dict).
             validation_accuracy: scores on every task's validation split, when kept.
             own_adapter_accuracy: per-task adapters: each seen task with its own adapter.
             task_label_accuracy: scores on every task's test split with the argmax over the task's own labels.
         """
         self.accuracy_matrix.append(list(accuracy))
         self.macro_f1_matrix.append(list(macro_f1))
-        self.per_task.append(dict(record))
+        record = record.to_dict() if isinstance(record, TaskRecord) else dict(record)
+        self.per_task.append(record)
         if self.validation is not None and validation_accuracy is not None:
             self.validation.accuracy_matrix.append(list(validation_accuracy))
         if self.accuracy_matrix_own_adapter is not None and own_adapter_accuracy is not None:

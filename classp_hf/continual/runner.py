@@ -1,29 +1,28 @@
 """The continual runner: one model trained over a queue of tasks, the optimizer's state carried across them.
 
-Flow: config -> launch checked (:mod:`.launch`) -> tasks loaded and checked before anything is written -> for each
-task a :class:`~classp_hf.continual.optimizer_state.StateCarryingTrainer` built from the task's
-``TrainingArguments`` (built once, when the runner is made) and started from the previous task's optimizer state ->
+Flow: config -> launch checked (:mod:`.launch`) -> tokenizer, tasks and model loaded (:mod:`.model_setup`) and checked
+before anything is written -> for each task a :class:`~classp_hf.continual.optimizer_state.StateCarryingTrainer`
+built from the task's ``TrainingArguments`` (built once, when the runner is made) and started from the previous
+task's optimizer state ->
 every task evaluated (:mod:`.evaluation`) -> results (:mod:`.results`) and report rewritten atomically -> checkpoint
-(:mod:`.checkpoint`) -> final model.
+(:mod:`.checkpoint`) -> final model. Each task's row is a :class:`~classp_hf.continual.results.TaskRecord` (with
+``training.diagnostics``, its update sparsity from :mod:`.sparsity`).
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import datasets
 import numpy as np
 import torch
 import transformers
 import yaml
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+from transformers import DataCollatorWithPadding
 
-import classp_hf
 from classp_hf.continual.checkpoint import (
     ResumeError,
     ResumePoint,
@@ -35,17 +34,17 @@ from classp_hf.continual.checkpoint import (
 from classp_hf.continual.config import ConfigError, RunConfig, task_training_options
 from classp_hf.continual.console import library_output, set_console_callbacks
 from classp_hf.continual.evaluation import TaskScores, evaluate_own_adapters, evaluate_tasks
-from classp_hf.continual.families import (
-    align_pad_token_id,
-    check_sequence_classification,
-    classification_head,
-    resolve_head_pattern,
-    set_pad_token,
-)
+from classp_hf.continual.families import check_sequence_classification, classification_head, resolve_head_pattern
 from classp_hf.continual.initial_cache import initial_scores_key, read_initial_scores, write_initial_scores
-from classp_hf.continual.io import check_writable_folder, first_line, write_text_atomic
+from classp_hf.continual.io import check_writable_folder, write_text_atomic
 from classp_hf.continual.launch import Backend, accelerator_available, detect_backend
 from classp_hf.continual.model_check import check_model
+from classp_hf.continual.model_setup import (
+    check_optim_group_patterns,
+    checkpoints_activations,
+    load_model,
+    load_tokenizer,
+)
 from classp_hf.continual.optimizer_state import StateCarryingTrainer, capture_optimizer_state, named_state_bytes
 from classp_hf.continual.outputs import (
     OutputDirError,
@@ -57,33 +56,17 @@ from classp_hf.continual.outputs import (
 from classp_hf.continual.ownership import FolderLock, Owner, deactivate
 from classp_hf.continual.predictions import final_stage, record_predictions
 from classp_hf.continual.report import format_matrix_table, write_report
-from classp_hf.continual.results import JOINT_STAGE, RunResults, stage_names
-from classp_hf.continual.tasks import TaskData, load_task
+from classp_hf.continual.results import RunResults, TaskRecord, stage_names
+from classp_hf.continual.sparsity import TrackUpdates, task_sparsity
+from classp_hf.continual.tasks import TaskData, joint_stage, load_task
 from classp_hf.continual.timing import PhaseTimer
+from classp_hf.continual.versions import library_versions
 from classp_hf.methods import TaskContext, build_method
 from classp_hf.metrics.continual import majority_class_accuracy
 from classp_hf.trainer import optimizer_diagnostics, optimizer_hyperparameters, unwrap_optimizer
 from classp_hf.training_args import TrainingArguments, optimizer_name
 
 __all__ = ["ContinualRunner", "run_continual", "OutputDirError", "ResumeError", "prepare_output_dir"]
-
-_MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _versions() -> dict[str, str | None]:
-    try:
-        import peft
-
-        peft_version: str | None = peft.__version__
-    except ImportError:
-        peft_version = None
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft_version,
-        "classp_hf": classp_hf.__version__,
-    }
 
 
 def _is_main_process(use_cpu: bool) -> bool:
@@ -182,11 +165,7 @@ class ContinualRunner:
         check_sequence_classification(info.model_type, config.model)
         model_path = info.path
         self._print(f"[classp-hf] model {config.model} ({model_path})", detail=True)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        except (OSError, ValueError) as error:
-            raise ConfigError(f"config.model: cannot load {config.model!r}: {str(error).splitlines()[0]}") from None
-        padding = set_pad_token(self.tokenizer, config.model)  # decoder tokenizers ship without one
+        self.tokenizer, padding = load_tokenizer(config, model_path)
         if padding:
             self._print(padding)
         self.tasks = []
@@ -209,7 +188,7 @@ class ContinualRunner:
         self.stages = self._stage_data()
         self.model_path = model_path
         self.model = self._load_model(model_path)
-        checkpointing = self._checkpoints_activations()
+        checkpointing = checkpoints_activations(self.task_args, self.model)
         self.adapters = None
         if config.peft is not None:
             from classp_hf.continual.adapters import AdapterSetup
@@ -224,35 +203,13 @@ class ContinualRunner:
         head = classification_head(self.model.get_base_model() if self.adapters is not None else self.model)
         for args in self.task_args:
             args.optim_groups = resolve_head_pattern(args.optim_groups, head)
-        _check_optim_group_patterns(self.task_args[0], self.model)
-
-    def _checkpoints_activations(self) -> bool:
-        """Whether ``training.gradient_checkpointing`` (or ``activation_checkpointing``) is on for any task.
-
-        Raises:
-            ConfigError: it is on for a model that does not support it.
-        """
-        names = ("gradient_checkpointing", "activation_checkpointing")
-        if not any(getattr(args, name, False) for args in self.task_args for name in names):
-            return False
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        if not getattr(base, "supports_gradient_checkpointing", False):
-            raise ConfigError(
-                f"config.training.gradient_checkpointing: {type(base).__name__} does not support gradient "
-                "checkpointing; leave it out"
-            )
-        return True
+        check_optim_group_patterns(self.task_args[0], self.model)
 
     def _stage_data(self) -> list[TaskData]:
-        """What each training stage trains on: the tasks, or for ``queue_mode: joint`` one stage on the union of
-        every task's training (and test) examples, in the same epochs."""
+        """What each training stage trains on: the tasks, or for ``queue_mode: joint`` one stage on them all."""
         if self.config.queue_mode != "joint":
             return list(self.tasks)
-        union = TaskData(
-            name=JOINT_STAGE,
-            train=datasets.concatenate_datasets([data.train for data in self.tasks]),
-            test=datasets.concatenate_datasets([data.test for data in self.tasks]),
-        )
+        union = joint_stage(self.tasks)
         self._print(f"[classp-hf] joint training: one stage on {len(union.train)} examples of every task")
         return [union]
 
@@ -265,30 +222,8 @@ class ContinualRunner:
         self.ever_updated = {}
 
     def _load_model(self, source: str) -> torch.nn.Module:
-        id2label = dict(enumerate(self.config.labels))
-        options: dict[str, Any] = {}
-        dtype = getattr(self.config, "model_dtype", None)
-        if dtype is not None:
-            options["dtype"] = _MODEL_DTYPES[dtype]
-        bars = transformers.utils.logging.is_progress_bar_enabled()
-        if not self.log:  # --quiet: no "Loading weights" bar either (an error after it stays one line)
-            transformers.utils.logging.disable_progress_bar()
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                source,
-                num_labels=len(self.config.labels),
-                id2label=id2label,
-                label2id={label: i for i, label in id2label.items()},
-                ignore_mismatched_sizes=True,
-                **options,
-            )
-        except Exception as error:  # a missing, truncated or mismatched weights file raises many types
-            raise ConfigError(f"config.model: cannot load the weights of {source!r}: {first_line(error)}") from None
-        finally:
-            if bars:
-                transformers.utils.logging.enable_progress_bar()
-        align_pad_token_id(model, self.tokenizer)  # decoders pool the last token that is not padding
-        return model
+        """The model in ``source`` (:func:`~.model_setup.load_model`; no loading bar with ``log`` off)."""
+        return load_model(self.config, source, self.tokenizer, bars=self.log)
 
     # -- one task ---------------------------------------------------------------------------
     def _context(self, index: int) -> TaskContext:
@@ -342,27 +277,6 @@ class ContinualRunner:
         cls, _ = StateCarryingTrainer.get_optimizer_cls_and_kwargs(self.task_args[0])
         return hasattr(cls, "track_updates")
 
-    def _sparsity(self, first: bool) -> dict[str, float | None]:
-        """Sparsity of the task just trained; updates ``ever_updated`` (union over earlier tasks)."""
-        stats = self.optimizer.update_tracking()
-        names = {id(p): name for name, p in self.model.named_parameters()}
-        updated = overlap = 0
-        for param, mask in stats["masks"].items():
-            name = names.get(id(param), str(id(param)))
-            mask = mask.detach().to("cpu")
-            earlier = self.ever_updated.get(name)
-            updated += int(mask.sum())
-            if earlier is not None:
-                overlap += int((mask & earlier).sum())
-                self.ever_updated[name] = earlier | mask
-            else:
-                self.ever_updated[name] = mask.clone()
-        return {
-            "mean_update_fraction": stats["mean_update_fraction"],
-            "ever_updated_fraction": stats["ever_updated_fraction"],
-            "overlap_with_earlier": None if first or updated == 0 else overlap / updated,
-        }
-
     def _train_task(self, index: int, tracking: bool) -> StateCarryingTrainer:
         """Trains stage ``index``, evaluates every task, records the row and checkpoints; returns the trainer."""
         data, total = self.stages[index], len(self.stages)
@@ -386,7 +300,7 @@ class ContinualRunner:
             self.method.before_task(context)
         started = time.perf_counter()
         if tracking:
-            trainer.add_callback(_TrackUpdates())
+            trainer.add_callback(TrackUpdates())
         trainer_folders = [self.output_dir / "trainer" / self.stage_names[index], self.output_dir / "logs" / data.name]
         before = _files_under(trainer_folders)
         if self.owner is not None:
@@ -410,25 +324,26 @@ class ContinualRunner:
                 own = evaluate_own_adapters(
                     trainer, self.model, self.tasks, index, scores.accuracy, self.adapters.adapter_name
                 )
-        record = {
-            "name": data.name,
-            "train_loss": float(output.training_loss) if np.isfinite(output.training_loss) else None,
-            "steps": int(output.global_step),
-            "seconds": round(seconds, 3),
-            "train_examples": len(data.train),
-            "eval_examples": sum(len(t.test) for t in self.tasks),
-            "learning_rate": float(args.learning_rate),
-            "optimizer_diagnostics": optimizer_diagnostics(self.optimizer),
+        record = TaskRecord(
+            name=data.name,
+            train_loss=float(output.training_loss) if np.isfinite(output.training_loss) else None,
+            steps=int(output.global_step),
+            seconds=round(seconds, 3),
+            train_examples=len(data.train),
+            eval_examples=sum(len(t.test) for t in self.tasks),
+            learning_rate=float(args.learning_rate),
+            optimizer_diagnostics=optimizer_diagnostics(self.optimizer),
             # under FSDP and ZeRO each process sees its own shard: the main process's numbers
-            "optimizer_diagnostics_scope": "rank" if self.backend.sharded else "global",
-            "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            optimizer_diagnostics_scope="rank" if self.backend.sharded else "global",
+            trainable_parameters=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             # per-task adapters add parameters task by task: counted after each task
-            "total_parameters": sum(p.numel() for p in self.model.parameters()),
-            "optimizer_state_bytes": named_state_bytes(self.optimizer_state),
-            "method_state_bytes": int(self.method.state_bytes()),
-        }
+            total_parameters=sum(p.numel() for p in self.model.parameters()),
+            optimizer_state_bytes=named_state_bytes(self.optimizer_state),
+            method_state_bytes=int(self.method.state_bytes()),
+        )
         if tracking:
-            record["sparsity"] = self._sparsity(first=index == 0 or self.config.queue_mode == "single_task")
+            first = index == 0 or self.config.queue_mode == "single_task"
+            record.sparsity = task_sparsity(self.optimizer, self.model, self.ever_updated, first)
         results.add_task(
             scores.accuracy,
             scores.macro_f1,
@@ -569,9 +484,7 @@ class ContinualRunner:
         model = self.model
         if self.adapters is not None:  # loadable on its own: the last task's adapter merged into a copy
             model = self.adapters.merged_copy(self.model, self.tasks[-1].name, with_earlier=self._stacks_adapters)
-        if state_dict is not None:
-            model = _WithStateDict(model, state_dict)
-        save_model_atomic(model, self.tokenizer, self.output_dir / "model")
+        save_model_atomic(model, self.tokenizer, self.output_dir / "model", state_dict=state_dict)
 
     # -- start or resume --------------------------------------------------------------------
     def _start(self) -> None:
@@ -592,7 +505,7 @@ class ContinualRunner:
             },
             tasks=[data.name for data in self.tasks],
             majority_accuracy=[majority_class_accuracy(data.test_labels) for data in self.tasks],
-            versions=_versions(),
+            versions=library_versions(),
             total_parameters=sum(p.numel() for p in self.model.parameters()),
             peft=dict(config.peft) if config.peft else None,
             backend=self.backend.to_dict(getattr(config, "model_dtype", None)),
@@ -736,35 +649,6 @@ def _broadcast_from_main(message: str | None, num_processes: int) -> str | None:
     return box[0]
 
 
-def _check_optim_group_patterns(args: TrainingArguments, model: torch.nn.Module) -> None:
-    """Every ``optim_groups`` pattern must match a trainable parameter (checked before anything is written)."""
-    import re
-
-    from classp_hf.optim.factory import parse_optim_groups
-
-    groups = parse_optim_groups(getattr(args, "optim_groups", None))
-    names = [name for name, param in model.named_parameters() if param.requires_grad]
-    owner = {  # a parameter goes to the first entry that matches it
-        name: next((index for index, group in enumerate(groups) if re.search(group["params"], name)), None)
-        for name in names
-    }
-    for index, group in enumerate(groups):
-        matched = [name for name in names if re.search(group["params"], name)]
-        if any(owner[name] == index for name in matched):
-            continue
-        if matched:
-            raise ConfigError(
-                f"config.training.optim_groups[{index}].params: {group['params']!r} matches only parameters that "
-                f"optim_groups[{owner[matched[0]]}] takes first (a parameter goes to the first entry that matches "
-                "it); put it before, or narrow the earlier pattern"
-            )
-        if not matched:
-            raise ConfigError(
-                f"config.training.optim_groups[{index}].params: {group['params']!r} matches no trainable parameter "
-                f"(e.g. {', '.join(names[:3])}, ...)"
-            )
-
-
 def _set_tensorboard_folder(trainer: transformers.Trainer, folder: Path) -> None:
     """Points the Trainer's TensorBoard callback (``report_to: tensorboard``) at ``folder`` (one per task).
 
@@ -776,23 +660,6 @@ def _set_tensorboard_folder(trainer: transformers.Trainer, folder: Path) -> None
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, TensorBoardCallback):
             callback.logging_dir = str(folder)
-
-
-class _TrackUpdates(transformers.TrainerCallback):
-    """Turns on CLASSP's per-element update tracking once the task's optimizer exists."""
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
-        unwrap_optimizer(optimizer).track_updates()
-
-
-class _WithStateDict:
-    """Saves ``model`` with a gathered full ``state_dict`` (sharded backends)."""
-
-    def __init__(self, model: Any, state_dict: dict[str, torch.Tensor]) -> None:
-        self.model, self.state_dict = model, state_dict
-
-    def save_pretrained(self, folder: Any) -> None:
-        self.model.save_pretrained(folder, state_dict=self.state_dict)
 
 
 def run_continual(

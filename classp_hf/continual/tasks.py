@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -13,8 +13,9 @@ import datasets
 
 from classp_hf.continual.config import ConfigError, TaskConfig
 from classp_hf.continual.data_cache import read_cached_task, task_cache_key, write_cached_task
+from classp_hf.continual.results import JOINT_STAGE
 
-__all__ = ["TaskData", "load_task", "label_mapping"]
+__all__ = ["TaskData", "joint_stage", "load_task", "label_mapping"]
 
 _FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -294,3 +295,19 @@ def _sampled_rows(length: int, seed: int, limit: int) -> list[int]:
     permutation depends on the seed and the length only)."""
     numbered = datasets.Dataset.from_dict({"row": list(range(length))})
     return [int(row) for row in numbered.shuffle(seed=seed).select(range(limit))["row"]]
+
+
+def joint_stage(tasks: Sequence[TaskData]) -> TaskData:
+    """The one stage of ``queue_mode: joint``: the union of every task's training (and test) examples.
+
+    Args:
+        tasks: the loaded tasks, in queue order.
+
+    Returns:
+        A :class:`TaskData` named ``joint`` over all of them.
+    """
+    return TaskData(
+        name=JOINT_STAGE,
+        train=datasets.concatenate_datasets([data.train for data in tasks]),
+        test=datasets.concatenate_datasets([data.test for data in tasks]),
+    )

@@ -13,7 +13,7 @@ import torch
 import classp_hf.continual.runner as runner_module
 from classp_hf.continual import tasks as tasks_module
 from classp_hf.continual.checkpoint import ResumeError, read_run_state
-from classp_hf.continual.compare.execute import _run_state
+from classp_hf.continual.compare.folder import run_state as _run_state
 from classp_hf.continual.config import ConfigError, TaskConfig, config_from_dict, stored_config_differences
 from classp_hf.continual.evaluation import _logits, length_order
 from classp_hf.continual.results import validate_results

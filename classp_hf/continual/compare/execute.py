@@ -20,7 +20,8 @@ failed one is tried again. Runs are subprocesses (``classp-hf run``), ``jobs`` a
 ``OMP_NUM_THREADS = max(1, cores // jobs)`` unless the environment sets it; ``launcher="inprocess"`` runs them one
 by one in this process. A failed run is recorded with its error line and reported, never averaged.
 
-This module plans and schedules; the parts: :mod:`.grid` (grid files and presets), :mod:`.launch`
+This module plans and schedules; the parts: :mod:`.folder` (the folder's marker, each run's paths and state on
+disk), :mod:`.grid` (grid files and presets), :mod:`.launch`
 (launching one run), :mod:`.results` (a run's numbers, the choice of a grid point, the summary over seeds,
 the :class:`Comparison` object) and :mod:`.report` (comparison.json, comparison.md, the figures).
 """
@@ -28,20 +29,31 @@ the :class:`Comparison` object) and :mod:`.report` (comparison.json, comparison.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
-import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from classp_hf.continual.compare.folder import (
+    CACHE_FOLDER,
+    COMPARISON_FILENAME,
+    PLAN_FILENAME,
+    check_existing_config,
+    check_output_dir,
+    is_comparison_folder,
+    own_folder,
+    read_results,
+    read_timing,
+    record_from_disk,
+    run_paths,
+    run_state,
+)
 from classp_hf.continual.compare.grid import Grid, GridPoint, Setting, grid_from_presets, load_grid
 from classp_hf.continual.compare.launch import (
     Attempt,
@@ -63,18 +75,14 @@ from classp_hf.continual.compare.results import (
     select_point,
     summarize,
 )
-from classp_hf.continual.config import ConfigError, RunConfig, stored_config_differences
+from classp_hf.continual.config import ConfigError
 from classp_hf.continual.io import check_writable_folder, write_json_atomic, write_text_atomic
-from classp_hf.continual.outputs import OutputDirError, is_complete_model
 from classp_hf.continual.ownership import (
     FolderLock,
-    Owner,
-    activate,
     deactivate,
-    folder_entries,
-    legacy_entries,
     record_written,
 )
+from classp_hf.continual.versions import library_versions
 
 __all__ = [
     "COMPARISON_FILENAME",
@@ -93,174 +101,7 @@ __all__ = [
     "summarize",
 ]
 
-PLAN_FILENAME = "compare_plan.json"
-COMPARISON_FILENAME = "comparison.json"
-#: The cache its runs share (tokenized tasks, the untrained model's scores; see ``classp-hf run --cache-dir``).
-CACHE_FOLDER = "cache"
-#: The names ``compare`` writes at the top of its folder (besides its marker); ``--overwrite`` removes what its
-#: marker's manifest lists under them (and the shared cache whole), nothing else.
-COMPARE_OUTPUTS = (
-    PLAN_FILENAME,
-    COMPARISON_FILENAME,
-    "comparison.md",
-    "figures",
-    "runs",
-    "configs",
-    "logs",
-    CACHE_FOLDER,
-)
 _PREFIX = "[compare]"
-
-
-# -- the comparison folder --------------------------------------------------------------------------
-
-
-def _is_comparison_folder(path: Path) -> bool:
-    """A comparison's marker, or the plan of an earlier classp_hf's comparison (no marker)."""
-    owner = Owner.read(path) if path.is_dir() else None
-    return owner.kind == "compare" if owner is not None else (path / PLAN_FILENAME).is_file()
-
-
-def check_output_dir(output_dir: Path) -> None:
-    """Refuses a file, or a non-empty folder that is not a comparison folder (nothing is written).
-
-    Raises:
-        OutputDirError: naming the folder.
-    """
-    if output_dir.exists() and not output_dir.is_dir():
-        raise OutputDirError(f"--output-dir {output_dir} exists and is not a directory")
-    if folder_entries(output_dir) and not _is_comparison_folder(output_dir):
-        raise OutputDirError(
-            f"--output-dir {output_dir} is not empty and holds no comparison ({PLAN_FILENAME}); choose another folder"
-        )
-
-
-def _earlier_owner(output_dir: Path) -> Owner | None:
-    owner = Owner.read(output_dir) if output_dir.is_dir() else None
-    if owner is None:
-        entries = legacy_entries(output_dir, "compare")
-        if entries is not None:
-            owner = Owner(output_dir, {"tool": "classp-hf", "kind": "compare", "written": entries})
-    return owner
-
-
-def clear_outputs(output_dir: Path) -> list[str]:
-    """``--overwrite``: removes what the earlier comparison wrote (its marker's manifest; each of its runs through
-    the run's own marker), nothing else; the plan first.
-
-    Returns:
-        The paths removed, relative to ``output_dir``.
-    """
-    owner = _earlier_owner(output_dir)
-    if owner is None:
-        return []
-    cache = output_dir / CACHE_FOLDER
-    if owner.owns(cache) and cache.is_dir() and not cache.is_symlink():
-        shutil.rmtree(cache)  # only caches live there (tokenized tasks, scores), written by the runs
-    return owner.remove(output_dir / PLAN_FILENAME) + owner.clear()
-
-
-def _own_folder(output_dir: Path, overwrite: bool) -> Owner:
-    """The comparison's marker, written before anything else (after ``--overwrite`` cleared the earlier one's
-    outputs); a comparison continued keeps its marker, one of an earlier classp_hf gets one."""
-    if overwrite:
-        clear_outputs(output_dir)
-        owner = Owner.create(output_dir, "compare")
-    else:
-        owner = Owner.read(output_dir)
-        if owner is None:
-            entries = legacy_entries(output_dir, "compare")
-            owner = Owner.create(output_dir, "compare", entries or [], adopted=entries is not None)
-    activate(owner)
-    return owner
-
-
-@dataclass(frozen=True)
-class _RunPaths:
-    run_dir: Path
-    config_path: Path
-    log_path: Path
-    timing_path: Path
-
-
-def _paths(output_dir: Path, setting: str, point: str, seed: int) -> _RunPaths:
-    tail = Path(setting) / point
-    return _RunPaths(
-        run_dir=output_dir / "runs" / tail / f"seed{seed}",
-        config_path=output_dir / "configs" / tail / f"seed{seed}.yaml",
-        log_path=output_dir / "logs" / tail / f"seed{seed}.log",
-        timing_path=output_dir / "logs" / tail / f"seed{seed}.json",
-    )
-
-
-def _check_existing_config(paths: _RunPaths, config: RunConfig, output_dir: Path) -> None:
-    stored_path = paths.run_dir / "config.yaml"
-    if not stored_path.is_file():
-        return
-    where = paths.run_dir.relative_to(output_dir)
-    try:
-        differ = stored_config_differences(config, stored_path)
-    except ConfigError as error:
-        differ = [f"everything: {error}"]
-    if differ:
-        raise ConfigError(
-            f"run {where} in {output_dir} was made with another config (differs in {', '.join(differ[:4])}); "
-            "remove that run folder to run it again, or pass --overwrite to start the comparison afresh"
-        )
-
-
-_RunState = Literal["absent", "finished", "unfinished", "broken"]
-
-
-def _run_state(run_dir: Path) -> _RunState:
-    from classp_hf.continual.checkpoint import ResumeError, read_run_state
-
-    if not folder_entries(run_dir):
-        return "absent"
-    try:
-        state = read_run_state(run_dir, require_checkpoint=False)  # a finished run needs no checkpoint
-    except ResumeError:
-        return "broken"
-    if state.completed_tasks == len(state.tasks) and is_complete_model(run_dir / "model"):
-        results = _read_results(run_dir)
-        if results is not None and results.get("status") == "complete":
-            return "finished"
-    if state.checkpoint is not None and not state.checkpoint.is_dir():
-        return "broken"  # nothing to resume from
-    if state.checkpoint is None and state.completed_tasks > 0:
-        return "broken"  # recorded finished without a checkpoint (keep_last_checkpoint: false), but incomplete
-    return "unfinished"
-
-
-def _read_results(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _read_timing(path: Path) -> list[dict[str, Any]]:
-    try:
-        attempts = json.loads(path.read_text(encoding="utf-8")).get("attempts", [])
-        return attempts if isinstance(attempts, list) else []
-    except (OSError, ValueError, AttributeError):
-        return []
-
-
-def _record_from_disk(output_dir: Path, setting: str, point: str, seed: int) -> RunRecord:
-    """A run's record as its folder and timing file say (``pending`` unless it finished or its last attempt failed)."""
-    paths = _paths(output_dir, setting, point, seed)
-    attempts = _read_timing(paths.timing_path)
-    record = RunRecord(setting, point, seed, str(paths.run_dir.relative_to(output_dir)), attempts=len(attempts))
-    if attempts:
-        record.wall_seconds = round(sum(float(a.get("wall_seconds", 0.0)) for a in attempts), 3)
-        record.cpu_seconds = round(sum(float(a.get("cpu_seconds", 0.0)) for a in attempts), 3)
-    if _run_state(paths.run_dir) == "finished":
-        results = _read_results(paths.run_dir)
-        record.status, record.metrics = "complete", run_metrics(results)
-    elif attempts and not attempts[-1].get("ok", False):
-        record.status, record.error = "failed", attempts[-1].get("error") or "failed"
-    return record
 
 
 # -- running --------------------------------------------------------------------------------------
@@ -340,8 +181,8 @@ class _Execution:
 
     def _job(self, setting: Setting, point: GridPoint, seed: int) -> RunJob | None:
         """The job of a run, or `None` when it finished already (its record is then filled from disk)."""
-        paths = _paths(self.output_dir, setting.name, point.name, seed)
-        state = _run_state(paths.run_dir)
+        paths = run_paths(self.output_dir, setting.name, point.name, seed)
+        state = run_state(paths.run_dir)
         if state == "finished":
             return None
         config = self.grid.run_config(setting, point, seed)
@@ -360,9 +201,9 @@ class _Execution:
 
     # -- after a run
     def _finish(self, setting: Setting, point: GridPoint, seed: int, attempt: Attempt | None) -> RunRecord:
-        paths = _paths(self.output_dir, setting.name, point.name, seed)
+        paths = run_paths(self.output_dir, setting.name, point.name, seed)
         if attempt is not None:
-            attempts = _read_timing(paths.timing_path) + [
+            attempts = read_timing(paths.timing_path) + [
                 {
                     "ok": attempt.ok,
                     "error": attempt.error,
@@ -374,7 +215,7 @@ class _Execution:
                 }
             ]
             write_json_atomic(paths.timing_path, {"attempts": attempts})
-        record = _record_from_disk(self.output_dir, setting.name, point.name, seed)
+        record = record_from_disk(self.output_dir, setting.name, point.name, seed)
         if attempt is not None and attempt.ok and not record.complete:  # the run said it finished; its folder not
             record.status, record.error = "failed", "the run ended without complete results"
         self.records[(setting.name, point.name, seed)] = record
@@ -477,7 +318,7 @@ def _schedules(output_dir: Path, records: Sequence[RunRecord]) -> list[dict[str,
     """How the runs' attempts were scheduled (launcher, jobs, threads per job), most run first, with counts."""
     counts: Counter[tuple[str, int, int | None]] = Counter()
     for record in records:
-        for attempt in _read_timing(_paths(output_dir, record.setting, record.point, record.seed).timing_path):
+        for attempt in read_timing(run_paths(output_dir, record.setting, record.point, record.seed).timing_path):
             if isinstance(attempt, dict) and isinstance(attempt.get("jobs"), int):
                 counts[(str(attempt.get("launcher")), attempt["jobs"], attempt.get("threads_per_job"))] += 1
     return [
@@ -496,9 +337,6 @@ def _environment(schedule: dict[str, Any], schedules: list[dict[str, Any]]) -> d
             really ran under.
     """
     import torch
-    import transformers
-
-    import classp_hf
 
     accelerator = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     main = {key: schedules[0][key] for key in ("launcher", "jobs", "threads_per_job")} if schedules else schedule
@@ -510,12 +348,7 @@ def _environment(schedule: dict[str, Any], schedules: list[dict[str, Any]]) -> d
         "accelerator": accelerator,
         **main,
         "schedules": schedules,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "classp_hf": classp_hf.__version__,
-        },
+        "versions": library_versions(peft=False),
     }
 
 
@@ -525,7 +358,7 @@ def _queue_sizes(grid: Grid, output_dir: Path, settings: Sequence[SettingResult]
     config = grid.run_config(first, first.points[0], grid.seeds[0])
     tasks: list[dict[str, Any]] = [{"name": task.name} for task in config.tasks]
     complete = [r for s in settings if not s.is_reference for r in [p.run for p in s.points] + s.runs if r.complete]
-    results = _read_results(output_dir / complete[0].run_dir) if complete else None  # a joint run has one stage
+    results = read_results(output_dir / complete[0].run_dir) if complete else None  # a joint run has one stage
     if results is not None:
         for task, record in zip(tasks, results["per_task"]):
             task.update(train_examples=record.get("train_examples"), steps=record.get("steps"))
@@ -551,7 +384,7 @@ def _setting_result(grid: Grid, setting: Setting, execution: _Execution) -> Sett
         for seed in grid.seeds:
             record = execution.records.get((setting.name, chosen, seed))
             if record is None:  # not run yet (report only)
-                record = _record_from_disk(execution.output_dir, setting.name, chosen, seed)
+                record = record_from_disk(execution.output_dir, setting.name, chosen, seed)
             runs.append(record)
     return SettingResult(
         name=setting.name,
@@ -632,9 +465,9 @@ def _check_existing_runs(grid: Grid, output_dir: Path) -> None:
     for setting in grid.settings:
         for point in setting.points:
             for seed in grid.seeds:
-                paths = _paths(output_dir, setting.name, point.name, seed)
+                paths = run_paths(output_dir, setting.name, point.name, seed)
                 if (paths.run_dir / "config.yaml").is_file():
-                    _check_existing_config(paths, grid.run_config(setting, point, seed), output_dir)
+                    check_existing_config(paths, grid.run_config(setting, point, seed), output_dir)
 
 
 def _resolve_grid(
@@ -732,14 +565,14 @@ def compare(
     owner = None
     try:
         check_output_dir(output_dir)
-        if report_only and (overwrite or not _is_comparison_folder(output_dir)):
+        if report_only and (overwrite or not is_comparison_folder(output_dir)):
             raise ConfigError(
                 f"--report-only reads the comparison in --output-dir {output_dir}: there is none (or --overwrite was "
                 "given)"
             )
         if not overwrite:
             _check_existing_runs(grid, output_dir)
-        owner = _own_folder(output_dir, overwrite)
+        owner = own_folder(output_dir, overwrite)
         return _compare(grid, output_dir, runner, launcher_name, threads, jobs, report_only, log, reference)
     finally:
         deactivate(owner)
