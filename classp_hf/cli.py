@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["IntermixedArgumentParser", "main", "make_parser"]
+__all__ = ["IntermixedArgumentParser", "main", "make_parser", "run_from_args"]
 
 _OVERRIDES_HELP = (
     "dotted-key overrides of the config, anywhere after it, e.g. training.learning_rate=1e-2 "
@@ -274,20 +274,32 @@ def probe_command(
     return 0
 
 
+def run_from_args(args: argparse.Namespace) -> int:
+    """Runs :func:`run_command` on the arguments :func:`add_run_arguments` declared (``classp-hf run``, the recipe).
+
+    Args:
+        args: the parsed arguments.
+
+    Returns:
+        The exit status.
+    """
+    return run_command(
+        args.config,
+        args.output_dir,
+        args.overwrite,
+        args.quiet,
+        args.resume,
+        args.overrides,
+        verbose=args.verbose,
+        cache_dir=args.cache_dir,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``classp-hf`` command."""
     args = make_parser().parse_args(argv)
     if args.command == "run":
-        return run_command(
-            args.config,
-            args.output_dir,
-            args.overwrite,
-            args.quiet,
-            args.resume,
-            args.overrides,
-            verbose=args.verbose,
-            cache_dir=args.cache_dir,
-        )
+        return run_from_args(args)
     if args.command == "compare":
         return compare_command(args)
     if args.command == "probe":

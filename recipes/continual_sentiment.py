@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from classp_hf.cli import IntermixedArgumentParser, add_run_arguments, run_command
+from classp_hf.cli import IntermixedArgumentParser, add_run_arguments, run_from_args
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -22,17 +22,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    return run_command(
-        args.config,
-        args.output_dir,
-        args.overwrite,
-        args.quiet,
-        args.resume,
-        args.overrides,
-        verbose=args.verbose,
-        cache_dir=args.cache_dir,
-    )
+    return run_from_args(make_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
