@@ -10,6 +10,7 @@ from typing import Any
 import transformers
 from transformers.training_args import OptimizerNames
 
+from classp_hf import validation
 from classp_hf.optim.factory import (
     get_optimizer_info,
     list_optimizers,
@@ -67,22 +68,15 @@ def validate_optim_args(name: str, optim_args: str | None) -> dict[str, Any]:
         The typed keyword arguments (empty for transformers-only names).
 
     Raises:
-        ValueError: naming the malformed entry, unknown key or bad value.
+        ValueError: one line naming the malformed entry (``optim_args: ...``), the unknown key or the bad value
+            (``optim_args.KEY: ...``).
     """
     if not optim_args:
         return {}
-    for entry in optim_args.split(","):
-        if entry.strip() and (entry.count("=") != 1 or not entry.split("=")[0].strip()):
-            raise ValueError(f"Malformed optim_args entry {entry.strip()!r}: expected key=value")
+    pairs = validation.parse_key_values(optim_args, "optim_args")
     if name in _TRANSFORMERS_OPTIM_ARG_KEYS:
-        accepted = _TRANSFORMERS_OPTIM_ARG_KEYS[name]
-        for entry in optim_args.split(","):
-            key = entry.split("=")[0].strip()
-            if key and key not in accepted:
-                raise ValueError(
-                    f"Unknown optim_args key {key!r} for transformers' optimizer {name!r} "
-                    f"(accepted: {', '.join(accepted)})"
-                )
+        owner = f"transformers' optimizer {name!r}"
+        validation.check_keys([key for key, _ in pairs], _TRANSFORMERS_OPTIM_ARG_KEYS[name], "optim_args", owner)
         return parse_optim_args(name, optim_args)
     if is_transformers_optimizer(name):
         return {}

@@ -1,8 +1,9 @@
 """classp_hf's imports: no circle (deferred imports inside functions included) and none that climbs the layers.
 
-The layers, lowest first: the optimizer (``classp_hf.optim``, and the package root that re-exports it), metrics and
-methods, the Hugging Face layer (``trainer``, ``training_args``), ``continual``, the command line (``cli``). A module
-may import its own layer and the ones below. Imports under ``if TYPE_CHECKING:`` are left out (they never run).
+The layers, lowest first: the shared checker of user values (``classp_hf.validation``), the optimizer
+(``classp_hf.optim``, and the package root that re-exports it), metrics and methods, the Hugging Face layer
+(``trainer``, ``training_args``), ``continual``, the command line (``cli``). A module may import its own layer and the
+ones below. Imports under ``if TYPE_CHECKING:`` are left out (they never run).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "classp_hf"
 
 LAYERS = [
+    ("checks", ("classp_hf.validation",)),
     ("optim", ("classp_hf", "classp_hf.optim")),
     ("metrics/methods", ("classp_hf.metrics", "classp_hf.methods")),
     ("HF layer", ("classp_hf.trainer", "classp_hf.training_args")),
@@ -145,6 +147,13 @@ def test_the_graph_sees_deferred_relative_and_submodule_imports():
     assert "classp_hf.metrics.continual" in graph["classp_hf.metrics"]  # from .continual import ...
     assert "classp_hf.optim.factory" in graph["classp_hf.optim"]  # from classp_hf.optim.factory import ...
     assert "classp_hf.trainer" not in graph["classp_hf.methods.base"]  # only under TYPE_CHECKING
+
+
+def test_one_checker_below_every_layer_serves_the_config_methods_and_optim_args():
+    graph = import_graph()
+    assert graph["classp_hf.validation"] == set()
+    for user in ("classp_hf.optim.factory", "classp_hf.methods.base", "classp_hf.continual.config.validate"):
+        assert "classp_hf.validation" in graph[user], user
 
 
 def _write_package(root: Path, files: dict[str, str]) -> Path:

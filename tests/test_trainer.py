@@ -237,10 +237,10 @@ def test_optim_groups_errors_before_training(tmp_path, fpb):
     # Options are checked against the built optimizer too (set after the arguments' own check).
     args = make_args(tmp_path, optim="adamw_torch")
     args.optim_groups = [{"params": "classifier", "threshold": 0.1}]
-    with pytest.raises(ValueError, match=r"optim_groups\[0\]\.threshold: not an option of AdamW"):
+    with pytest.raises(ValueError, match=r"optim_groups\[0\]\.threshold: unknown key for AdamW \(accepted: amsgrad,"):
         Trainer(model=tiny_model(), args=args, train_dataset=fpb).create_optimizer()
     args.optim_groups = [{"params": "classifier", "amsgrad": 1}]
-    with pytest.raises(ValueError, match=r"optim_groups\[0\]\.amsgrad: expected bool"):
+    with pytest.raises(ValueError, match=r"optim_groups\[0\]\.amsgrad: expected true or false, got 1$"):
         Trainer(model=tiny_model(), args=args, train_dataset=fpb).create_optimizer()
 
 

@@ -31,11 +31,19 @@ def test_transformers_names_keep_their_meaning():
     "optim,optim_args,message",
     [
         ("clasp", None, r"Unknown optimizer 'clasp'\. Did you mean 'classp'\?"),
-        ("classp", "thresold=1e-9", "Unknown optim_args key 'thresold' for optimizer 'classp'"),
-        ("classp", "power=one", "Invalid optim_args value for 'power': 'one'"),
-        ("classp", "power", "Malformed optim_args entry 'power'"),
-        ("adagrad", "threshold=1", "Unknown optim_args key 'threshold' for transformers' optimizer 'adagrad'"),
-        ("sgd", "momentum=fast", "Invalid optim_args value for 'momentum'"),
+        (
+            "classp",
+            "thresold=1e-9",
+            r"^optim_args\.thresold: unknown key for optimizer 'classp' \(did you mean 'threshold'",
+        ),
+        ("classp", "power=one", r"^optim_args\.power: expected a finite number, got 'one'"),
+        ("classp", "power", r"^optim_args: malformed entry 'power' \(expected key=value\)"),
+        (
+            "adagrad",
+            "threshold=1",
+            r"^optim_args\.threshold: unknown key for transformers' optimizer 'adagrad' \(accepted: eps",
+        ),
+        ("sgd", "momentum=fast", r"^optim_args\.momentum: expected a finite number, got 'fast'"),
     ],
 )
 def test_bad_optimizer_input_names_the_culprit(optim, optim_args, message):
@@ -74,9 +82,11 @@ def test_optim_groups_and_mask_absent_labels_on_the_command_line():
     assert parse([]).optim_groups is None and parse([]).mask_absent_labels is False
     in_code = TrainingArguments("unused", optim="adamw_torch", optim_groups=[{"params": "head", "weight_decay": 1}])
     assert in_code.optim_groups == [{"params": "head", "weight_decay": 1.0}]
-    with pytest.raises(ValueError, match=r"^optim_groups\[0\]\.threshold: not an option of 'adamw_torch'"):
+    with pytest.raises(
+        ValueError, match=r"^optim_groups\[0\]\.threshold: unknown key for 'adamw_torch' \(accepted: amsgrad,"
+    ):
         TrainingArguments("unused", optim="adamw_torch", optim_groups=[{"params": "head", "threshold": 0.1}])
-    with pytest.raises(ValueError, match=r"^optim_groups\[0\]\.momentum: expected float"):
+    with pytest.raises(ValueError, match=r"^optim_groups\[0\]\.momentum: expected a finite number, got 'high'$"):
         TrainingArguments("unused", optim="sgd", optim_groups=[{"params": "head", "momentum": "high"}])
 
 
@@ -89,8 +99,11 @@ def test_optim_groups_and_mask_absent_labels_on_the_command_line():
         ([{"params": "("}], r"^optim_groups\[0\]\.params: invalid regular expression"),
         ([{"params": "x", "lr_scale": 0}], r"^optim_groups\[0\]\.lr_scale: expected a number > 0"),
         ([{"params": "x"}, {"params": "y", "lr": 1}], r"^optim_groups\[1\]\.lr: set lr_scale"),
-        ([{"params": "x", "thresold": 1}], r"^optim_groups\[0\]\.thresold: not an option of 'classp'"),
-        ([{"params": "x", "power": "two"}], r"^optim_groups\[0\]\.power: expected float"),
+        (
+            [{"params": "x", "thresold": 1}],
+            r"^optim_groups\[0\]\.thresold: unknown key for 'classp' \(did you mean 'threshold'",
+        ),
+        ([{"params": "x", "power": "two"}], r"^optim_groups\[0\]\.power: expected a finite number, got 'two'$"),
     ],
 )
 def test_bad_optim_groups_name_the_entry(optim_groups, message):

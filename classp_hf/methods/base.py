@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from classp_hf.validation import check_fields
 
 if TYPE_CHECKING:
     import datasets
@@ -265,39 +266,8 @@ class CompositeMethod(ContinualMethod):
 
 
 # -- configs ------------------------------------------------------------------------------------
-_BOUNDS = (("ge", ">=", float.__ge__), ("gt", ">", float.__gt__), ("le", "<=", float.__le__), ("lt", "<", float.__lt__))
-
-
-def _describe(hint: Any, metadata: Mapping[str, Any]) -> str:
-    if typing.get_origin(hint) is Literal:
-        return "one of " + ", ".join(str(choice) for choice in typing.get_args(hint))
-    kind = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}.get(hint, str(hint))
-    bounds = [f"{symbol} {metadata[key]:g}" for key, symbol, _ in _BOUNDS if key in metadata]
-    return kind + (" " + " and ".join(bounds) if bounds else "")
-
-
-def _check_value(value: Any, hint: Any, metadata: Mapping[str, Any]) -> Any:
-    """Returns ``value`` converted to ``hint`` (an int where a float is expected), or raises ValueError."""
-    if typing.get_origin(hint) is Literal:
-        if value not in typing.get_args(hint):
-            raise ValueError
-        return value
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = float(value)
-    elif hint is int and isinstance(value, int) and not isinstance(value, bool):
-        pass
-    elif hint in (bool, str) and isinstance(value, hint):
-        return value
-    else:
-        raise ValueError
-    for key, _, holds in _BOUNDS:
-        if key in metadata and not holds(float(value), float(metadata[key])):
-            raise ValueError
-    return value
-
-
 def check_method_args(config_class: type, args: Mapping[str, Any], prefix: str, method: str) -> dict[str, Any]:
-    """Checks a method's arguments against its config dataclass.
+    """Checks a method's arguments against its config dataclass (:func:`classp_hf.validation.check_fields`).
 
     Each field's type (``float``, ``int``, ``bool``, ``str`` or a ``Literal`` of choices) is
     checked, with the bounds in its metadata (``ge``, ``gt``, ``le``, ``lt``); a field without
@@ -315,30 +285,7 @@ def check_method_args(config_class: type, args: Mapping[str, Any], prefix: str, 
     Raises:
         ValueError: one line naming ``<prefix>.<argument>``.
     """
-    import difflib
-
-    fields = {f.name: f for f in dataclasses.fields(config_class) if f.init}
-    hints = typing.get_type_hints(config_class)
-    for key in args:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            accepted = ", ".join(sorted(fields)) or "none"
-            raise ValueError(f"{prefix}.{key}: not an argument of {method}.{hint} (arguments: {accepted})")
-    checked = {}
-    for name, f in fields.items():
-        if name not in args:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                about = f" ({f.metadata['help']})" if f.metadata.get("help") else ""
-                raise ValueError(f"{prefix}.{name}: required by {method}{about}")
-            continue
-        try:
-            checked[name] = _check_value(args[name], hints[name], f.metadata)
-        except ValueError:
-            raise ValueError(
-                f"{prefix}.{name}: expected {_describe(hints[name], f.metadata)}, got {args[name]!r}"
-            ) from None
-    return checked
+    return check_fields(config_class, args, prefix, method)
 
 
 @dataclass

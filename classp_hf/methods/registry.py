@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from classp_hf.methods.base import CompositeMethod, ContinualMethod, MethodConfig, NoMethod, check_method_args
+from classp_hf.validation import check_keys
 
 __all__ = [
     "MethodInfo",
@@ -51,10 +52,8 @@ class MethodInfo:
         else:
             parameters = dict(inspect.signature(self.method_class).parameters)
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-        for key in args:
-            if not takes_any and key not in parameters:
-                accepted = ", ".join(sorted(parameters)) or "none"
-                raise ValueError(f"{prefix}.{key}: not an argument of {self.name} (arguments: {accepted})")
+        if not takes_any:
+            check_keys(args, parameters, prefix, self.name)
         return dict(args)
 
     def build(self, config: MethodConfig | dict[str, Any]) -> ContinualMethod:

@@ -11,7 +11,7 @@ import difflib
 import importlib
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from classp_hf import validation
 from classp_hf.optim.classp import CLASSP
 
 __all__ = [
@@ -34,29 +35,6 @@ __all__ = [
     "apply_optim_groups",
     "optimizer_option_types",
 ]
-
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
-
-
-def _parse_float(text: str) -> float:
-    return float(text)
-
-
-def _parse_int(text: str) -> int:
-    return int(text)
-
-
-_PARSERS: dict[type, Callable[[str], Any]] = {bool: _parse_bool, float: _parse_float, int: _parse_int, str: str}
 
 
 @dataclass(frozen=True)
@@ -128,7 +106,7 @@ def register_optimizer(
         raise ValueError(f"Optimizer {name!r} is already registered (pass overwrite=True to replace it)")
     arg_types = dict(arg_types or {})
     for key, kind in arg_types.items():
-        if kind not in _PARSERS:
+        if kind not in validation.TEXT_TYPES:
             raise ValueError(f"Invalid type for optimizer argument {key!r}: {kind!r} (use float, int, bool or str)")
     info = OptimizerInfo(
         name=name,
@@ -180,45 +158,27 @@ def parse_optim_args(name: str, optim_args: str | Mapping[str, Any] | None) -> d
         A dict of typed keyword arguments.
 
     Raises:
-        ValueError: naming the malformed entry, the unknown key (with the accepted ones) or the
-            key whose value does not parse.
+        ValueError: one line, the key first (:mod:`classp_hf.validation`): ``optim_args: malformed entry
+            'power' (expected key=value)``, ``optim_args.thresold: unknown key for optimizer 'classp' (did you
+            mean 'threshold'? accepted: ...)``, ``optim_args.power: expected a finite number, got 'abc'``.
     """
     info = get_optimizer_info(name)
     if optim_args is None or optim_args == "":
         return {}
     if isinstance(optim_args, str):
-        pairs = []
-        for entry in optim_args.split(","):
-            entry = entry.strip()
-            if not entry:
-                continue
-            key, sep, value = entry.partition("=")
-            if not sep or not key.strip():
-                raise ValueError(f"Malformed optim_args entry {entry!r} for {name!r}: expected key=value")
-            pairs.append((key.strip(), value.strip()))
+        pairs: list[tuple[Any, Any]] = validation.parse_key_values(optim_args, "optim_args")
     elif isinstance(optim_args, Mapping):
         pairs = list(optim_args.items())
     else:
-        raise ValueError(f"optim_args must be a 'key=value,...' string or a mapping, got {type(optim_args).__name__}")
+        raise ValueError(f"optim_args: expected a 'key=value,...' string or a mapping, got {type(optim_args).__name__}")
+    validation.check_keys([key for key, _ in pairs], info.arg_types, "optim_args", f"optimizer {name!r}")
     parsed: dict[str, Any] = {}
     for key, value in pairs:
-        if key not in info.arg_types:
-            accepted = ", ".join(sorted(info.arg_types)) or "none"
-            raise ValueError(f"Unknown optim_args key {key!r} for optimizer {name!r} (accepted: {accepted})")
-        kind = info.arg_types[key]
-        if isinstance(value, str):
-            try:
-                parsed[key] = _PARSERS[kind](value)
-            except ValueError as error:
-                raise ValueError(
-                    f"Invalid optim_args value for {key!r}: {value!r} ({kind.__name__} expected)"
-                ) from error
-        elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            parsed[key] = float(value)
-        elif isinstance(value, kind):
-            parsed[key] = value
+        kind, where = info.arg_types[key], f"optim_args.{key}"
+        if isinstance(value, str) and kind is not str:
+            parsed[key] = validation.parse_text(value, kind, where)
         else:
-            raise ValueError(f"Invalid optim_args value for {key!r}: {value!r} ({kind.__name__} expected)")
+            parsed[key] = validation.check_value(value, kind, where, convert=True)
     return parsed
 
 
@@ -265,13 +225,7 @@ _GROUP_KEYS = ("params", "lr_scale")
 
 def _check_group_value(where: str, key: str, value: Any, kind: type | None) -> Any:
     """Checks ``value`` against ``kind`` (float, int, bool, str; `None`: anything), naming ``where.key``."""
-    if kind is None:
-        return value
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
-        return value
-    raise ValueError(f"{where}.{key}: expected {kind.__name__}, got {value!r}")
+    return validation.check_value(value, Any if kind is None else kind, f"{where}.{key}", convert=True)
 
 
 def parse_optim_groups(
@@ -319,17 +273,18 @@ def parse_optim_groups(
             raise ValueError(f"{where}.params: invalid regular expression {entry['params']!r} ({error})") from None
         group = {"params": entry["params"]}
         if "lr_scale" in entry:
-            group["lr_scale"] = _check_group_value(where, "lr_scale", entry["lr_scale"], float)
-            if not group["lr_scale"] > 0:
-                raise ValueError(f"{where}.lr_scale: expected a number > 0, got {entry['lr_scale']!r}")
+            group["lr_scale"] = validation.check_value(
+                entry["lr_scale"], float, f"{where}.lr_scale", bounds={"gt": 0}, convert=True
+            )
         for key, value in entry.items():
             if key in _GROUP_KEYS:
                 continue
             if key == "lr":
                 raise ValueError(f"{where}.lr: set lr_scale (a multiple of the learning rate) instead")
             if accepted is not None and key not in accepted:
-                known = ", ".join(sorted(k for k in accepted if k != "lr"))
-                raise ValueError(f"{where}.{key}: not an option of {optimizer} (accepted: lr_scale, {known})")
+                raise ValueError(
+                    validation.unknown_key_message(key, {*accepted, "lr_scale"} - {"lr"}, where, optimizer)
+                )
             group[key] = _check_group_value(where, key, value, accepted.get(key) if accepted else None)
         parsed.append(group)
     return parsed

@@ -60,7 +60,7 @@ def train_file_with_label(label: str):
 
 CASES = {
     # the config's keys and values
-    "unknown key": Case(top(modle="x"), r"config\.modle: unknown key \(did you mean .model.\?\)"),
+    "unknown key": Case(top(modle="x"), r"config\.modle: unknown key \(did you mean .model.\? accepted: diagnostics, "),
     "model_dtype": Case(top(model_dtype="fp16"), r"config\.model_dtype: expected one of float32, bfloat16, float16"),
     "max_train_samples": Case(
         task(0, max_train_samples=1.5), r"tasks\[0\] \(financial_phrasebank\)\.max_train_samples"
@@ -89,7 +89,7 @@ CASES = {
     "quantile above 1": Case(
         training(optim_args="threshold_mode=quantile,threshold=1.5"), r"config\.training\.optim_args: .*1\.5"
     ),
-    "lr in optim_args": Case(training(optim_args="lr=0.1"), r"config\.training\.optim_args: lr is not accepted"),
+    "lr in optim_args": Case(training(optim_args="lr=0.1"), r"config\.training\.optim_args\.lr: not accepted here"),
     "adam eps": Case(training(optim="adam", optim_args="eps=-1"), r"config\.training\.optim_args: Invalid epsilon"),
     # peft:
     "lora rank as text": Case(peft(r="eight"), r"config\.peft\.r: expected an integer, got 'eight'"),

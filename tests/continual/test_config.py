@@ -74,7 +74,10 @@ def test_unset_variable_is_named(monkeypatch):
         ({"modle": "x"}, r"config\.modle: unknown key"),
         ({"labels": "positive"}, r"config\.labels: expected a list"),
         ({"training": {"optim": "clasp"}}, r"config\.training\.optim: Unknown optimizer 'clasp'"),
-        ({"training": {"optim": "classp", "optim_args": "pwer=1"}}, r"config\.training\.optim_args: .*'pwer'"),
+        (
+            {"training": {"optim": "classp", "optim_args": "pwer=1"}},
+            r"^config\.training\.optim_args\.pwer: unknown key for optimizer 'classp' \(did you mean 'power'\?",
+        ),
         ({"training": {"output_dir": "x"}}, r"config\.training\.output_dir: set by the runner"),
         ({"training": {"seed": 3}}, r"config\.training\.seed: set by the runner"),
         ({"training": {"learning_rat": 1}}, r"config\.training\.learning_rat: not a classp_hf.TrainingArguments"),
@@ -373,11 +376,14 @@ def test_yaml_exponent_without_a_dot_is_a_float(tmp_path):
         ("adamw", "weight_decay=-1", r"Invalid weight_decay value: -1\.0"),
         ("sgd", "momentum=-1", r"Invalid momentum value: -1\.0"),
         ("adagrad", "lr_decay=-1", r"Invalid lr_decay value: -1\.0"),
-        ("classp", "lr=0.1", r"lr is not accepted here; set training\.learning_rate"),
+        ("classp", "lr=0.1", r"\.lr: not accepted here; set training\.learning_rate"),
+        ("classp", "power", r": malformed entry 'power' \(expected key=value\)$"),
+        ("classp", "power=abc", r"\.power: expected a finite number, got 'abc'$"),
     ],
 )
 def test_invalid_optimizer_values_fail_at_load(optim, optim_args, message):
-    with pytest.raises(ConfigError, match=r"^config\.training\.optim_args: " + message) as error:
+    prefix = r"^config\.training\.optim_args" + ("" if message.startswith((r"\.", ":")) else ": ")
+    with pytest.raises(ConfigError, match=prefix + message) as error:
         config_from_dict(with_training(optim=optim, optim_args=optim_args))
     assert "\n" not in str(error.value)
 
@@ -540,7 +546,7 @@ def test_optim_args_override_replaces_the_whole_string():
         ({"tasks.-1.max_train_samples": 3}, r"no task named '-1'"),
         (
             {"tasks.imdb.max_train_samples": -3},
-            r"^tasks\[0\] \(imdb\)\.max_train_samples: expected a positive integer$",
+            r"^tasks\[0\] \(imdb\)\.max_train_samples: expected a positive integer or null, got -3$",
         ),
         ({"training.learning_rate": "abc"}, r"^config\.training\.learning_rate: expected a finite number, got 'abc'$"),
         ({"trainig.learning_rate": 1}, r"^config\.trainig: unknown key"),

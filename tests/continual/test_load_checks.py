@@ -77,10 +77,10 @@ CASES = {
     ),
     "hub_model_id": Case(training(hub_model_id="me/model"), r"config\.training\.hub_model_id: a run does not push"),
     # optim_args keys
-    "LR in optim_args": Case(training(optim_args="LR=0.1"), r"config\.training\.optim_args: lr is not accepted here"),
+    "LR in optim_args": Case(training(optim_args="LR=0.1"), r"config\.training\.optim_args\.LR: not accepted here"),
     "optim_args typo": Case(
         training(optim_args="thresold=0.1"),
-        r"config\.training\.optim_args: unknown key 'thresold' for optimizer 'classp' \(did you mean 'threshold'\? "
+        r"config\.training\.optim_args\.thresold: unknown key for optimizer 'classp' \(did you mean 'threshold'\? "
         r"accepted: apply_decay, eps, foreach, fused, grad_sum_decay, maximize, power, ",
     ),
     # checked at load instead of failing late

@@ -54,15 +54,23 @@ def test_parse_single_and_list():
         ("ewk", {}, r"^method: unknown method 'ewk'\. Did you mean 'ewc'\?"),
         ("ewc", {}, r"^method_args\.lambda_: required by ewc"),
         ("ewc", {"lambda_": -1}, r"^method_args\.lambda_: expected a number >= 0, got -1$"),
-        ("ewc", {"lambda_": "big"}, r"^method_args\.lambda_: expected a number >= 0, got 'big'$"),
-        ("ewc", {"lamda": 1}, r"^method_args\.lamda: not an argument of ewc\. Did you mean 'lambda_'\?"),
-        ("ewc", {"lambda_": 1, "mode": "offline"}, r"^method_args\.mode: expected one of separate, online"),
-        ("ewc", {"lambda_": 1, "gamma": 0}, r"^method_args\.gamma: expected a number > 0 and <= 1, got 0$"),
-        ("ewc", {"lambda_": 1, "fisher_samples": 2.5}, r"^method_args\.fisher_samples: expected an integer >= 1"),
+        ("ewc", {"lambda_": "big"}, r"^method_args\.lambda_: expected a finite number, got 'big'$"),
+        (
+            "ewc",
+            {"lamda": 1},
+            r"^method_args\.lamda: unknown key for ewc \(did you mean 'lambda_'\? accepted: fisher_samples, gamma,",
+        ),
+        ("ewc", {"lambda_": 1, "mode": "offline"}, r"^method_args\.mode: expected separate or online, got 'offline'$"),
+        ("ewc", {"lambda_": 1, "gamma": 0}, r"^method_args\.gamma: expected a number in \(0, 1\], got 0$"),
+        ("ewc", {"lambda_": 1, "fisher_samples": 2.5}, r"^method_args\.fisher_samples: expected an integer, got 2\.5$"),
         ("replay", {"buffer_size": 0}, r"^method_args\.buffer_size: expected an integer >= 1, got 0$"),
-        ("replay", {"buffer_size": 4, "replay_ratio": 1}, r"^method_args\.replay_ratio: expected a number > 0 and < 1"),
+        (
+            "replay",
+            {"buffer_size": 4, "replay_ratio": 1},
+            r"^method_args\.replay_ratio: expected a number in \(0, 1\), got 1$",
+        ),
         ("lwf", {"temperature": 0}, r"^method_args\.temperature: expected a number > 0"),
-        ("none", {"lambda_": 1}, r"^method_args\.lambda_: not an argument of none"),
+        ("none", {"lambda_": 1}, r"^method_args\.lambda_: unknown key for none \(none accepted\)$"),
         (["replay", "replay"], {}, r"^method: 'replay' is listed twice$"),
         (["replay", "ewk"], {}, r"^method\[1\]: unknown method 'ewk'"),
         (["none", "ewc"], {}, r"^method: 'none' cannot be combined"),
@@ -189,7 +197,9 @@ def test_custom_method_without_config_class_checks_argument_names():
 
     register_method("plain_test", Plain)
     assert create_method("plain_test", strength=3).strength == 3
-    with pytest.raises(ValueError, match=r"^method_args\.strenght: not an argument of plain_test"):
+    with pytest.raises(
+        ValueError, match=r"^method_args\.strenght: unknown key for plain_test \(did you mean 'strength'\?"
+    ):
         create_method("plain_test", strenght=3)
 
 

@@ -107,7 +107,7 @@ def test_resume_after_a_kill_between_tasks_continues_every_stateful_method(tmp_p
         (dict(method="olora", peft={**LORA, "adapters": "shared"}), "config.method"),
         (
             dict(training_extra={"optim_groups": [{"params": "classifier", "thresold": 0.1}]}),
-            "config.training.optim_groups",
+            "config.training.optim_groups[0].thresold: unknown key for 'classp' (did you mean 'threshold'?",
         ),
         (
             dict(training_extra={"optim_groups": [{"params": "no_such_module", "lr_scale": 0.1}]}),

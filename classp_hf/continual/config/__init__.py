@@ -13,8 +13,9 @@ One module per job (each imports only the ones above it in this list):
   :func:`stored_config_differences`.
 - :mod:`~classp_hf.continual.config.load`: YAML parsing (duplicate keys, alias bombs), ``${VAR}`` expansion,
   ``pkg:`` model resolution.
-- :mod:`~classp_hf.continual.config.validate`: the generic checker (:func:`check_value`, :func:`check_keys`,
-  :func:`require`, value ranges).
+- :mod:`~classp_hf.continual.config.validate`: the config's side of :mod:`classp_hf.validation` (the one
+  checker the methods and ``optim_args`` use too): :func:`check_value`, :func:`check_keys` raising
+  :class:`ConfigError`, :func:`require`, value ranges.
 - :mod:`~classp_hf.continual.config.sections`: the ``peft``, ``training`` (TrainingArguments), optimizer and
   method sections.
 - :mod:`~classp_hf.continual.config.overrides`: ``key=value`` / ``~key`` overrides.

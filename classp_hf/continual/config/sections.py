@@ -6,9 +6,9 @@ on a dummy parameter, ``fused`` compiled once), and ``method``/``method_args``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 import transformers
 
+from classp_hf import validation
 from classp_hf.continual.config.schema import (
     _TRAINING_FIELDS,
     RUNNER_OWNED_TRAINING_KEYS,
@@ -24,7 +25,14 @@ from classp_hf.continual.config.schema import (
     TASK_TRAINING_KEYS,
     RunConfig,
 )
-from classp_hf.continual.config.validate import _LORA_RANGES, _TRAINING_RANGES, _field_types, check_value, require
+from classp_hf.continual.config.validate import (
+    _LORA_RANGES,
+    _TRAINING_RANGES,
+    _field_types,
+    check_value,
+    config_errors,
+    require,
+)
 from classp_hf.continual.errors import ConfigError
 from classp_hf.continual.io import first_line
 from classp_hf.continual.launch import accelerator_available
@@ -86,9 +94,7 @@ def parse_peft_section(raw: Any) -> dict[str, Any] | None:
     for key, value in raw.items():
         if key not in field_types:
             raise ConfigError(f"config.peft.{key}: not a peft.LoraConfig field (nor adapters, init, merge)")
-        check_value(value, field_types[key], f"config.peft.{key}")
-        if key in _LORA_RANGES:
-            _LORA_RANGES[key].check(value, f"config.peft.{key}")
+        check_value(value, field_types[key], f"config.peft.{key}", bounds=_LORA_RANGES.get(key))
     section = {**dataclasses.asdict(_AdapterOptions()), **raw}
     try:
         with warnings.catch_warnings():
@@ -134,9 +140,7 @@ def _check_training(training: Any, where: str, *, per_task: bool) -> dict[str, A
                 f"{where}.{key}: a run does not push to the Hugging Face Hub; push the finished run's folder "
                 "instead (huggingface-cli upload <repo> OUTPUT/model, or from_pretrained(OUTPUT/model).push_to_hub)",
             )
-        check_value(value, field_types.get(key, Any), f"{where}.{key}")
-        if key in _TRAINING_RANGES:
-            _TRAINING_RANGES[key].check(value, f"{where}.{key}")
+        check_value(value, field_types.get(key, Any), f"{where}.{key}", bounds=_TRAINING_RANGES.get(key))
     if training.get("fp16") is True and (training.get("use_cpu") is True or not accelerator_available()):
         raise ConfigError(
             f"{where}.fp16: fp16 mixed precision runs only on a GPU and none is used here "
@@ -199,7 +203,10 @@ def _training_arguments(options: Mapping[str, Any], named: Mapping[str, Any], wh
         raise ConfigError(f"{where}.optim: {first_line(error)}")
     for key, value in named.items():
         if _build_arguments({**RUNNER_TRAINING_DEFAULTS, **optimizer, key: value})[1] is not None:
-            raise ConfigError(f"{where}.{key}: {first_line(error)}")
+            line = first_line(error)  # our checks name the key themselves: optim_groups[0].thresold: ...
+            raise ConfigError(
+                f"{where}.{line}" if re.match(rf"{re.escape(key)}[.\[]", line) else f"{where}.{key}: {line}"
+            )
     raise ConfigError(f"{where}: {first_line(error)}")
 
 
@@ -234,13 +241,9 @@ def _check_trains(args: Any, task_training: Mapping[str, Any], task_where: str) 
         raise ConfigError(f"{where}.num_train_epochs: 0 trains no step; give a positive number of epochs")
 
 
-def _optim_arg_keys(optim_args: str | None) -> list[str]:
-    return [entry.split("=")[0].strip() for entry in (optim_args or "").split(",") if entry.strip()]
-
-
 def _check_optimizer(training: dict[str, Any]) -> None:
     """Validates ``optim``/``optim_args`` syntax now, so a typo fails before any data or model is loaded."""
-    from classp_hf.optim.factory import list_optimizers, unknown_name_message
+    from classp_hf.optim.factory import get_optimizer_info, list_optimizers, unknown_name_message
     from classp_hf.training_args import is_transformers_optimizer, validate_optim_args
 
     name = str(training.get("optim", "adamw_torch"))
@@ -251,28 +254,18 @@ def _check_optimizer(training: dict[str, Any]) -> None:
             "config.training.optim: "
             + unknown_name_message(name, {o.value for o in OptimizerNames} | set(list_optimizers()))
         )
-    keys = _optim_arg_keys(training.get("optim_args"))
-    if any(key.lower() in ("lr", "learning_rate") for key in keys):
-        raise ConfigError(
-            "config.training.optim_args: lr is not accepted here; set training.learning_rate "
-            "(an lr in optim_args would apply to the first task only)"
-        )
-    if not is_transformers_optimizer(name):
-        from classp_hf.optim.factory import get_optimizer_info
-
-        accepted = sorted(set(get_optimizer_info(name).arg_types) - {"lr"})
-        for key in keys:
-            if key not in accepted:
-                close = difflib.get_close_matches(key, accepted, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                raise ConfigError(
-                    f"config.training.optim_args: unknown key {key!r} for optimizer {name!r} "
-                    f"({hint}accepted: {', '.join(accepted)})"
-                )
-    try:
+    with config_errors("config.training."):
+        keys = [key for key, _ in validation.parse_key_values(training.get("optim_args") or "", "optim_args")]
+        refused = [key for key in keys if key.lower() in ("lr", "learning_rate")]
+        if refused:
+            raise ConfigError(
+                f"config.training.optim_args.{refused[0]}: not accepted here; set training.learning_rate "
+                "(an lr in optim_args would apply to the first task only)"
+            )
+        if not is_transformers_optimizer(name):
+            accepted = set(get_optimizer_info(name).arg_types) - {"lr"}
+            validation.check_keys(keys, accepted, "optim_args", f"optimizer {name!r}")
         validate_optim_args(name, training.get("optim_args"))
-    except ValueError as error:
-        raise ConfigError(f"config.training.optim_args: {error}") from None
 
 
 def _check_method(method: Any, method_args: Any, peft_section: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:

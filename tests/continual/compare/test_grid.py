@@ -155,7 +155,7 @@ def test_experiment_2_rechosen_offers_experiment_2s_point_among_its_grid():
 @pytest.mark.parametrize(
     "change,message",
     [
-        ({"settigs": []}, "grid.yaml.settigs: unknown key (did you mean 'settings'?)"),
+        ({"settigs": []}, "grid.yaml.settigs: unknown key (did you mean 'settings'? accepted: base, description,"),
         ({"settings": ["clasp"]}, "settings[0].preset: unknown preset 'clasp' (did you mean 'classp'?"),
         (
             {"settings": [{"name": "x", "overrides": {"training.learnin_rate": 1e-3}}]},
