@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -22,6 +25,7 @@ from classp_hf.optim.factory import (
 
 __all__ = [
     "TrainingArguments",
+    "deferred_device_setup",
     "optimizer_name",
     "is_transformers_optimizer",
     "validate_optim_args",
@@ -205,6 +209,26 @@ def validate_optim_groups(
     return parse_optim_groups(groups, accepted, repr(name))
 
 
+#: Set by :func:`deferred_device_setup`: arguments built meanwhile leave the device set-up to ``set_up_device()``.
+_DEFER_DEVICE_SETUP = contextvars.ContextVar("classp_hf_defer_device_setup", default=False)
+
+
+@contextlib.contextmanager
+def deferred_device_setup() -> Iterator[None]:
+    """Builds :class:`TrainingArguments` without setting up the device (accelerate's state, a process group).
+
+    transformers sets the device up at the end of ``__post_init__``; that resets accelerate's state and, under
+    a distributed launch, joins the process group: not what checking a run config should do. Arguments built
+    in this context report a CPU placeholder as their ``device`` until :meth:`TrainingArguments.set_up_device`
+    does the set-up, so the runner trains with the very arguments the config check built.
+    """
+    token = _DEFER_DEVICE_SETUP.set(True)
+    try:
+        yield
+    finally:
+        _DEFER_DEVICE_SETUP.reset(token)
+
+
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
     """``transformers.TrainingArguments`` whose ``optim`` also takes classp_hf's optimizers.
@@ -260,7 +284,28 @@ class TrainingArguments(transformers.TrainingArguments):
         },
     )
 
+    @property
+    def device(self) -> Any:
+        if self.__dict__.get("_device_setup_deferred"):
+            import torch
+
+            return torch.device("cpu")  # a placeholder until set_up_device()
+        return super().device
+
+    def set_up_device(self) -> Any:
+        """Sets up the device of arguments built under :func:`deferred_device_setup` (a no-op otherwise).
+
+        Returns:
+            ``self.device``.
+        """
+        if self.__dict__.pop("_device_setup_deferred", False) and self.deepspeed:
+            # __post_init__ sized the DeepSpeed batch with the world size it saw then (1): size it again.
+            _ = self._setup_devices
+            self.hf_deepspeed_config.trainer_config_process(self)
+        return self.device
+
     def __post_init__(self) -> None:
+        self.__dict__["_device_setup_deferred"] = _DEFER_DEVICE_SETUP.get()
         name = optimizer_name(self.optim)
         if is_transformers_optimizer(name):
             super().__post_init__()

@@ -21,6 +21,7 @@ import json
 import pickle
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,13 @@ RUN_STATE = "run_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 METHOD_FILE = "method.pt"
 UPDATE_MASKS_FILE = "update_masks.pt"
+#: A checkpoint's states beside the model: the key :func:`save_checkpoint` takes and :func:`load_checkpoint` returns,
+#: the file, and whether every checkpoint has one (update masks only with ``diagnostics``).
+_STATE_FILES = (
+    ("optimizer", OPTIMIZER_FILE, True),
+    ("method", METHOD_FILE, True),
+    ("update_masks", UPDATE_MASKS_FILE, False),
+)
 
 
 @dataclass(frozen=True)
@@ -72,12 +80,17 @@ class RunState:
     num_processes: int = 1
 
 
+def _write_run_state(
+    output_dir: Path, completed: int, task_names: list[str], checkpoint: str | None, num_processes: int
+) -> None:
+    """Writes ``run_state.json`` (see :class:`RunState`) atomically."""
+    record = {"completed_tasks": completed, "tasks": list(task_names), "checkpoint": checkpoint}
+    write_json_atomic(output_dir / RUN_STATE, {**record, "num_processes": num_processes})
+
+
 def start_run_state(output_dir: Path, task_names: list[str], num_processes: int) -> None:
     """Records a started run with no task done yet (``--resume`` then starts the first task again)."""
-    write_json_atomic(
-        output_dir / RUN_STATE,
-        {"completed_tasks": 0, "tasks": list(task_names), "checkpoint": None, "num_processes": num_processes},
-    )
+    _write_run_state(output_dir, 0, task_names, None, num_processes)
 
 
 def save_checkpoint(
@@ -85,9 +98,7 @@ def save_checkpoint(
     index: int,
     task_names: list[str],
     save_model: Any,
-    optimizer_state: dict[str, Any],
-    method_state: dict[str, Any],
-    update_masks: dict[str, torch.Tensor] | None,
+    states: Mapping[str, Any],
     num_processes: int = 1,
 ) -> Path:
     """Saves the state after task ``index`` and points ``run_state.json`` at it (main process only).
@@ -97,9 +108,9 @@ def save_checkpoint(
         index: the task just finished.
         task_names: the queue's task names.
         save_model: writes the model (or its adapters) into the folder it is given.
-        optimizer_state: the full, name-keyed optimizer state (see :mod:`.optimizer_state`).
-        method_state: the continual method's ``state_dict()``.
-        update_masks: CLASSP's union of updated elements so far (diagnostics), or `None`.
+        states: what :func:`load_checkpoint` returns: ``optimizer``, the full, name-keyed optimizer state (see
+            :mod:`.optimizer_state`); ``method``, the continual method's ``state_dict()``; ``update_masks``, CLASSP's
+            union of updated elements so far (diagnostics), or `None`.
         num_processes: the world size (recorded; a run may resume with another).
 
     Returns:
@@ -110,10 +121,9 @@ def save_checkpoint(
     tmp = temporary_folder(folder.parent, name)
     try:
         save_model(tmp)
-        torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
-        torch.save(method_state, tmp / METHOD_FILE)
-        if update_masks is not None:
-            torch.save(update_masks, tmp / UPDATE_MASKS_FILE)
+        for key, file, required in _STATE_FILES:
+            if required or states.get(key) is not None:
+                torch.save(states[key], tmp / file)
         replace_folder(tmp, folder)
     except Exception as error:  # a full disk, mostly: the run stops, the previous checkpoint stays usable
         shutil.rmtree(tmp, ignore_errors=True)
@@ -122,15 +132,7 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     previous = _previous_checkpoint(output_dir)
-    write_json_atomic(
-        output_dir / RUN_STATE,
-        {
-            "completed_tasks": index + 1,
-            "tasks": list(task_names),
-            "checkpoint": f"checkpoints/{name}",
-            "num_processes": num_processes,
-        },
-    )
+    _write_run_state(output_dir, index + 1, task_names, f"checkpoints/{name}", num_processes)
     if previous is not None and previous.resolve() != folder.resolve():
         with contextlib.suppress(OSError):
             remove_owned(previous)  # what the run wrote there; a user's files stay
@@ -143,15 +145,7 @@ def finish_run_state(output_dir: Path, task_names: list[str], num_processes: int
     Call it once the final model is saved: from then on nothing is left to resume.
     """
     previous = _previous_checkpoint(output_dir)
-    write_json_atomic(
-        output_dir / RUN_STATE,
-        {
-            "completed_tasks": len(task_names),
-            "tasks": list(task_names),
-            "checkpoint": None,
-            "num_processes": num_processes,
-        },
-    )
+    _write_run_state(output_dir, len(task_names), task_names, None, num_processes)
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)
     checkpoints = output_dir / "checkpoints"
@@ -250,11 +244,7 @@ def load_checkpoint(folder: Path) -> dict[str, Any]:
         ResumeError: a missing or corrupt file, or an optimizer state of an older classp_hf, naming it.
     """
     loaded: dict[str, Any] = {}
-    for key, file, required in (
-        ("optimizer", OPTIMIZER_FILE, True),
-        ("method", METHOD_FILE, True),
-        ("update_masks", UPDATE_MASKS_FILE, False),
-    ):
+    for key, file, required in _STATE_FILES:
         path = folder / file
         if not path.is_file():
             if required:

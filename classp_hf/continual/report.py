@@ -459,6 +459,18 @@ def figure_colors(n: int) -> list[Any]:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+def _plotted(results: dict[str, Any]) -> tuple[list[str], list[list[float]], list[str], bool]:
+    """What the two accuracy figures draw: the tasks, the accuracy matrix's rows so far, each row's stage label,
+    and whether the run is a joint one (one row, every task trained at once)."""
+    return results["tasks"], results["accuracy_matrix"], _stage_labels(results), results.get("queue_mode") == "joint"
+
+
+def _set_title(ax: Any, title: str, results: dict[str, Any]) -> None:
+    """``title``, with the run's progress while it is unfinished."""
+    status = "" if results["status"] == "complete" else f" ({_progress(results)})"
+    ax.set_title(f"{title}{status}")
+
+
 def plot_accuracy_matrix(results: dict[str, Any], path: str | os.PathLike) -> Path:
     """Draws the accuracy matrix as an annotated heatmap (PNG).
 
@@ -467,8 +479,9 @@ def plot_accuracy_matrix(results: dict[str, Any], path: str | os.PathLike) -> Pa
     not trained yet are blank; the diagonal (accuracy on the task just trained) is outlined.
 
     Args:
-        results: the results dict of a (possibly unfinished) run.
-        path: where to write the PNG (written atomically).
+        results: the results dict of a (possibly unfinished) run: its ``accuracy_matrix``, ``majority_accuracy``
+            (the colour scale's floor), stages and ``status``.
+        path: where to write the heatmap (a PNG, written atomically).
 
     Returns:
         The path of the PNG.
@@ -477,11 +490,8 @@ def plot_accuracy_matrix(results: dict[str, Any], path: str | os.PathLike) -> Pa
     from matplotlib import colormaps
     from matplotlib.patches import Rectangle
 
-    tasks = results["tasks"]
+    tasks, matrix, labels, joint = _plotted(results)
     num_tasks = len(tasks)
-    labels = _stage_labels(results)
-    joint = results.get("queue_mode") == "joint"
-    matrix = results["accuracy_matrix"]
     data = np.full((len(labels), num_tasks), np.nan)
     for i, row in enumerate(matrix):
         data[i, :] = np.asarray(row, dtype=float) * 100.0
@@ -511,8 +521,7 @@ def plot_accuracy_matrix(results: dict[str, Any], path: str | os.PathLike) -> Pa
     ax.set_yticks(np.arange(-0.5, len(labels), 1), minor=True)
     ax.grid(which="minor", color="lightgrey", linewidth=0.8)
     ax.tick_params(which="minor", length=0)
-    status = "" if results["status"] == "complete" else f" ({_progress(results)})"
-    ax.set_title(f"Accuracy (%) R[i][j]{status}")
+    _set_title(ax, "Accuracy (%) R[i][j]", results)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="accuracy (%)")
     return save_png(fig, path)
 
@@ -525,18 +534,16 @@ def plot_accuracy_curves(results: dict[str, Any], path: str | os.PathLike) -> Pa
     marked with a star; the task's majority-class accuracy is a dotted line in the same colour.
 
     Args:
-        results: the results dict of a (possibly unfinished) run.
-        path: where to write the PNG (written atomically).
+        results: the results dict of a (possibly unfinished) run: its ``initial_accuracy`` (the first point),
+            ``accuracy_matrix``, ``majority_accuracy`` (the dotted lines), stages and ``status``.
+        path: where to write the curves (a PNG, written atomically).
 
     Returns:
         The path of the PNG.
     """
-    tasks = results["tasks"]
-    num_tasks = len(tasks)
-    matrix = results["accuracy_matrix"]
-    num_rows = len(matrix)
-    stages = ["untrained", *_stage_labels(results)]
-    joint = results.get("queue_mode") == "joint"
+    tasks, matrix, labels, joint = _plotted(results)
+    num_tasks, num_rows = len(tasks), len(matrix)
+    stages = ["untrained", *labels]
 
     fig = new_figure(max(6.0, 1.3 * (num_tasks + 1) + 2.5), 4.5)
     ax = fig.add_subplot()
@@ -564,8 +571,7 @@ def plot_accuracy_curves(results: dict[str, Any], path: str | os.PathLike) -> Pa
     ax.set_xlabel("training stage")
     ax.set_ylabel("accuracy (%)")
     ax.grid(axis="y", alpha=0.3)
-    status = "" if results["status"] == "complete" else f" ({_progress(results)})"
-    ax.set_title(f"Accuracy on each task during training{status}")
+    _set_title(ax, "Accuracy on each task during training", results)
     ax.legend(title="task", loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     return save_png(fig, path)
 

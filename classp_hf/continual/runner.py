@@ -11,6 +11,7 @@ every task evaluated (:mod:`.evaluation`) -> results (:mod:`.results`) and repor
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass, field
@@ -31,13 +32,13 @@ from classp_hf.continual.checkpoint import (
     save_checkpoint,
     start_run_state,
 )
-from classp_hf.continual.config import ConfigError, RunConfig, task_training_options
+from classp_hf.continual.config import ConfigError, RunConfig, training_arguments
 from classp_hf.continual.console import library_output, set_console_callbacks
 from classp_hf.continual.evaluation import TaskScores, evaluate_own_adapters, evaluate_tasks
 from classp_hf.continual.families import check_sequence_classification, classification_head, resolve_head_pattern
 from classp_hf.continual.initial_cache import initial_scores_key, read_initial_scores, write_initial_scores
 from classp_hf.continual.io import check_writable_folder, write_text_atomic
-from classp_hf.continual.launch import Backend, accelerator_available, detect_backend
+from classp_hf.continual.launch import Backend, detect_backend
 from classp_hf.continual.model_check import check_model
 from classp_hf.continual.model_setup import (
     check_optim_group_patterns,
@@ -123,7 +124,7 @@ class ContinualRunner:
         self.is_main = _is_main_process(self.backend.use_cpu)
         self.stage_names = stage_names([task.name for task in self.config.tasks], self.config.queue_mode)
         # outside library_output: TrainingArguments turns disable_tqdm on when transformers logs errors only
-        self.task_args = [self._training_arguments(index) for index in range(len(self.stage_names))]
+        self.task_args = self._training_arguments()
         self.optimizer_state: dict[str, Any] | None = None
         self.optimizer: torch.optim.Optimizer | None = None  # the last task's (unwrapped) optimizer
         self.ever_updated: dict[str, torch.Tensor] = {}
@@ -136,26 +137,17 @@ class ContinualRunner:
             print(message, flush=True)
 
     # -- set-up -----------------------------------------------------------------------------
-    def _training_arguments(self, index: int) -> TrainingArguments:
-        """The ``classp_hf.TrainingArguments`` of stage ``index``: the top-level options and the task's overrides (a
-        joint run's one stage has none)."""
-        task = self.config.tasks[index]
-        options = task_training_options(self.config, index)
-        options.update(
-            output_dir=str(self.output_dir / "trainer" / self.stage_names[index]),
-            seed=self.config.seed,
-            save_strategy="no",
-        )
-        backend = self.backend
-        if backend.use_cpu and (backend.num_processes > 1 or backend.mixed_precision != "no"):
-            options["use_cpu"] = True  # CPU processes (gloo); bf16 runs with CPU autocast
-        if options.get("use_cpu") or not accelerator_available():
-            options.setdefault("dataloader_pin_memory", False)  # nothing to pin for; torch warns otherwise
-        try:
-            return TrainingArguments(**options)
-        except (TypeError, ValueError) as error:
-            where = f"tasks[{index}] ({task.name}).training" if task.training else "config.training"
-            raise ConfigError(f"{where}: {str(error).splitlines()[0]}") from None
+    def _training_arguments(self) -> list[TrainingArguments]:
+        """Each stage's ``classp_hf.TrainingArguments``: a copy of those the config check built (a joint run's one
+        stage: the first task's), with the stage's folder, the device now set up."""
+        built = training_arguments(self.config, self.backend)
+        stages = []
+        for index, name in enumerate(self.stage_names):
+            args = copy.deepcopy(built[index])
+            args.output_dir = str(self.output_dir / "trainer" / name)
+            args.set_up_device()
+            stages.append(args)
+        return stages
 
     def setup(self) -> None:
         """Loads the tokenizer, every task and the model; raises before writing anything."""
@@ -471,9 +463,11 @@ class ContinualRunner:
             index,
             list(self.stage_names),
             save_model,
-            self.optimizer_state,
-            self.method.state_dict(),
-            self.ever_updated if tracking else None,
+            {
+                "optimizer": self.optimizer_state,
+                "method": self.method.state_dict(),
+                "update_masks": self.ever_updated if tracking else None,
+            },
             num_processes=self.backend.num_processes,
         )
 

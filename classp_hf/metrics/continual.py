@@ -21,7 +21,7 @@ quantity is undefined, e.g. transfer with a single task); they never return NaN.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 
 import numpy as np
 
@@ -63,6 +63,13 @@ def _as_baseline(b: VectorLike, num_tasks: int) -> np.ndarray:
     return arr
 
 
+def _over_several_tasks(R: MatrixLike, measure: Callable[[np.ndarray], float]) -> float | None:
+    """``measure`` of the checked matrix (:func:`_as_matrix`), or `None` for a single task (nothing earlier to
+    compare with)."""
+    arr = _as_matrix(R)
+    return None if arr.shape[0] == 1 else float(measure(arr))
+
+
 def average_accuracy(R: MatrixLike) -> float:
     """Average accuracy after the last task (ACC, Lopez-Paz & Ranzato 2017).
 
@@ -98,12 +105,7 @@ def backward_transfer(R: MatrixLike) -> float | None:
     Raises:
         ValueError: if `R` is not a non-empty, finite, square matrix.
     """
-    arr = _as_matrix(R)
-    num_tasks = arr.shape[0]
-    if num_tasks == 1:
-        return None
-    earlier = np.arange(num_tasks - 1)
-    return float(np.mean(arr[-1, earlier] - arr[earlier, earlier]))
+    return _over_several_tasks(R, lambda arr: np.mean(arr[-1, :-1] - np.diagonal(arr)[:-1]))
 
 
 def forward_transfer(R: MatrixLike, b: VectorLike) -> float | None:
@@ -150,12 +152,7 @@ def forgetting(R: MatrixLike) -> float | None:
     Raises:
         ValueError: if `R` is not a non-empty, finite, square matrix.
     """
-    arr = _as_matrix(R)
-    num_tasks = arr.shape[0]
-    if num_tasks == 1:
-        return None
-    best_before_last = np.max(arr[:-1, :-1], axis=0)
-    return float(np.mean(best_before_last - arr[-1, :-1]))
+    return _over_several_tasks(R, lambda arr: np.mean(np.max(arr[:-1, :-1], axis=0) - arr[-1, :-1]))
 
 
 def continual_metrics(R: MatrixLike, b: VectorLike | None = None) -> dict[str, float | None]:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import _default_to_fused_or_foreach
 
 from classp_hf.optim import _fused
+from classp_hf.optim._hyperparameters import update_rule
 from classp_hf.optim._rows import (
     RowPlan,
     compute_dtype,
@@ -109,6 +111,7 @@ def classp(
     Returns:
         A 0-dim tensor on the first parameter's device: the number of elements updated.
     """
+    rule = update_rule(locals())  # the keywords every path takes
     if fused and foreach:
         raise ValueError("Invalid fused value: fused=True and foreach=True are exclusive (pick one path)")
     if foreach is None and not fused:
@@ -132,14 +135,7 @@ def classp(
         _work_cutoffs(cutoffs, plans),
         generators,
         plans,
-        lr=lr,
-        threshold=threshold,
-        threshold_mode=threshold_mode,
-        power=power,
-        eps=eps,
-        apply_decay=apply_decay,
-        weight_decay=weight_decay,
-        maximize=maximize,
+        **rule,
     )
     _scatter_rows_(params, work_params, plans)
     for index in _draw_order(params):  # an encoded S rounds stochastically: in the same order on every path
@@ -537,29 +533,14 @@ def _fused_classp(
     cutoffs: list[Tensor | float | None] | None,
     generators: Mapping[torch.device, torch.Generator] | None,
     plans: list[RowPlan | None],
-    *,
-    lr: float,
-    threshold: float,
-    threshold_mode: str,
-    power: float,
-    eps: float,
-    apply_decay: bool,
-    weight_decay: float,
-    maximize: bool,
+    **rule: Any,
 ) -> Tensor:
     """The compiled path: one :func:`~classp_hf.optim._fused.fused_update` kernel per tensor, in the
     other paths' order (so stochastic rounding draws alike); a non-contiguous tensor takes the single-tensor
-    path."""
-    hyperparameters = dict(
-        lr=lr,
-        threshold=threshold,
-        threshold_mode=threshold_mode,
-        power=power,
-        eps=eps,
-        apply_decay=apply_decay,
-        weight_decay=weight_decay,
-        maximize=maximize,
-    )
+    path, given the same ``rule`` (:func:`~classp_hf.optim._hyperparameters.update_rule`)."""
+    lr, weight_decay, eps, power = (rule[name] for name in ("lr", "weight_decay", "eps", "power"))
+    threshold, threshold_mode = rule["threshold"], rule["threshold_mode"]
+    apply_decay, maximize = rule["apply_decay"], rule["maximize"]
     device = params[0].device
     counts = []
     for (param_device, _), indices in _by_device_and_dtype(params).items():
@@ -610,7 +591,7 @@ def _fused_classp(
                         [given],
                         generators,
                         [plan],
-                        **hyperparameters,
+                        **rule,
                     ).to(device)
                 )
                 continue

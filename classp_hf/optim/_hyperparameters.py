@@ -6,6 +6,7 @@ This module has no Hugging Face imports.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
@@ -17,6 +18,14 @@ from classp_hf.optim._state import (
 
 #: What ``threshold`` means: see :class:`CLASSP`.
 THRESHOLD_MODES = ("absolute", "relative", "quantile")
+#: The keywords of the update rule, which every path of :func:`~classp_hf.optim._functional.classp` takes.
+UPDATE_RULE_KEYS = ("lr", "threshold", "threshold_mode", "power", "eps", "apply_decay", "weight_decay", "maximize")
+
+
+def update_rule(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The update rule's keywords (:data:`UPDATE_RULE_KEYS`) picked from a param group, or from the arguments of
+    :func:`~classp_hf.optim._functional.classp`."""
+    return {key: options[key] for key in UPDATE_RULE_KEYS}
 
 
 def _check_number(name: str, value: Any, *, low: float, inclusive: bool) -> float:

@@ -23,6 +23,7 @@ from classp_hf.optim._hyperparameters import (
     THRESHOLD_MODES,
     _check_no_quantile_on_dtensors,
     _check_seed,
+    update_rule,
     validate_hyperparameters,
 )
 from classp_hf.optim._rows import compute_dtype
@@ -221,21 +222,9 @@ class CLASSP(Optimizer):
         state_dtype: str = "float32",
         grad_sum_decay: float = 1.0,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            threshold=threshold,
-            threshold_mode=threshold_mode,
-            power=power,
-            eps=eps,
-            apply_decay=apply_decay,
-            weight_decay=weight_decay,
-            foreach=foreach,
-            fused=fused,
-            maximize=maximize,
-            stochastic_rounding=stochastic_rounding,
-            state_dtype=state_dtype,
-            grad_sum_decay=grad_sum_decay,
-        )
+        defaults = update_rule(locals())  # the update rule, then the path and the state's options
+        defaults.update(foreach=foreach, fused=fused, stochastic_rounding=stochastic_rounding)
+        defaults.update(state_dtype=state_dtype, grad_sum_decay=grad_sum_decay)
         validate_hyperparameters(defaults)
         self._seed = _check_seed(seed)
         self._generators: dict[torch.device, torch.Generator] = {}
@@ -501,14 +490,7 @@ class CLASSP(Optimizer):
                 grads,
                 grad_sums,
                 update_masks=masks if self._tracking else None,
-                lr=group["lr"],
-                threshold=group["threshold"],
-                threshold_mode=group["threshold_mode"],
-                power=group["power"],
-                eps=group["eps"],
-                apply_decay=group["apply_decay"],
-                weight_decay=group["weight_decay"],
-                maximize=group["maximize"],
+                **update_rule(group),
                 foreach=group["foreach"],
                 fused=bool(group["fused"]),
                 cutoffs=_sharded_cutoffs(sharded_grads, group["threshold"], group["threshold_mode"]),

@@ -424,51 +424,53 @@ def create_optimizer(
 
 
 _COMMON = {"weight_decay": float, "foreach": bool, "maximize": bool}
+_ADAM = {"lr": float, "eps": float, "amsgrad": bool, **_COMMON}
 
-register_optimizer(
-    "classp",
-    CLASSP,
-    description="CLASSP: AdaGrad-like decay from accumulated |g|^p plus a per-element gradient threshold",
-    arg_types={
-        "lr": float,
-        "threshold": float,
-        "threshold_mode": str,
-        "power": float,
-        "eps": float,
-        "apply_decay": bool,
-        "stochastic_rounding": bool,
-        "seed": int,
-        "fused": bool,
-        "state_dtype": str,
-        "grad_sum_decay": float,
-        **_COMMON,
-    },
+#: The built-in entries: name, class, description, the ``optim_args`` types, then the other
+#: :func:`register_optimizer` keywords.
+_BUILT_IN: tuple[tuple[str, type[torch.optim.Optimizer], str, dict[str, type], dict[str, Any]], ...] = (
+    (
+        "classp",
+        CLASSP,
+        "CLASSP: AdaGrad-like decay from accumulated |g|^p plus a per-element gradient threshold",
+        {
+            "lr": float,
+            "threshold": float,
+            "threshold_mode": str,
+            "power": float,
+            "eps": float,
+            "apply_decay": bool,
+            "stochastic_rounding": bool,
+            "seed": int,
+            "fused": bool,
+            "state_dtype": str,
+            "grad_sum_decay": float,
+            **_COMMON,
+        },
+        {},
+    ),
+    (
+        "sgd",
+        torch.optim.SGD,
+        "torch.optim.SGD",
+        {"lr": float, "momentum": float, "dampening": float, "nesterov": bool, **_COMMON},
+        {},
+    ),
+    ("adam", torch.optim.Adam, "torch.optim.Adam (L2 weight decay)", _ADAM, {"has_betas": True, "has_eps": True}),
+    (
+        "adamw",
+        torch.optim.AdamW,
+        "torch.optim.AdamW (decoupled weight decay)",
+        _ADAM,
+        {"has_betas": True, "has_eps": True},
+    ),
+    (
+        "adagrad",
+        torch.optim.Adagrad,
+        "torch.optim.Adagrad",
+        {"lr": float, "lr_decay": float, "eps": float, "initial_accumulator_value": float, **_COMMON},
+        {},
+    ),
 )
-register_optimizer(
-    "sgd",
-    torch.optim.SGD,
-    description="torch.optim.SGD",
-    arg_types={"lr": float, "momentum": float, "dampening": float, "nesterov": bool, **_COMMON},
-)
-register_optimizer(
-    "adam",
-    torch.optim.Adam,
-    description="torch.optim.Adam (L2 weight decay)",
-    arg_types={"lr": float, "eps": float, "amsgrad": bool, **_COMMON},
-    has_betas=True,
-    has_eps=True,
-)
-register_optimizer(
-    "adamw",
-    torch.optim.AdamW,
-    description="torch.optim.AdamW (decoupled weight decay)",
-    arg_types={"lr": float, "eps": float, "amsgrad": bool, **_COMMON},
-    has_betas=True,
-    has_eps=True,
-)
-register_optimizer(
-    "adagrad",
-    torch.optim.Adagrad,
-    description="torch.optim.Adagrad",
-    arg_types={"lr": float, "lr_decay": float, "eps": float, "initial_accumulator_value": float, **_COMMON},
-)
+for _name, _class, _description, _arg_types, _options in _BUILT_IN:
+    register_optimizer(_name, _class, description=_description, arg_types=_arg_types, **_options)

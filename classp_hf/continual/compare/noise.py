@@ -16,6 +16,7 @@ compared or in what order.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,14 +61,8 @@ class PairedDifference:
         return self.low <= 0.0 <= self.high
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "mean": self.mean,
-            "low": self.low,
-            "high": self.high,
-            "within_noise": self.within_noise,
-            "seeds": list(self.seeds),
-            "examples": self.examples,
-        }
+        """The fields (copied) and ``within_noise``."""
+        return {**dataclasses.asdict(self), "within_noise": self.within_noise}
 
 
 def paired_bootstrap(

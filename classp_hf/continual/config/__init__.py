@@ -48,7 +48,12 @@ from classp_hf.continual.config.schema import (
     TaskConfig,
     stored_config_differences,
 )
-from classp_hf.continual.config.sections import build_lora_config, parse_peft_section, task_training_options
+from classp_hf.continual.config.sections import (
+    build_lora_config,
+    parse_peft_section,
+    task_training_options,
+    training_arguments,
+)
 from classp_hf.continual.config.validate import _describe, check_keys, check_value, require
 from classp_hf.continual.errors import ConfigError
 
@@ -68,6 +73,7 @@ __all__ = [
     "parse_peft_section",
     "build_lora_config",
     "task_training_options",
+    "training_arguments",
     "TASK_TRAINING_KEYS",
     "RUNNER_OWNED_TRAINING_KEYS",
     "RUNNER_TRAINING_DEFAULTS",

@@ -196,8 +196,8 @@ def config_from_dict(
         queue_mode=queue_mode,
         source=source,
     )
-    detect_backend(training, peft_section)  # the launch first: it decides what the arguments mean
-    _check_optimizer_values(_check_training_arguments(config))
+    backend = detect_backend(training, peft_section)  # the launch first: it decides what the arguments mean
+    _check_optimizer_values(_check_training_arguments(config, backend))
     return config
 
 

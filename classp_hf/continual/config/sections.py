@@ -35,7 +35,7 @@ from classp_hf.continual.config.validate import (
 )
 from classp_hf.continual.errors import ConfigError
 from classp_hf.continual.io import first_line
-from classp_hf.continual.launch import accelerator_available
+from classp_hf.continual.launch import Backend, accelerator_available
 
 #: Where TrainingArguments are built to validate a config; building them creates no folder (tested).
 _UNUSED_OUTPUT_DIR = os.path.join(os.sep, "nonexistent", "classp-hf-config-check")
@@ -158,72 +158,97 @@ def task_training_options(config: RunConfig, index: int) -> dict[str, Any]:
     return {**RUNNER_TRAINING_DEFAULTS, **config.training, **config.tasks[index].training}
 
 
-@functools.cache
-def _validation_arguments_class() -> type:
-    from classp_hf.training_args import TrainingArguments
+def _owned_options(backend: Backend) -> dict[str, Any]:
+    """The options the run owns, whatever the config says: its seed aside, no saving, the CPU where it runs on it."""
+    owned: dict[str, Any] = {"save_strategy": "no"}
+    if not accelerator_available() or (
+        backend.use_cpu and (backend.num_processes > 1 or backend.mixed_precision != "no")
+    ):
+        owned["use_cpu"] = True  # CPU processes (gloo); bf16 runs with CPU autocast
+    return owned
 
-    class ValidationTrainingArguments(TrainingArguments):
-        """``classp_hf.TrainingArguments`` that skip the device set-up at the end of ``__post_init__``.
 
-        The set-up resets accelerate's state and, under a distributed launch, joins the process
-        group: not something loading a config should do.
-        """
-
-        @property
-        def device(self) -> torch.device:
-            return torch.device("cpu")
-
-    return ValidationTrainingArguments
+def _options(config: RunConfig, task_training: Mapping[str, Any], backend: Backend) -> dict[str, Any]:
+    """Every option of a task's arguments but the output folder's (``task_training``: the task's overrides)."""
+    options = {**RUNNER_TRAINING_DEFAULTS, **config.training, **task_training, "seed": config.seed}
+    options.update(_owned_options(backend))
+    if options.get("use_cpu"):
+        options.setdefault("dataloader_pin_memory", False)  # nothing to pin for; torch warns otherwise
+    return options
 
 
 def _build_arguments(options: Mapping[str, Any]) -> tuple[Any, Exception | None]:
-    """Builds the arguments quietly; returns them, or the error ``__post_init__`` raised."""
-    owned: dict[str, Any] = {"output_dir": _UNUSED_OUTPUT_DIR, "save_strategy": "no"}
-    if not accelerator_available():  # the run is on the CPU whatever the config says (bf16 then autocasts)
-        owned["use_cpu"] = True
+    """The one place a run's ``classp_hf.TrainingArguments`` are built: quietly, the device set-up left to the
+    runner (:func:`~classp_hf.training_args.deferred_device_setup`), in a placeholder folder (building creates
+    none; the runner sets its own); returns them, or the error ``__post_init__`` raised."""
+    from classp_hf.training_args import TrainingArguments, deferred_device_setup
+
+    options = {**options, "output_dir": _UNUSED_OUTPUT_DIR}
+    # transformers turns disable_tqdm on for arguments built while it logs errors only: decide it before muting
+    options.setdefault("disable_tqdm", transformers.logging.get_verbosity() > transformers.logging.WARNING)
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), deferred_device_setup():
             warnings.simplefilter("ignore")
-            return _validation_arguments_class()(**{**options, **owned}), None
+            return TrainingArguments(**options), None
     except Exception as error:  # transformers raises ValueError, TypeError, ImportError, ...
         return None, error
     finally:
         transformers.logging.set_verbosity(verbosity)
 
 
-def _training_arguments(options: Mapping[str, Any], named: Mapping[str, Any], where: str) -> Any:
+def _training_arguments(options: Mapping[str, Any], named: Mapping[str, Any], where: str, backend: Backend) -> Any:
     """Builds the arguments; on an error, names the key of ``named`` that alone causes it, if one does."""
     args, error = _build_arguments(options)
     if error is None:
         return args
-    optimizer = {"optim": options["optim"]} if "optim" in options else {}  # optim_args mean something per optim
-    if "optim" in named and _build_arguments({**RUNNER_TRAINING_DEFAULTS, **optimizer})[1] is not None:
+    base = {**RUNNER_TRAINING_DEFAULTS, **_owned_options(backend)}
+    if "optim" in options:
+        base["optim"] = options["optim"]  # optim_args mean something per optim
+    if "optim" in named and _build_arguments(base)[1] is not None:
         raise ConfigError(f"{where}.optim: {first_line(error)}")
     for key, value in named.items():
-        if _build_arguments({**RUNNER_TRAINING_DEFAULTS, **optimizer, key: value})[1] is not None:
+        if _build_arguments({**base, key: value})[1] is not None:
             line = first_line(error)  # our checks name the key themselves: optim_groups[0].thresold: ...
-            raise ConfigError(
-                f"{where}.{line}" if re.match(rf"{re.escape(key)}[.\[]", line) else f"{where}.{key}: {line}"
-            )
+            named_key = re.match(rf"{re.escape(key)}[.\[]", line)
+            raise ConfigError(f"{where}.{line}" if named_key else f"{where}.{key}: {line}")
     raise ConfigError(f"{where}: {first_line(error)}")
 
 
-def _check_training_arguments(config: RunConfig) -> Any:
-    """Builds every task's ``classp_hf.TrainingArguments``; returns the first task's (the optimizer's)."""
-    top = {**RUNNER_TRAINING_DEFAULTS, **config.training, "seed": config.seed}
-    top_args = _training_arguments(top, config.training, "config.training")
+#: Where the config check keeps the arguments it built, for the runner: ``(each task's options, arguments)``.
+_BUILT = "_classp_hf_training_arguments"
+
+
+def training_arguments(config: RunConfig, backend: Backend) -> list[Any]:
+    """Every task's ``classp_hf.TrainingArguments``, built once: the config check builds them and keeps them on
+    the config; a later call gets those while the config still gives the same options (else builds them again).
+
+    They are a run's arguments in ``backend``'s launch, with a placeholder ``output_dir`` and the device not set
+    up yet: the runner takes a copy of each, sets its folder and calls ``set_up_device()``.
+
+    Raises:
+        ConfigError: naming the key whose value transformers refuses (in ``config.training`` or the task's).
+    """
+    options = [_options(config, task.training, backend) for task in config.tasks]
+    built = config.__dict__.get(_BUILT)
+    if built is not None and built[0] == options:
+        return list(built[1])
+    top = _training_arguments(_options(config, {}, backend), config.training, "config.training", backend)
     per_task = [
-        _training_arguments(
-            {**task_training_options(config, index), "seed": config.seed},
-            task.training,
-            f"tasks[{index}] ({task.name}).training",
-        )
+        _training_arguments(options[index], task.training, f"tasks[{index}] ({task.name}).training", backend)
         if task.training
-        else top_args
+        else top
         for index, task in enumerate(config.tasks)
     ]
+    config.__dict__[_BUILT] = (options, per_task)
+    return list(per_task)
+
+
+def _check_training_arguments(config: RunConfig, backend: Backend) -> Any:
+    """Builds every task's ``classp_hf.TrainingArguments`` (kept for the runner); returns the first task's (the
+    optimizer's)."""
+    per_task = training_arguments(config, backend)
     for index, (task, args) in enumerate(zip(config.tasks, per_task)):
         _check_trains(args, task.training, f"tasks[{index}] ({task.name}).training")
     return per_task[0]

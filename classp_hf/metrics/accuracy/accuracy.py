@@ -6,21 +6,18 @@ line: ``evaluate``'s loader scans this file line by line for its imports and mis
 subclass it finds in the module namespace, which would then be ``evaluate.Metric`` itself.
 """
 
-import datasets
 import evaluate
 import numpy as np
+
+from classp_hf.metrics._script import CLASS_ID_INPUTS, class_id_arrays, class_id_metric_info
 
 _DESCRIPTION = """
 Accuracy is the share of predictions equal to the reference label: (number correct) / (number of examples).
 """
 
-_KWARGS_DESCRIPTION = """
-Args:
-    predictions (`list[int]`):
-        Predicted class ids.
-    references (`list[int]`):
-        Ground-truth class ids, same length as `predictions`.
-    normalize (`bool`, *optional*, defaults to `True`):
+_KWARGS_DESCRIPTION = (
+    CLASS_ID_INPUTS
+    + """    normalize (`bool`, *optional*, defaults to `True`):
         If `False`, return the number of correct predictions instead of their share.
     sample_weight (`list[float]`, *optional*):
         Per-example weights.
@@ -33,8 +30,7 @@ Examples:
     >>> acc.compute(predictions=[0, 1, 1, 2], references=[0, 1, 2, 2])
     {'accuracy': 0.75}
 """
-
-_CITATION = ""
+)
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -42,23 +38,10 @@ class Accuracy(evaluate.Metric):
     """Classification accuracy computed with numpy (no scikit-learn dependency)."""
 
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Value("int64"),
-                    "references": datasets.Value("int64"),
-                }
-            ),
-        )
+        return class_id_metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references, normalize=True, sample_weight=None):
-        preds = np.asarray(predictions, dtype=np.int64)
-        refs = np.asarray(references, dtype=np.int64)
-        if preds.shape != refs.shape:
-            raise ValueError(f"predictions and references differ in length: {preds.shape[0]} vs {refs.shape[0]}")
+        preds, refs = class_id_arrays(predictions, references)
         if preds.size == 0:
             raise ValueError("accuracy of an empty set of predictions is undefined")
         correct = (preds == refs).astype(np.float64)

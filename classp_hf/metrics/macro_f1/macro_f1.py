@@ -6,9 +6,10 @@ line: ``evaluate``'s loader scans this file line by line for its imports and mis
 subclass it finds in the module namespace, which would then be ``evaluate.Metric`` itself.
 """
 
-import datasets
 import evaluate
 import numpy as np
+
+from classp_hf.metrics._script import CLASS_ID_INPUTS, class_id_arrays, class_id_metric_info
 
 _DESCRIPTION = """
 Macro-F1 is the unweighted mean over classes of the per-class F1 = 2 TP / (2 TP + FP + FN). Classes are the labels
@@ -16,13 +17,9 @@ present in references or predictions (sorted), or the `labels` argument when giv
 (only possible through `labels`) scores 0, as scikit-learn's `f1_score(average="macro", zero_division=0)` does.
 """
 
-_KWARGS_DESCRIPTION = """
-Args:
-    predictions (`list[int]`):
-        Predicted class ids.
-    references (`list[int]`):
-        Ground-truth class ids, same length as `predictions`.
-    labels (`list[int]`, *optional*):
+_KWARGS_DESCRIPTION = (
+    CLASS_ID_INPUTS
+    + """    labels (`list[int]`, *optional*):
         Classes to average over. Defaults to the sorted union of the labels in `references` and `predictions`.
 
 Returns:
@@ -33,8 +30,7 @@ Examples:
     >>> f1.compute(predictions=[0, 0, 1, 2], references=[0, 1, 1, 2])  # (2/3 + 2/3 + 1) / 3
     {'macro_f1': 0.7777777777777777}
 """
-
-_CITATION = ""
+)
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -42,23 +38,10 @@ class MacroF1(evaluate.Metric):
     """Macro-averaged F1 computed with numpy (no scikit-learn dependency)."""
 
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Value("int64"),
-                    "references": datasets.Value("int64"),
-                }
-            ),
-        )
+        return class_id_metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references, labels=None):
-        preds = np.asarray(predictions, dtype=np.int64)
-        refs = np.asarray(references, dtype=np.int64)
-        if preds.shape != refs.shape:
-            raise ValueError(f"predictions and references differ in length: {preds.shape[0]} vs {refs.shape[0]}")
+        preds, refs = class_id_arrays(predictions, references)
         if labels is None:
             classes = np.union1d(refs, preds)
         else:
