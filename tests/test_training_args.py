@@ -114,3 +114,17 @@ def test_bad_optim_groups_name_the_entry(optim_groups, message):
 def test_mask_absent_labels_excludes_label_smoothing():
     with pytest.raises(ValueError, match="^mask_absent_labels: cannot be combined with label_smoothing_factor"):
         TrainingArguments("unused", mask_absent_labels=True, label_smoothing_factor=0.1)
+
+
+def test_deferred_device_setup_leaves_the_device_to_set_up_device():
+    """Arguments built under ``deferred_device_setup()`` (the config check) set no device up until asked (the
+    runner), then do it as transformers' ``__post_init__`` would have."""
+    from classp_hf.training_args import deferred_device_setup
+
+    with deferred_device_setup():
+        args = TrainingArguments("unused", report_to="none", optim="classp", learning_rate=1e-3)
+    assert "_setup_devices" not in args.__dict__  # transformers' cached set-up not run
+    assert args.device.type == "cpu"  # the placeholder
+    assert args.set_up_device() == args.device and "_setup_devices" in args.__dict__
+    plain = TrainingArguments("unused", report_to="none", optim="classp", learning_rate=1e-3)
+    assert "_setup_devices" in plain.__dict__ and plain.set_up_device() == plain.device  # no-op outside

@@ -14,7 +14,15 @@ from classp_hf.continual.config import config_from_dict
 from classp_hf.continual.runner import ContinualRunner
 
 from ..helpers.ownership import LockHolder
-from ..helpers.resume import LORA, Killed, KilledBeforeTask, assert_same_run, snapshot, three_task_config
+from ..helpers.resume import (
+    LORA,
+    Killed,
+    KilledBeforeTask,
+    assert_same_run,
+    kill_resume_and_compare,
+    snapshot,
+    three_task_config,
+)
 
 
 class KilledWhileCheckpointing(ContinualRunner):
@@ -68,13 +76,7 @@ def test_resumed_full_run_matches_the_uninterrupted_one(tmp_path, reference_full
 def test_resumed_lora_run_matches_the_uninterrupted_one(tmp_path, tiny_model_dir, adapters):
     raw = three_task_config(tiny_model_dir, peft={**LORA, "adapters": adapters})
     raw["training"]["learning_rate"] = 5e-3
-    reference = ContinualRunner(config_from_dict(raw), tmp_path / "ref", log=False)
-    reference_results = reference.run().to_dict()
-    with pytest.raises(Killed):
-        KilledBeforeTask(config_from_dict(raw), tmp_path / "out", log=False).run()
-    resumed = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False, resume=True)
-    results = resumed.run().to_dict()
-    assert_same_run(resumed, results, reference, reference_results)
+    resumed, results, reference_results = kill_resume_and_compare(raw, tmp_path)
     if adapters == "per_task":
         names = ["financial_phrasebank", "amazon_reviews", "airline_tweets"]
         assert list(resumed.model.peft_config) == [adapter_name_for_task(name) for name in names]

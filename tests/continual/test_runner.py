@@ -197,11 +197,11 @@ def test_sparsity_diagnostics_and_validation_split(tmp_path, tiny_model_dir):
 
 
 def test_pin_memory_off_without_accelerator_unless_asked(tmp_path, tiny_model_dir, monkeypatch):
+    import classp_hf.continual.config.sections as sections_module  # builds the arguments the runner trains with
     import classp_hf.continual.launch as launch_module
-    import classp_hf.continual.runner as runner_module
 
     def accelerator(available):
-        monkeypatch.setattr(runner_module, "accelerator_available", lambda: available)
+        monkeypatch.setattr(sections_module, "accelerator_available", lambda: available)
         monkeypatch.setattr(launch_module, "accelerator_available", lambda: available)
 
     accelerator(False)
@@ -214,6 +214,28 @@ def test_pin_memory_off_without_accelerator_unless_asked(tmp_path, tiny_model_di
     accelerator(True)
     runner = ContinualRunner(config_from_dict(raw_config(tiny_model_dir)), tmp_path / "c", log=False)
     assert runner.task_args[0].dataloader_pin_memory is True  # transformers' default on GPUs
+
+
+def test_training_arguments_are_built_once(tmp_path, tiny_model_dir, monkeypatch):
+    """The config check builds each task's arguments; the runner trains with copies of them (its folder set),
+    building none itself unless the config changed since."""
+    from classp_hf.training_args import TrainingArguments
+
+    built = []
+    post_init = TrainingArguments.__post_init__
+    monkeypatch.setattr(TrainingArguments, "__post_init__", lambda self: (built.append(self), post_init(self)))
+    config = config_from_dict(raw_config(tiny_model_dir))
+    assert len(built) == 2  # the top-level arguments (the first task's) and the second task's own
+    runner = ContinualRunner(config, tmp_path / "out", log=False)
+    assert len(built) == 2
+    assert [args.output_dir for args in runner.task_args] == [
+        str(tmp_path / "out" / "trainer" / task.name) for task in config.tasks
+    ]
+    assert [args.learning_rate for args in runner.task_args] == [1e-3, 5e-4]
+    assert not any(args is checked for args in runner.task_args for checked in built)  # copies
+    config.training["learning_rate"] = 2e-3  # changed after the check: built again, the same way
+    runner = ContinualRunner(config, tmp_path / "out2", log=False)
+    assert len(built) == 4 and [args.learning_rate for args in runner.task_args] == [2e-3, 5e-4]
 
 
 def test_python_run_with_overrides_returns_the_results(tmp_path, tiny_model_dir):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 import torch
 
+from classp_hf.continual.config import config_from_dict
 from classp_hf.continual.results import validate_results
 from classp_hf.continual.runner import ContinualRunner
 
@@ -65,6 +67,23 @@ def assert_same_run(resumed, resumed_results, reference, reference_results):
         assert a.keys() == b.keys()
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def kill_resume_and_compare(raw, tmp_path):
+    """Runs ``raw`` uninterrupted (into ``tmp_path/ref``) and killed before its third task then resumed (into
+    ``tmp_path/out``), and asserts the two are the same run (:func:`assert_same_run`).
+
+    Returns:
+        ``(resumed runner, its results dict, the uninterrupted run's results dict)``.
+    """
+    reference = ContinualRunner(config_from_dict(raw), tmp_path / "ref", log=False)
+    reference_results = reference.run().to_dict()
+    with pytest.raises(Killed):
+        KilledBeforeTask(config_from_dict(raw), tmp_path / "out", log=False).run()
+    resumed = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False, resume=True)
+    results = resumed.run().to_dict()
+    assert_same_run(resumed, results, reference, reference_results)
+    return resumed, results, reference_results
 
 
 def snapshot(folder):

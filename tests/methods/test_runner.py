@@ -13,7 +13,7 @@ from classp_hf.cli import main as cli_main
 from classp_hf.continual.config import config_from_dict
 from classp_hf.continual.runner import ContinualRunner
 
-from ..helpers.resume import LORA, Killed, KilledBeforeTask, assert_same_run, three_task_config
+from ..helpers.resume import LORA, kill_resume_and_compare, three_task_config
 from ..helpers.runs import SAMPLE, raw_config
 
 ADAMW_LORA = {"optim": "adamw_torch", "learning_rate": 5e-3}
@@ -82,13 +82,7 @@ def test_o_lora_keeps_earlier_adapters_active_and_merges_them_all(tmp_path, tiny
 @pytest.mark.parametrize("key", ["ewc", "ewc_online", "replay", "lwf", "olora"])
 def test_resume_after_a_kill_between_tasks_continues_every_stateful_method(tmp_path, tiny_model_dir, key):
     raw = method_config(tiny_model_dir, key, three_tasks=True)
-    reference = ContinualRunner(config_from_dict(raw), tmp_path / "ref", log=False)
-    reference_results = reference.run().to_dict()
-    with pytest.raises(Killed):
-        KilledBeforeTask(config_from_dict(raw), tmp_path / "out", log=False).run()
-    resumed = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False, resume=True)
-    results = resumed.run().to_dict()
-    assert_same_run(resumed, results, reference, reference_results)
+    resumed, results, reference_results = kill_resume_and_compare(raw, tmp_path)
     assert [t["method_state_bytes"] for t in results["per_task"]] == [
         t["method_state_bytes"] for t in reference_results["per_task"]
     ]

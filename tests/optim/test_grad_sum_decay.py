@@ -10,7 +10,7 @@ from classp_hf.continual.runner import ContinualRunner
 from classp_hf.optim import CLASSP
 from classp_hf.optim.factory import create_optimizer, parse_optim_args
 
-from ..helpers.resume import Killed, KilledBeforeTask, assert_same_run, three_task_config
+from ..helpers.resume import kill_resume_and_compare, three_task_config
 from ..helpers.runs import RecordStart, raw_config
 
 
@@ -129,9 +129,4 @@ def test_the_runner_decays_the_carried_state_once_at_the_boundary(tmp_path, tiny
 def test_a_resumed_run_decays_exactly_as_the_uninterrupted_one(tmp_path, tiny_model_dir):
     raw = three_task_config(tiny_model_dir)
     raw["training"]["optim_args"] = "power=1,eps=1e-8,grad_sum_decay=0.5"
-    reference = ContinualRunner(config_from_dict(raw), tmp_path / "ref", log=False)
-    reference_results = reference.run().to_dict()
-    with pytest.raises(Killed):
-        KilledBeforeTask(config_from_dict(raw), tmp_path / "out", log=False).run()
-    resumed = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False, resume=True)
-    assert_same_run(resumed, resumed.run().to_dict(), reference, reference_results)
+    kill_resume_and_compare(raw, tmp_path)

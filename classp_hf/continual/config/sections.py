@@ -159,11 +159,10 @@ def task_training_options(config: RunConfig, index: int) -> dict[str, Any]:
 
 
 def _owned_options(backend: Backend) -> dict[str, Any]:
-    """The options the run owns, whatever the config says: its seed aside, no saving, the CPU where it runs on it."""
+    """The options the run owns, whatever the config says (its seed aside): no saving, the CPU for CPU processes
+    and for mixed precision on a CPU."""
     owned: dict[str, Any] = {"save_strategy": "no"}
-    if not accelerator_available() or (
-        backend.use_cpu and (backend.num_processes > 1 or backend.mixed_precision != "no")
-    ):
+    if backend.use_cpu and (backend.num_processes > 1 or backend.mixed_precision != "no"):
         owned["use_cpu"] = True  # CPU processes (gloo); bf16 runs with CPU autocast
     return owned
 
@@ -172,7 +171,7 @@ def _options(config: RunConfig, task_training: Mapping[str, Any], backend: Backe
     """Every option of a task's arguments but the output folder's (``task_training``: the task's overrides)."""
     options = {**RUNNER_TRAINING_DEFAULTS, **config.training, **task_training, "seed": config.seed}
     options.update(_owned_options(backend))
-    if options.get("use_cpu"):
+    if options.get("use_cpu") or not accelerator_available():
         options.setdefault("dataloader_pin_memory", False)  # nothing to pin for; torch warns otherwise
     return options
 
