@@ -379,6 +379,7 @@ def test_yaml_exponent_without_a_dot_is_a_float(tmp_path):
         ("classp", "lr=0.1", r"\.lr: not accepted here; set training\.learning_rate"),
         ("classp", "power", r": malformed entry 'power' \(expected key=value\)$"),
         ("classp", "power=abc", r"\.power: expected a finite number, got 'abc'$"),
+        ("classp", "threshold=inf", r"\.threshold: expected a finite number, got inf$"),
     ],
 )
 def test_invalid_optimizer_values_fail_at_load(optim, optim_args, message):

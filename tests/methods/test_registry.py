@@ -55,6 +55,7 @@ def test_parse_single_and_list():
         ("ewc", {}, r"^method_args\.lambda_: required by ewc"),
         ("ewc", {"lambda_": -1}, r"^method_args\.lambda_: expected a number >= 0, got -1$"),
         ("ewc", {"lambda_": "big"}, r"^method_args\.lambda_: expected a finite number, got 'big'$"),
+        ("ewc", {"lambda_": float("inf")}, r"^method_args\.lambda_: expected a finite number, got inf$"),
         (
             "ewc",
             {"lamda": 1},
