@@ -96,8 +96,14 @@ def test_shipped_grid_files_load_with_their_profiles(name):
             sizes = (config.max_length, config.training["num_train_epochs"])
             if profile == "gpu":
                 assert samples == {None} and sizes == (256, 1)
-            else:  # docs/protocol.md's sizes by default; the earlier ones (64 tokens, one epoch) as `smoke`
-                assert samples <= {800, 1000} and sizes == ((128, 4) if profile is None else (64, 1))
+            else:  # docs/protocol.md's sizes by default; the earlier ones (64 tokens, one epoch, linear) as `smoke`
+                assert sizes == ((128, 4) if profile is None else (64, 1))
+                schedule = config.training["lr_scheduler_type"]
+                assert schedule == ("constant" if profile is None else "linear")
+                by_task = {task.name: task.max_train_samples for task in config.tasks}
+                assert set(by_task.values()) <= {800, 1000} | ({500} if profile is None else set())
+                if "imdb" in by_task and profile is None:
+                    assert by_task["imdb"] == 500  # 400 train: 100 steps, the same four epochs
                 assert {task.max_eval_samples for task in config.tasks} <= {400, 500}
 
 
