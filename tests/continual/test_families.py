@@ -18,6 +18,7 @@ from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from classp_hf.continual.adapters import adapter_name_for_task
+from classp_hf.continual.compare.grid import load_presets
 from classp_hf.continual.config import ConfigError, config_from_dict, load_config
 from classp_hf.continual.families import classification_head
 from classp_hf.continual.results import validate_results
@@ -254,14 +255,17 @@ def test_head_found_by_what_the_model_reports(family_model_dir):
 
 @pytest.mark.parametrize("family,peft", [("llama", None), ("distilbert", {**LORA, "target_modules": "all-linear"})])
 def test_optim_groups_head_pattern_is_the_head_the_model_reports(family, peft, family_model_dir, tmp_path):
-    training = {**run_config("x")["training"], "optim_groups": [{"params": "<head>", "lr_scale": 0.5}]}
+    # the `classp_head` preset's head group, so the preset works on decoders too
+    groups = next(g for g in load_presets()["classp_head"].grid["training.optim_groups"] if g)
+    assert groups == [{"params": "<head>", "lr_scale": 0.1}]
+    training = {**run_config("x")["training"], "optim_groups": groups}
     raw = run_config(family_model_dir(family), training=training, peft=peft)
     runner = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False)
     runner.setup()
     trainer = runner._trainer(0)
     trainer.create_optimizer()
     names = {id(p): n for n, p in runner.model.named_parameters()}
-    scaled = {names[id(p)] for g in trainer.optimizer.param_groups if g["lr"] == 0.5 * 1e-2 for p in g["params"]}
+    scaled = {names[id(p)] for g in trainer.optimizer.param_groups if g["lr"] == 0.1 * 1e-2 for p in g["params"]}
     head = classification_head(runner.model.get_base_model() if peft else runner.model)
     expected = {
         n
