@@ -288,25 +288,29 @@ def plot_curves(records: Sequence[Mapping[str, Any]], output: Path, margin: floa
                 linestyle=styles.get(record["max_length"], "-."),
                 marker="s" if constant else markers.get(float(record["epochs"]), "D"),
                 markersize=3,
-                alpha=0.6 if constant else 1.0,
+                linewidth=1.8 if constant else 1.0,
+                alpha=1.0 if constant else 0.45,
                 color=palette.get(record["optimizer"], "tab:gray"),
-                label=f"{record['optimizer']} lr {record['learning_rate']:g}, {record['max_length']} tok, "
-                f"{record['schedule']}, {record['steps']} steps",
+                label=f"{record['optimizer']} lr {record['learning_rate']:g}, {record['train_examples']} train, "
+                f"{record['max_length']} tok, {record['schedule']}, {record['steps']} steps",
             )
-        majority = 100 * runs[0]["majority"]
+        # the majority lines of the newest run at a constant schedule (the protocol's) where there is one
+        reference = next((record for record in reversed(runs) if record["schedule"] == "constant"), runs[0])
+        majority = 100 * reference["majority"]
         axis.axhline(majority, color="black", linewidth=0.8, label=f"majority ({majority:.1f}%)")
         axis.axhline(majority + 100 * margin, color="black", linestyle="--", linewidth=0.8, label="majority + 15")
-        axis.set_title(f"{task} ({runs[0]['train_examples']} train, {runs[0]['validation_examples']} validation)")
+        axis.set_title(f"{task} ({reference['train_examples']} train, {reference['validation_examples']} validation)")
         axis.set_xlabel("step (batch 16)")
         axis.set_ylabel("validation accuracy (%)")
         axis.set_ylim(0, 100)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7, loc="lower right")
+        axis.legend(fontsize=6, loc="lower right")
     for axis in list(axes.flat)[len(tasks) :]:
         axis.set_visible(False)
     figure.suptitle(
         "Each task trained alone: MiniLM, CLASSP (red; orange: lr other than 1e-3) vs AdamW (blue; cyan: lr other "
-        "than 5e-5), seed 0; markers: circles 2 epochs, triangles 4",
+        "than 5e-5), seed 0\nbold squares: a constant learning rate (the protocol); faint: linear (circles 2 epochs, "
+        "triangles 4)",
         fontsize=9,
     )
     figure.tight_layout()

@@ -94,7 +94,8 @@ def load_model(config: RunConfig, source: str, tokenizer: Any, *, bars: bool = T
 
 
 def checkpoints_activations(task_args: Sequence[TrainingArguments], model: torch.nn.Module) -> bool:
-    """Whether ``training.gradient_checkpointing`` (or ``activation_checkpointing``) is on for any task.
+    """Whether ``training.activation_checkpointing`` (transformers' older name: ``gradient_checkpointing``) is on for
+    any task.
 
     Args:
         task_args: every stage's ``TrainingArguments``.
@@ -112,8 +113,8 @@ def checkpoints_activations(task_args: Sequence[TrainingArguments], model: torch
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise ConfigError(
-            f"config.training.gradient_checkpointing: {type(base).__name__} does not support gradient "
-            "checkpointing; leave it out"
+            f"config.training.activation_checkpointing (or gradient_checkpointing): {type(base).__name__} does not "
+            "support activation checkpointing; leave it out"
         )
     return True
 

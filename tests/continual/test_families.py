@@ -18,6 +18,7 @@ from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from classp_hf.continual.adapters import adapter_name_for_task
+from classp_hf.continual.compare.grid import load_presets
 from classp_hf.continual.config import ConfigError, config_from_dict, load_config
 from classp_hf.continual.families import classification_head
 from classp_hf.continual.results import validate_results
@@ -254,14 +255,17 @@ def test_head_found_by_what_the_model_reports(family_model_dir):
 
 @pytest.mark.parametrize("family,peft", [("llama", None), ("distilbert", {**LORA, "target_modules": "all-linear"})])
 def test_optim_groups_head_pattern_is_the_head_the_model_reports(family, peft, family_model_dir, tmp_path):
-    training = {**run_config("x")["training"], "optim_groups": [{"params": "<head>", "lr_scale": 0.5}]}
+    # the `classp_head` preset's head group, so the preset works on decoders too
+    groups = next(g for g in load_presets()["classp_head"].grid["training.optim_groups"] if g)
+    assert groups == [{"params": "<head>", "lr_scale": 0.1}]
+    training = {**run_config("x")["training"], "optim_groups": groups}
     raw = run_config(family_model_dir(family), training=training, peft=peft)
     runner = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False)
     runner.setup()
     trainer = runner._trainer(0)
     trainer.create_optimizer()
     names = {id(p): n for n, p in runner.model.named_parameters()}
-    scaled = {names[id(p)] for g in trainer.optimizer.param_groups if g["lr"] == 0.5 * 1e-2 for p in g["params"]}
+    scaled = {names[id(p)] for g in trainer.optimizer.param_groups if g["lr"] == 0.1 * 1e-2 for p in g["params"]}
     head = classification_head(runner.model.get_base_model() if peft else runner.model)
     expected = {
         n
@@ -334,23 +338,23 @@ def test_resume_after_a_kill_on_a_decoder_gives_identical_results(family_run, fa
 
 
 @pytest.mark.parametrize("variant", ["full", "lora"])
-def test_gradient_checkpointing_trains_what_the_plain_run_trains(variant, family_run, family_model_dir, tmp_path):
+def test_activation_checkpointing_trains_what_the_plain_run_trains(variant, family_run, family_model_dir, tmp_path):
     reference, reference_results = family_run("llama", variant)
-    training = {**run_config("x")["training"], "gradient_checkpointing": True}
+    training = {**run_config("x")["training"], "activation_checkpointing": True}
     # reentrant checkpointing gives frozen inputs no gradient: LoRA needs inputs that require grad
-    training["gradient_checkpointing_kwargs"] = {"use_reentrant": True}
+    training["activation_checkpointing_kwargs"] = {"use_reentrant": True}
     runner, results = method_run(tmp_path, family_model_dir("llama"), training=training, **VARIANTS[variant]("llama"))
     base = runner.model.get_base_model() if variant == "lora" else runner.model
-    assert base.is_gradient_checkpointing
+    assert base.is_activation_checkpointing
     assert results["accuracy_matrix"] == reference_results["accuracy_matrix"]
     expected = trainable(reference.model)
     for name, param in trainable(runner.model).items():
         torch.testing.assert_close(param, expected[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_lora_with_gradient_checkpointing_makes_the_inputs_require_grad(family_model_dir, tmp_path):
+def test_lora_with_activation_checkpointing_makes_the_inputs_require_grad(family_model_dir, tmp_path):
     """Frozen embeddings give a reentrant checkpointed layer no input that requires grad: set up before training."""
-    training = {**run_config("x")["training"], "gradient_checkpointing": True}
+    training = {**run_config("x")["training"], "activation_checkpointing": True}  # transformers 5's name
     raw = run_config(family_model_dir("llama"), training=training, peft=lora_section("llama"))
     runner = ContinualRunner(config_from_dict(raw), tmp_path / "out", log=False)
     runner.setup()
@@ -359,17 +363,18 @@ def test_lora_with_gradient_checkpointing_makes_the_inputs_require_grad(family_m
     assert runner.model.get_input_embeddings()(ids).requires_grad
 
 
-def test_gradient_checkpointing_unsupported_is_refused(family_model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("key", ["activation_checkpointing", "gradient_checkpointing"])
+def test_activation_checkpointing_unsupported_is_refused(key, family_model_dir, tmp_path, monkeypatch):
     from transformers import LlamaForSequenceClassification
 
     monkeypatch.setattr(LlamaForSequenceClassification, "supports_gradient_checkpointing", False)
-    training = {**run_config("x")["training"], "gradient_checkpointing": True}
+    training = {**run_config("x")["training"], key: True}
     runner = ContinualRunner(
         config_from_dict(run_config(family_model_dir("llama"), training=training)), tmp_path / "out", log=False
     )
     message = (
-        "config.training.gradient_checkpointing: LlamaForSequenceClassification does not support gradient "
-        "checkpointing; leave it out"
+        "config.training.activation_checkpointing (or gradient_checkpointing): LlamaForSequenceClassification does "
+        "not support activation checkpointing; leave it out"
     )
     with pytest.raises(ConfigError) as error:
         runner.setup()

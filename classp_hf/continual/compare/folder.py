@@ -8,6 +8,7 @@ folder, config, log and timing file (:func:`run_paths`); a run found there is ``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -17,7 +18,14 @@ from typing import Any, Literal
 from classp_hf.continual.compare.results import RunRecord, run_metrics
 from classp_hf.continual.config import ConfigError, RunConfig, stored_config_differences
 from classp_hf.continual.outputs import OutputDirError, is_complete_model
-from classp_hf.continual.ownership import Owner, activate, folder_entries, legacy_entries
+from classp_hf.continual.ownership import (
+    MARKER_FILENAME,
+    FolderLock,
+    Owner,
+    activate,
+    folder_entries,
+    legacy_entries,
+)
 
 __all__ = [
     "CACHE_FOLDER",
@@ -89,7 +97,10 @@ def earlier_owner(output_dir: Path) -> Owner | None:
 
 def clear_outputs(output_dir: Path) -> list[str]:
     """``--overwrite``: removes what the earlier comparison wrote (its marker's manifest; each of its runs through
-    the run's own marker), nothing else; the plan first.
+    the run's own marker), nothing else; the plan first. Each run folder's lock is taken before anything goes.
+
+    Raises:
+        FolderBusyError: another process holds a run folder's lock (nothing removed).
 
     Returns:
         The paths removed, relative to ``output_dir``.
@@ -97,10 +108,25 @@ def clear_outputs(output_dir: Path) -> list[str]:
     owner = earlier_owner(output_dir)
     if owner is None:
         return []
-    cache = output_dir / CACHE_FOLDER
-    if owner.owns(cache) and cache.is_dir() and not cache.is_symlink():
-        shutil.rmtree(cache)  # only caches live there (tokenized tasks, scores), written by the runs
-    return owner.remove(output_dir / PLAN_FILENAME) + owner.clear()
+    run_dirs = sorted({marker.parent for marker in (output_dir / "runs").rglob(MARKER_FILENAME)})
+    with contextlib.ExitStack() as locks:
+        # every run folder's lock first: a `classp-hf run --resume` still writing into one of them stops this
+        # (FolderBusyError, naming its pid) before anything is removed
+        for run_dir in run_dirs:
+            locks.enter_context(FolderLock(run_dir, what="run folder"))
+        cache = output_dir / CACHE_FOLDER
+        if owner.owns(cache) and cache.is_dir() and not cache.is_symlink():
+            shutil.rmtree(cache)  # only caches live there (tokenized tasks, scores), written by the runs
+        removed = owner.remove(output_dir / PLAN_FILENAME) + owner.clear()
+    for run_dir in run_dirs:  # the folders the lock files kept, once empty, up to the comparison folder
+        for folder in (run_dir, *run_dir.parents):
+            if folder == output_dir or output_dir not in folder.parents:
+                break
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+    return removed
 
 
 def own_folder(output_dir: Path, overwrite: bool) -> Owner:

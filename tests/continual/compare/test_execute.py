@@ -27,6 +27,7 @@ from classp_hf.continual.compare.execute import (
 from classp_hf.continual.compare.grid import GridPoint
 from classp_hf.continual.compare.report import render_markdown
 from classp_hf.continual.config import ConfigError
+from classp_hf.continual.ownership import LOCK_FILENAME, FolderBusyError, FolderLock
 
 from ...helpers.compare import FakeLauncher, comparison_config, crafted_results, write_grid
 
@@ -251,3 +252,21 @@ def test_a_run_made_before_a_config_key_existed_is_reused_when_the_key_has_its_d
     stored_path.write_text("{unclosed: [")  # an unreadable config.yaml is a mismatch that says why
     with pytest.raises(ConfigError, match=r"run runs/plain/default/seed0 .*differs in everything: cannot read"):
         compare(grid, output, launcher=again, log=False)
+
+
+def test_overwrite_waits_for_no_run_and_removes_nothing_while_one_writes(tmp_path, base_config):
+    """``--overwrite`` takes every run folder's lock before it removes anything: a run still writing into one
+    (here: its lock held) stops it with the pid, and every file stays; once free, the folders go whole."""
+    grid = write_grid(tmp_path, [{"name": "plain"}, "classp"])
+    output = tmp_path / "out"
+    compare(grid, output, launcher=FakeLauncher(lambda job: (0.5, 0.5)), log=False)
+    before = sorted(p.relative_to(output).as_posix() for p in output.rglob("*"))
+    busy = output / "runs" / "plain" / "default" / "seed0"
+    assert (busy / "results.json").is_file()
+    with FolderLock(busy, what="run folder"), pytest.raises(FolderBusyError, match=rf"run folder {busy} is in use"):
+        compare(grid, output, launcher=FakeLauncher(lambda job: (0.6, 0.6)), overwrite=True, log=False)
+    assert sorted(p.relative_to(output).as_posix() for p in output.rglob("*")) == before
+    again = FakeLauncher(lambda job: (0.6, 0.6))
+    compare(grid, output, launcher=again, overwrite=True, log=False)
+    assert len(again.launched) == 3 and not list(output.rglob(LOCK_FILENAME))  # plain, classp's two lrs
+    assert json.loads((busy / "results.json").read_text())["metrics"]["acc"] == 0.6

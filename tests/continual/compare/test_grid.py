@@ -96,8 +96,14 @@ def test_shipped_grid_files_load_with_their_profiles(name):
             sizes = (config.max_length, config.training["num_train_epochs"])
             if profile == "gpu":
                 assert samples == {None} and sizes == (256, 1)
-            else:  # docs/protocol.md's sizes by default; the earlier ones (64 tokens, one epoch) as `smoke`
-                assert samples <= {800, 1000} and sizes == ((128, 4) if profile is None else (64, 1))
+            else:  # docs/protocol.md's sizes by default; the earlier ones (64 tokens, one epoch, linear) as `smoke`
+                assert sizes == ((128, 4) if profile is None else (64, 1))
+                schedule = config.training["lr_scheduler_type"]
+                assert schedule == ("constant" if profile is None else "linear")
+                by_task = {task.name: task.max_train_samples for task in config.tasks}
+                assert set(by_task.values()) <= {800, 1000} | ({500} if profile is None else set())
+                if "imdb" in by_task and profile is None:
+                    assert by_task["imdb"] == 500  # 400 train: 100 steps, the same four epochs
                 assert {task.max_eval_samples for task in config.tasks} <= {400, 500}
 
 
@@ -114,42 +120,40 @@ def test_experiment_files_cover_the_issue(tmp_path):
     assert all(len(s.points) == 1 for s in quickstart.settings)
 
 
-def test_experiment_2_reuses_a_grid_point_of_experiment_1():
-    """Experiment 2 runs one point per setting, one that experiment 1's grid offered for the same setting."""
+def _chosen_keys(grid, setting, point):
+    config = grid.run_config(setting, point, 0)
+    training = config.training
+    return (training["optim"], training["learning_rate"], training.get("optim_args"), config.method, config.method_args)
 
-    def chosen_keys(grid, setting, point):
-        config = grid.run_config(setting, point, 0)
-        training = config.training
-        return (
-            training["optim"],
-            training["learning_rate"],
-            training.get("optim_args"),
-            config.method,
-            config.method_args,
-        )
 
+def test_experiment_2_chooses_among_points_experiment_1_offers():
+    """Experiment 2 chooses each setting's point on its own queue, among points experiment 1's grid offers too."""
     fpb_imdb = load_grid(EXPERIMENTS / "fpb_imdb.yaml")
     queue = load_grid(EXPERIMENTS / "sentiment_queue.yaml")
-    offered = {s.name: [chosen_keys(fpb_imdb, s, point) for point in s.points] for s in fpb_imdb.settings}
-    assert len(queue.settings) == 12 and queue.seeds == [0, 1, 2]  # 10 settings and the two references
+    offered = {s.name: [_chosen_keys(fpb_imdb, s, point) for point in s.points] for s in fpb_imdb.settings}
+    assert queue.seeds == [0, 1, 2]
+    names = {setting.name for setting in queue.settings}
+    assert names >= {"adamw", "classp", "classp_decay", "ewc", "replay", "joint", "single_task"}
     for setting in queue.settings:
-        assert len(setting.points) == 1, setting.name
-        assert chosen_keys(queue, setting, setting.points[0]) in offered[setting.name], setting.name
+        points = [_chosen_keys(queue, setting, point) for point in setting.points]
+        assert all(points.count(point) == 1 for point in points) and (
+            len(points) > 1 or setting.name.endswith("replay")
+        ), setting.name
+        assert all(point in offered[setting.name] for point in points), setting.name
 
 
-def test_experiment_2_rechosen_offers_experiment_2s_point_among_its_grid():
-    """The re-chosen check differs from experiment 2 only in choosing again: its grid holds experiment 2's run."""
+def test_experiment_2_rechosen_offers_experiment_2s_points_among_its_grid():
+    """The re-chosen check runs the presets' whole grids: they hold every point experiment 2 chooses among."""
     queue = load_grid(EXPERIMENTS / "sentiment_queue.yaml")
     again = load_grid(EXPERIMENTS / "sentiment_queue_rechosen.yaml")
     assert again.seeds == queue.seeds
     assert {s.name for s in again.settings} == {"adamw", "ewc", "classp", "classp_decay"}  # + CLASSP's gamma grid
     for setting in again.settings:
         assert len(setting.points) > 1, setting.name
-        if setting.name == "classp_decay":
-            continue
         fixed = next(s for s in queue.settings if s.name == setting.name)
         offered = [again.run_config(setting, point, 0).to_dict() for point in setting.points]
-        assert queue.run_config(fixed, fixed.points[0], 0).to_dict() in offered, setting.name
+        for point in fixed.points:
+            assert queue.run_config(fixed, point, 0).to_dict() in offered, setting.name
 
 
 @pytest.mark.parametrize(
