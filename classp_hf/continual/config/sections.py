@@ -1,6 +1,7 @@
 """The checks of one config section each: ``peft:`` (through ``peft.LoraConfig``), ``training:`` (keys, types,
-ranges, then ``classp_hf.TrainingArguments`` built for each task), ``optim``/``optim_args`` (the optimizer built
-on a dummy parameter, ``fused`` compiled once), and ``method``/``method_args``.
+ranges, then ``classp_hf.TrainingArguments`` built once for each task and kept for the runner:
+:func:`training_arguments`), ``optim``/``optim_args`` (the optimizer built on a dummy parameter, ``fused`` compiled
+once), and ``method``/``method_args``; the values through the shared checker (:mod:`classp_hf.validation`).
 """
 
 from __future__ import annotations
