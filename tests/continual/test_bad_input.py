@@ -63,7 +63,8 @@ CASES = {
     "unknown key": Case(top(modle="x"), r"config\.modle: unknown key \(did you mean .model.\? accepted: diagnostics, "),
     "model_dtype": Case(top(model_dtype="fp16"), r"config\.model_dtype: expected one of float32, bfloat16, float16"),
     "max_train_samples": Case(
-        task(0, max_train_samples=1.5), r"tasks\[0\] \(financial_phrasebank\)\.max_train_samples"
+        task(0, max_train_samples=1.5),
+        r"tasks\[0\] \(financial_phrasebank\)\.max_train_samples: expected an integer or null, got 1\.5$",
     ),
     # training:
     "epochs as text": Case(training(num_train_epochs="one"), r"config\.training\.num_train_epochs: expected a finite"),
