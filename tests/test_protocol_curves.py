@@ -3,12 +3,9 @@ finished runs, the majority-class verdict, the table and the figure."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections import Counter
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
@@ -17,22 +14,14 @@ import yaml
 from classp_hf.continual.config import load_config
 from classp_hf.continual.tasks import load_task
 
+from .helpers.recipes import load_recipe
 from .helpers.runs import tiny_bert_config
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "recipes" / "data" / "quickstart"
 
 
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("protocol_curves", REPO / "recipes" / "protocol_curves.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-curves = _load_script()
+curves = load_recipe("protocol_curves")
 
 
 @pytest.fixture(scope="module")

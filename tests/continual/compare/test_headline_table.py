@@ -3,28 +3,14 @@ paired difference to the reference and the "did not learn" marks, and refuses a 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from classp_hf.continual.compare import compare
 
 from ...helpers.compare import FakeLauncher, write_grid
-
-REPO = Path(__file__).resolve().parents[3]
-
-
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("headline_table", REPO / "recipes" / "headline_table.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from ...helpers.recipes import load_recipe
 
 
 @pytest.fixture
@@ -43,7 +29,7 @@ def comparison(tmp_path, base_config):
 
 
 def test_rows_are_the_comparisons_numbers(comparison, capsys):
-    script = _load_script()
+    script = load_recipe("headline_table")
     assert script.main([str(comparison), "--settings", "adamw,classp"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("| setting (chosen point) | ACC % | financial_phrasebank after the last task % |")
@@ -55,7 +41,7 @@ def test_rows_are_the_comparisons_numbers(comparison, capsys):
 
 
 def test_difference_interval_and_marks(comparison):
-    script = _load_script()
+    script = load_recipe("headline_table")
     data = json.loads((comparison / "comparison.json").read_text())
     adamw = next(s for s in data["settings"] if s["name"] == "adamw")
     adamw["versus_reference"] = {"mean": -0.15, "low": -0.2, "high": 0.01, "within_noise": True}
@@ -68,7 +54,7 @@ def test_difference_interval_and_marks(comparison):
 
 
 def test_unknown_setting_and_missing_comparison(comparison, tmp_path):
-    script = _load_script()
+    script = load_recipe("headline_table")
     with pytest.raises(SystemExit, match=r"--settings: sgd not in the comparison \(it holds classp, adamw\)"):
         script.main([str(comparison), "--settings", "classp,sgd"])
     with pytest.raises(SystemExit, match=r"comparison.json: not found"):
