@@ -19,17 +19,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from classp_hf.continual.compare.report import format_mean_std
+
 MIB = 2**20
-
-
-def _pm(stat: Mapping[str, Any] | None, scale: float = 100.0) -> str:
-    """``mean ± std`` of a summary entry (``n/a`` where no seed finished; the mean alone for one seed)."""
-    if not stat or stat.get("mean") is None:
-        return "n/a"
-    mean = scale * stat["mean"]
-    if stat.get("std") is None:
-        return f"{mean:.1f}"
-    return f"{mean:.1f} ± {scale * stat['std']:.1f}"
 
 
 def _chosen(setting: Mapping[str, Any]) -> str:
@@ -84,9 +76,9 @@ def headline_rows(data: Mapping[str, Any], settings: Sequence[str] | None = None
         rows.append(
             [
                 f"{'reference: ' if is_reference else ''}{name}{_chosen(setting)}",
-                _pm(summary.get("acc")),
-                _pm(summary.get("first_task_final")),
-                _pm(summary.get("forgetting")) if not is_reference else "n/a",
+                format_mean_std(summary.get("acc")),
+                format_mean_std(summary.get("first_task_final")),
+                format_mean_std(summary.get("forgetting")) if not is_reference else "n/a",
                 "n/a" if memory is None else f"{memory / MIB:.0f}",
                 "n/a" if is_reference else _versus(setting, reference),
                 "; ".join(notes),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ __all__ = [
     "FIGURES",
     "load_comparison_schema",
     "validate_comparison",
+    "format_mean_std",
     "format_table",
     "render_markdown",
     "plot_accuracy_matrices",
@@ -87,14 +88,26 @@ def validate_comparison(data: Any) -> None:
 # -- formatting -----------------------------------------------------------------------------------
 
 
-def _pm(
-    stat: dict[str, Any] | None,
+def format_mean_std(
+    stat: Mapping[str, Any] | None,
     scale: float = 100.0,
     digits: int = 1,
     signed: bool = False,
     runs: int | None = None,
 ) -> str:
-    """``{mean: 0.612, std: 0.021}`` -> ``61.2 ± 2.1``; ``61.2 ± 2.1 (n=2)`` when fewer than ``runs`` runs have it."""
+    """One summary entry as ``mean ± std``, the way comparison.md prints it.
+
+    Args:
+        stat (`Mapping`, *optional*): ``{"mean": ..., "std": ..., "n": ...}`` of comparison.json's summaries
+            (``std`` is null for one seed).
+        scale (`float`): multiplies mean and std (100 for accuracies stored as fractions).
+        digits (`int`): decimals.
+        signed (`bool`): print the mean's sign (``+0.6``).
+        runs (`int`, *optional*): the runs a complete setting has; ``(n=2)`` is added when fewer have the entry.
+
+    Returns:
+        ``61.2 ± 2.1``, ``61.2`` (one seed), ``61.2 ± 2.1 (n=2)``, or ``n/a`` where no run has it.
+    """
     if not stat or stat.get("mean") is None:
         return _NA
     sign = "+" if signed else ""
@@ -198,13 +211,13 @@ def format_table(data: dict[str, Any]) -> str:
             [
                 _row_name(setting),
                 _chosen_label(setting),
-                _pm(s["acc"]),
+                format_mean_std(s["acc"]),
                 _difference(setting),
-                _pm(s["bwt"], signed=True),
-                _pm(s["forgetting"]),
-                _pm(s["first_task_final"]),
-                _pm(s["extra_memory_bytes"], 1 / _MIB, 2),
-                _pm(s["wall_seconds"], 1.0, 0),
+                format_mean_std(s["bwt"], signed=True),
+                format_mean_std(s["forgetting"]),
+                format_mean_std(s["first_task_final"]),
+                format_mean_std(s["extra_memory_bytes"], 1 / _MIB, 2),
+                format_mean_std(s["wall_seconds"], 1.0, 0),
                 _runs_text(s),
                 _notes(setting, data),
             ]
@@ -264,19 +277,19 @@ def _accuracy_section(data: dict[str, Any]) -> list[str]:
     for setting in _ordered(data):
         s = setting["summary"]
         final = s["final_accuracy"]
-        per_task = [_pm({"mean": m, "std": sd}) for m, sd in zip(final["mean"], final["std"])] or [_NA] * len(
-            data["tasks"]
-        )
+        per_task = [format_mean_std({"mean": m, "std": sd}) for m, sd in zip(final["mean"], final["std"])] or [
+            _NA
+        ] * len(data["tasks"])
         rows.append(
             [
                 _row_name(setting),
                 _chosen_label(setting),
                 _runs_text(s),
-                _pm(s["acc"]),
-                _pm(s.get("acc_task_labels"), runs=s["complete"]),  # absent from runs of older versions
-                _pm(s["bwt"], signed=True),
-                _pm(s["forgetting"]),
-                _pm(s["first_task_final"]),
+                format_mean_std(s["acc"]),
+                format_mean_std(s.get("acc_task_labels"), runs=s["complete"]),  # absent from runs of older versions
+                format_mean_std(s["bwt"], signed=True),
+                format_mean_std(s["forgetting"]),
+                format_mean_std(s["first_task_final"]),
                 *per_task,
                 _notes(setting, data),
             ]
@@ -317,7 +330,7 @@ def _references_section(data: dict[str, Any]) -> list[str]:
         rows.append(
             [
                 _row_name(setting),
-                _pm(setting["summary"]["acc"]),
+                format_mean_std(setting["summary"]["acc"]),
                 _pts(gap),
                 *[_pct(v) + ("%" if v is not None else "") for v in share],
                 _difference(setting),
@@ -364,13 +377,13 @@ def _cost_section(data: dict[str, Any]) -> list[str]:
                 _row_name(setting),
                 _count(s["trainable_parameters"]),
                 _count(s["total_parameters"]),
-                _pm(s["extra_memory_bytes"], 1 / _MIB, 2),
-                _pm(s["bytes_per_trainable_parameter"], 1.0, 2),
-                _pm(s["optimizer_state_bytes"], 1 / _MIB, 2),
-                _pm(s["method_state_bytes"], 1 / _MIB, 2),
-                _pm(s["wall_seconds"], 1.0, 0),
-                _pm(s["cpu_seconds"], 1.0, 0),
-                _pm(s.get("training_share"), 100.0, 0),
+                format_mean_std(s["extra_memory_bytes"], 1 / _MIB, 2),
+                format_mean_std(s["bytes_per_trainable_parameter"], 1.0, 2),
+                format_mean_std(s["optimizer_state_bytes"], 1 / _MIB, 2),
+                format_mean_std(s["method_state_bytes"], 1 / _MIB, 2),
+                format_mean_std(s["wall_seconds"], 1.0, 0),
+                format_mean_std(s["cpu_seconds"], 1.0, 0),
+                format_mean_std(s.get("training_share"), 100.0, 0),
             ]
         )
     return [
@@ -391,7 +404,10 @@ def _updates_section(data: dict[str, Any]) -> list[str]:
     """CLASSP's update diagnostics per setting (runs with ``diagnostics: true``); nothing when none has them."""
     keys = ("update_fraction", "task_update_fraction", "overlap_with_earlier")
     rows = [
-        [setting["name"], *(_pm(setting["summary"].get(key), runs=setting["summary"]["complete"]) for key in keys)]
+        [
+            setting["name"],
+            *(format_mean_std(setting["summary"].get(key), runs=setting["summary"]["complete"]) for key in keys),
+        ]
         for setting in data["settings"]
         if (setting["summary"].get("update_fraction") or {}).get("mean") is not None
     ]

@@ -14,7 +14,7 @@ from classp_hf.continual.compare.execute import (
     run_metrics,
     summarize,
 )
-from classp_hf.continual.compare.report import FIGURES, load_comparison_schema, render_markdown
+from classp_hf.continual.compare.report import FIGURES, format_mean_std, load_comparison_schema, render_markdown
 
 from ...helpers.compare import TASKS, FakeLauncher, comparison_config, crafted_results, write_grid
 
@@ -75,3 +75,20 @@ def test_outputs_figures_and_schema(tmp_path, base_config):
     assert (output / "compare_plan.json").is_file()
     configs = sorted(p.relative_to(output).as_posix() for p in (output / "configs").rglob("*.yaml"))
     assert "configs/adamw/default/seed1.yaml" in configs
+
+
+@pytest.mark.parametrize(
+    ("stat", "options", "expected"),
+    [
+        ({"mean": 0.6123, "std": 0.0214, "n": 3}, {}, "61.2 ± 2.1"),
+        ({"mean": 0.6123, "std": None, "n": 1}, {}, "61.2"),  # one seed: no std
+        ({"mean": 0.006, "std": 0.004, "n": 3}, {"signed": True}, "+0.6 ± 0.4"),
+        ({"mean": 0.6123, "std": 0.0214, "n": 2}, {"runs": 3}, "61.2 ± 2.1 (n=2)"),  # a seed is missing
+        ({"mean": 0.6123, "std": 0.0214, "n": 3}, {"runs": 3}, "61.2 ± 2.1"),
+        ({"mean": 3 * 2**20, "std": 0.0, "n": 3}, {"scale": 1 / 2**20, "digits": 2}, "3.00 ± 0.00"),
+        ({"mean": None, "std": None, "n": 0}, {}, "n/a"),
+        (None, {}, "n/a"),
+    ],
+)
+def test_format_mean_std_prints_a_summary_entry_as_comparison_md_does(stat, options, expected):
+    assert format_mean_std(stat, **options) == expected
