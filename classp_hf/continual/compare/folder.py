@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from classp_hf.continual.checkpoint import RUN_STATE
 from classp_hf.continual.compare.results import RunRecord, run_metrics
 from classp_hf.continual.config import ConfigError, RunConfig, stored_config_differences
 from classp_hf.continual.outputs import OutputDirError, is_complete_model
@@ -108,7 +109,9 @@ def clear_outputs(output_dir: Path) -> list[str]:
     owner = earlier_owner(output_dir)
     if owner is None:
         return []
-    run_dirs = sorted({marker.parent for marker in (output_dir / "runs").rglob(MARKER_FILENAME)})
+    # run folders: this version's (a marker) and an earlier classp_hf's (run_state.json, no marker)
+    runs = output_dir / "runs"
+    run_dirs = sorted({found.parent for name in (MARKER_FILENAME, RUN_STATE) for found in runs.rglob(name)})
     with contextlib.ExitStack() as locks:
         # every run folder's lock first: a `classp-hf run --resume` still writing into one of them stops this
         # (FolderBusyError, naming its pid) before anything is removed

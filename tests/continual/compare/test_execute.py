@@ -27,7 +27,7 @@ from classp_hf.continual.compare.execute import (
 from classp_hf.continual.compare.grid import GridPoint
 from classp_hf.continual.compare.report import render_markdown
 from classp_hf.continual.config import ConfigError
-from classp_hf.continual.ownership import LOCK_FILENAME, FolderBusyError, FolderLock
+from classp_hf.continual.ownership import LOCK_FILENAME, MARKER_FILENAME, FolderBusyError, FolderLock
 
 from ...helpers.compare import FakeLauncher, comparison_config, crafted_results, write_grid
 
@@ -270,3 +270,18 @@ def test_overwrite_waits_for_no_run_and_removes_nothing_while_one_writes(tmp_pat
     compare(grid, output, launcher=again, overwrite=True, log=False)
     assert len(again.launched) == 3 and not list(output.rglob(LOCK_FILENAME))  # plain, classp's two lrs
     assert json.loads((busy / "results.json").read_text())["metrics"]["acc"] == 0.6
+
+
+def test_overwrite_locks_run_folders_of_an_earlier_version_too(tmp_path, base_config):
+    """A run folder an earlier classp_hf wrote (``run_state.json``, no marker) is locked like the others: a process
+    holding it stops ``--overwrite`` before anything is removed."""
+    grid = write_grid(tmp_path, [{"name": "plain"}])
+    output = tmp_path / "out"
+    compare(grid, output, launcher=FakeLauncher(lambda job: (0.5, 0.5)), log=False)
+    busy = output / "runs" / "plain" / "default" / "seed0"
+    (busy / MARKER_FILENAME).unlink()
+    (busy / "run_state.json").write_text(json.dumps({"tasks": [], "done": []}))  # what marks an earlier version's run
+    before = sorted(p.relative_to(output).as_posix() for p in output.rglob("*"))
+    with FolderLock(busy, what="run folder"), pytest.raises(FolderBusyError, match=rf"run folder {busy} is in use"):
+        compare(grid, output, launcher=FakeLauncher(lambda job: (0.6, 0.6)), overwrite=True, log=False)
+    assert sorted(p.relative_to(output).as_posix() for p in output.rglob("*")) == before
