@@ -145,7 +145,7 @@ def check_transformers_optim_args(args: transformers.TrainingArguments) -> dict[
             if "adam" in name
             else "; use a classp_hf registry optimizer to pass options"
         )
-        raise ValueError(f"transformers ignores optim_args key {ignored[0]!r} for optimizer {name!r}{hint}")
+        raise ValueError(f"optim_args.{ignored[0]}: transformers ignores this key for optimizer {name!r}{hint}")
     built = _transformers_kwargs(args, args.optim_args)
     if isinstance(built, Exception):
         raise ValueError(f"optim_args {args.optim_args!r} for {name!r}: {_first_line(built)}")

@@ -44,6 +44,11 @@ def test_transformers_names_keep_their_meaning():
             r"^optim_args\.threshold: unknown key for transformers' optimizer 'adagrad' \(accepted: eps",
         ),
         ("sgd", "momentum=fast", r"^optim_args\.momentum: expected a finite number, got 'fast'"),
+        (
+            "adamw_torch",
+            "eps=1e-6",
+            r"^optim_args\.eps: transformers ignores this key for optimizer 'adamw_torch'; set training\.adam_epsilon",
+        ),
     ],
 )
 def test_bad_optimizer_input_names_the_culprit(optim, optim_args, message):

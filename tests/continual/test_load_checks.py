@@ -48,16 +48,16 @@ CASES = {
     # nothing accepted that is not applied
     "adamw_torch eps": Case(
         training(optim="adamw_torch", optim_args="eps=-1"),
-        r"config\.training\.optim_args: transformers ignores optim_args key 'eps' for optimizer 'adamw_torch'; "
+        r"config\.training\.optim_args\.eps: transformers ignores this key for optimizer 'adamw_torch'; "
         r"set training\.adam_epsilon",
     ),
     "adamw_torch foo": Case(
         training(optim="adamw_torch", optim_args="foo=1"),
-        r"config\.training\.optim_args: transformers ignores optim_args key 'foo' for optimizer 'adamw_torch'",
+        r"config\.training\.optim_args\.foo: transformers ignores this key for optimizer 'adamw_torch'",
     ),
     "rmsprop foo": Case(
         training(optim="rmsprop", optim_args="alpha=0.9,foo=1"),
-        r"config\.training\.optim_args: transformers ignores optim_args key 'foo' for optimizer 'rmsprop'",
+        r"config\.training\.optim_args\.foo: transformers ignores this key for optimizer 'rmsprop'",
     ),
     "sgd momentum -1": Case(
         training(optim="sgd", optim_args="momentum=-1"),
