@@ -5,7 +5,9 @@
 what :func:`~classp_hf.continual.tasks.load_task` reads: the task's config (files, columns, label map, sample
 sizes), each data file's path, size and modification time, the shared labels, ``max_length``, the seed, the
 validation fraction and the tokenizer (``datasets``' fingerprint of the tokenizer object: its vocabulary, special
-tokens and settings). Change any of them and the key changes; entries are never modified, only added.
+tokens and settings). Change any of them and the key changes; entries are never modified, only added. Beside the
+splits, ``test_index.json`` keeps each test example's row in the task's test file (what ``predictions.json`` records,
+so that runs pair up in ``compare``'s bootstrap whether they tokenized the task or read it from here).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ __all__ = ["TOKENIZED_FOLDER", "task_cache_key", "read_cached_task", "write_cach
 
 TOKENIZED_FOLDER = "tokenized"
 _SPLITS = ("train", "test", "validation")
+#: Bumped when an entry's content changes, so entries of an earlier format are not read (2: ``test_index.json``).
+_ENTRY_FORMAT = 2
+_TEST_INDEX = "test_index.json"
 
 
 def _file_stamp(path: str) -> dict[str, Any]:
@@ -64,6 +69,7 @@ def task_cache_key(
         "validation_fraction": validation_fraction,
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "datasets": datasets.__version__,
+        "entry_format": _ENTRY_FORMAT,
     }
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
@@ -73,23 +79,39 @@ def _entry(cache_dir: Path, name: str, key: str) -> Path:
     return Path(cache_dir) / TOKENIZED_FOLDER / f"{name}-{key}"
 
 
-def read_cached_task(cache_dir: Path, name: str, key: str) -> dict[str, datasets.Dataset | None] | None:
-    """The cached splits of a task (``train``, ``test``, ``validation`` or `None`), or `None` if not cached."""
+def read_cached_task(cache_dir: Path, name: str, key: str) -> dict[str, Any] | None:
+    """The cached entry of a task, or `None` if not cached (or damaged).
+
+    Returns:
+        ``{"train", "test", "validation"}``: the splits (``validation`` `None` without one), and ``"test_index"``:
+        each test example's row in the test file (`None` when the whole file is the test split).
+    """
     folder = _entry(cache_dir, name, key)
     if not (folder / "complete").is_file():
         return None
     try:
-        return {
+        entry: dict[str, Any] = {
             split: datasets.load_from_disk(str(folder / split)) if (folder / split).is_dir() else None
             for split in _SPLITS
         }
+        test_index = json.loads((folder / _TEST_INDEX).read_text(encoding="utf-8"))
     except (OSError, ValueError, FileNotFoundError):  # a damaged entry: tokenize again
         return None
+    if test_index is not None and not (isinstance(test_index, list) and all(isinstance(i, int) for i in test_index)):
+        return None
+    entry["test_index"] = test_index
+    return entry
 
 
-def write_cached_task(cache_dir: Path, name: str, key: str, splits: dict[str, datasets.Dataset | None]) -> None:
-    """Saves a task's splits under its key (into a temporary folder renamed into place; a run that finds the entry
-    already written by another run keeps that one)."""
+def write_cached_task(
+    cache_dir: Path,
+    name: str,
+    key: str,
+    splits: dict[str, datasets.Dataset | None],
+    test_index: list[int] | None = None,
+) -> None:
+    """Saves a task's splits and test rows under its key (into a temporary folder renamed into place; a run that
+    finds the entry already written by another run keeps that one)."""
     folder = _entry(cache_dir, name, key)
     if (folder / "complete").is_file():
         return
@@ -100,6 +122,7 @@ def write_cached_task(cache_dir: Path, name: str, key: str, splits: dict[str, da
         for split, data in splits.items():
             if data is not None:
                 data.save_to_disk(str(tmp / split))
+        (tmp / _TEST_INDEX).write_text(json.dumps(test_index), encoding="utf-8")
         (tmp / "complete").write_text("ok\n", encoding="utf-8")
         if folder.exists():  # an incomplete entry of a killed run
             shutil.rmtree(folder, ignore_errors=True)

@@ -244,13 +244,19 @@ def load_task(
         key = task_cache_key(task, labels, tokenizer, max_length, seed, validation_fraction)
         cached = read_cached_task(Path(cache_dir), task.name, key)
         if cached is not None:
-            return TaskData(task.name, cached["train"], cached["test"], cached["validation"], cache_key=key)
+            return TaskData(
+                task.name,
+                cached["train"],
+                cached["test"],
+                cached["validation"],
+                test_index=cached["test_index"],
+                cache_key=key,
+            )
     data = _tokenize_task(task, labels, tokenizer, max_length, seed, validation_fraction)
     data.cache_key = key
     if key is not None:
-        write_cached_task(
-            Path(cache_dir), task.name, key, {"train": data.train, "test": data.test, "validation": data.validation}
-        )
+        splits = {"train": data.train, "test": data.test, "validation": data.validation}
+        write_cached_task(Path(cache_dir), task.name, key, splits, data.test_index)
     return data
 
 

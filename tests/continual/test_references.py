@@ -156,12 +156,28 @@ def test_a_small_difference_on_few_examples_is_within_noise():
 
 
 def test_runs_on_other_test_examples_do_not_pair():
-    entry = {"name": "a", "stage": 0, "example_index": [0, 1], "labels": [0, 1], "predictions": [0, 1]}
+    entry = {"name": "a", "stage": 0, "example_index": [5, 9], "labels": [0, 1], "predictions": [0, 1]}
     mine = {0: {"queue_mode": "sequential", "tasks": [entry]}}
     other = {0: {"queue_mode": "sequential", "tasks": [{**entry, "example_index": [2, 3]}]}}
     assert paired_difference(mine, other, ["a"]) == (None, "seed 0: the test examples differ")
+    relabelled = {0: {"queue_mode": "sequential", "tasks": [{**entry, "labels": [1, 1]}]}}
+    assert paired_difference(mine, relabelled, ["a"]) == (None, "seed 0: the test examples differ")
     assert paired_difference(mine, {1: mine[0]}, ["a"]) == (None, "no seed finished by both")
     assert paired_difference(mine, {0: None}, ["a"])[1] == "seed 0: no final predictions.json"
+
+
+def test_positions_recorded_from_a_cached_task_pair_with_rows_of_the_same_examples():
+    """classp_hf 0.2.0 recorded positions 0..n-1 for a task read from the comparison's cache, rows otherwise: the
+    same seeded sample, so the two pair up when every label matches (and only then)."""
+    labels = [2, 0, 1, 1, 0, 2]
+    rows = {"name": "a", "stage": 0, "example_index": [41, 7, 30, 2, 19, 11], "labels": labels, "predictions": labels}
+    positions = {**rows, "example_index": list(range(6)), "predictions": [2, 0, 1, 0, 0, 0]}
+    mine, cached = {0: {"tasks": [rows]}}, {0: {"tasks": [positions]}}
+    difference, why = paired_difference(mine, cached, ["a"])
+    assert why is None and difference.seeds == [0] and difference.mean == pytest.approx(2 / 6)
+    assert paired_difference(cached, mine, ["a"])[0].mean == pytest.approx(-2 / 6)
+    other_labels = {0: {"tasks": [{**positions, "labels": [0, 0, 1, 1, 0, 2]}]}}
+    assert paired_difference(mine, other_labels, ["a"]) == (None, "seed 0: the test examples differ")
 
 
 # -- compare ------------------------------------------------------------------------------------

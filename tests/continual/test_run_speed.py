@@ -15,6 +15,7 @@ from classp_hf.continual import tasks as tasks_module
 from classp_hf.continual.checkpoint import ResumeError, read_run_state
 from classp_hf.continual.compare.folder import run_state as _run_state
 from classp_hf.continual.config import ConfigError, TaskConfig, config_from_dict, stored_config_differences
+from classp_hf.continual.data_cache import read_cached_task
 from classp_hf.continual.evaluation import _logits, length_order
 from classp_hf.continual.results import validate_results
 from classp_hf.continual.runner import ContinualRunner
@@ -72,7 +73,23 @@ def test_cached_tasks_are_identical_and_read_back_instead_of_tokenized(tokenizer
         expected = getattr(fresh, split).to_dict()
         assert getattr(first, split).to_dict() == expected, split
         assert getattr(again, split).to_dict() == expected, split
+    # the test rows (predictions.json's example_index, what compare pairs runs on) come back from the cache too
+    assert fresh.test_index is not None and len(fresh.test_index) == 30 and fresh.test_index != list(range(30))
+    assert first.test_index == again.test_index == fresh.test_index
     assert len(list((tmp_path / "tokenized").iterdir())) == 1
+
+
+def test_a_cache_entry_without_its_test_rows_is_tokenized_again(tokenizer, tmp_path):
+    """An entry lacking ``test_index.json`` (damaged) is not read: its runs would record other example rows."""
+    task = fpb_task()
+    first = load_task(task, LABELS, tokenizer, 48, seed=1, validation_fraction=0.25, cache_dir=tmp_path)
+    (entry,) = (tmp_path / "tokenized").iterdir()
+    (entry / "test_index.json").unlink()
+    assert read_cached_task(tmp_path, task.name, first.cache_key) is None
+    (entry / "test_index.json").write_text('{"rows": 1}')
+    assert read_cached_task(tmp_path, task.name, first.cache_key) is None
+    (entry / "test_index.json").write_text(json.dumps(first.test_index))
+    assert read_cached_task(tmp_path, task.name, first.cache_key)["test_index"] == first.test_index
 
 
 def test_the_cache_key_changes_with_the_tokenizer_max_length_and_data(tokenizer, tmp_path):
