@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,19 @@ def _no_autograd(trainer: Any) -> Any:
     return torch.no_grad() if sharded else torch.inference_mode()
 
 
+@contextlib.contextmanager
+def _random_state_kept() -> Iterator[None]:
+    """Restores torch's random state (CPU and the current CUDA device) after the block.
+
+    Evaluating draws from it (each DataLoader iterator takes a base seed from the global generator), so without
+    this a run that scores the untrained model itself and one that reads those scores from a comparison's cache
+    would train with different dropout masks and batch orders from the same seed.
+    """
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
 def _logits(trainer: Any, dataset: Any, prefix: str, sort_by_length: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The logits and labels of every example of ``dataset``, in its order.
 
@@ -64,7 +78,7 @@ def _logits(trainer: Any, dataset: Any, prefix: str, sort_by_length: bool = True
     order = length_order(dataset) if sort_by_length and "input_ids" in dataset.column_names else None
     if order is not None and np.array_equal(order, np.arange(len(order))):
         order = None
-    with _no_autograd(trainer):
+    with _random_state_kept(), _no_autograd(trainer):
         output = trainer.predict(dataset if order is None else dataset.select(order), metric_key_prefix=prefix)
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
     logits, labels = np.asarray(logits), np.asarray(output.label_ids)

@@ -57,6 +57,11 @@ def test_length_sorted_evaluation_gives_every_example_its_own_prediction(tiny_mo
     assert np.array_equal(sorted_logits.argmax(-1), plain_logits.argmax(-1))
     np.testing.assert_allclose(sorted_logits, plain_logits, rtol=0, atol=1e-5)
     assert torch.is_grad_enabled()  # inference mode was left
+    # evaluating leaves torch's random state as it was: training after it draws the same dropout masks and batch
+    # order whether or not the untrained model was scored in this process
+    state = torch.get_rng_state()
+    _logits(trainer, data.test, "test")
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 # -- the tokenized-task cache -------------------------------------------------------------------------------------
@@ -182,6 +187,12 @@ def test_a_run_without_its_last_checkpoint_is_finished_and_shares_the_cache(
     assert second["initial_macro_f1"] == first["initial_macro_f1"]
     assert second["validation"]["initial_accuracy"] == first["validation"]["initial_accuracy"]
     assert second["task_labels"]["initial_accuracy"] == first["task_labels"]["initial_accuracy"]
+    # the first run again, its untrained scores now from the cache: the same training, to the last digit
+    count_evaluations.evaluations = 0
+    again = count_evaluations(config_from_dict(raw), tmp_path / "c", log=False, cache_dir=cache).run().to_dict()
+    assert count_evaluations.evaluations == 4
+    assert [t["train_loss"] for t in again["per_task"]] == [t["train_loss"] for t in first["per_task"]]
+    assert again["accuracy_matrix"] == first["accuracy_matrix"]
     # a run recorded finished without a checkpoint but whose final model is gone: refused in one line
     (run / "model" / "config.json").unlink()
     assert _run_state(run) == "broken"  # compare starts it afresh
