@@ -25,7 +25,7 @@ setup: $(BIN)/.installed
 quickstart: setup
 	$(BIN)/classp-hf compare recipes/experiments/quickstart.yaml --output-dir $(OUTPUT_DIR) --overwrite --jobs 2
 	@echo "Smoke test: 20 steps per task on a small embedded sample, one seed. The comparison that counts is"
-	@echo "experiment 1 (classp-hf compare recipes/experiments/fpb_imdb.yaml; its table in README.md: --profile smoke, 1.5 h on 2 cores)."
+	@echo "experiment 1 (classp-hf compare recipes/experiments/fpb_imdb.yaml; its table in README.md: 3.7 h on 2 cores)."
 
 lint: setup
 	$(BIN)/ruff check .
