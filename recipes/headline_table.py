@@ -80,7 +80,7 @@ def headline_rows(data: Mapping[str, Any], settings: Sequence[str] | None = None
                 format_mean_std(summary.get("first_task_final")),
                 format_mean_std(summary.get("forgetting")) if not is_reference else "n/a",
                 "n/a" if memory is None else f"{memory / MIB:.0f}",
-                "n/a" if is_reference else _versus(setting, reference),
+                _versus(setting, reference),  # a reference's too: how far the compared setting is from it
                 "; ".join(notes),
             ]
         )

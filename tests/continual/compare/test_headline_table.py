@@ -51,6 +51,10 @@ def test_difference_interval_and_marks(comparison):
     adamw["versus_reference"]["within_noise"] = False
     row = next(r for r in script.headline_rows(data) if r[0].startswith("adamw"))
     assert row[5] == "-15.0 [-20.0, +1.0]"
+    adamw["mode"] = "joint"  # a reference row: listed last, no forgetting, its paired difference kept
+    rows = script.headline_rows(data)
+    assert rows[-1][0].startswith("reference: adamw") and rows[-1][3] == "n/a"
+    assert rows[-1][5] == "-15.0 [-20.0, +1.0]"
 
 
 def test_unknown_setting_and_missing_comparison(comparison, tmp_path):
