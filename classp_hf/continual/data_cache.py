@@ -2,12 +2,13 @@
 
 ``classp-hf compare`` gives its runs ``DIR/cache/`` (``classp-hf run --cache-dir``). A task's entry is the folder
 ``tokenized/<task>-<key>/`` with its splits saved by ``datasets`` (read back memory-mapped). The key is a hash of
-what :func:`~classp_hf.continual.tasks.load_task` reads: the task's config (files, columns, label map, sample
-sizes), each data file's path, size and modification time, the shared labels, ``max_length``, the seed, the
-validation fraction and the tokenizer (``datasets``' fingerprint of the tokenizer object: its vocabulary, special
-tokens and settings). Change any of them and the key changes; entries are never modified, only added. Beside the
-splits, ``test_index.json`` keeps each test example's row in the task's test file (what ``predictions.json`` records,
-so that runs pair up in ``compare``'s bootstrap whether they tokenized the task or read it from here).
+what :func:`~classp_hf.continual.tasks.load_task` reads: the task's config (columns, label map, sample sizes),
+each local data file's content (its SHA-256, so the same data copied elsewhere keeps its entries), the shared
+labels, ``max_length``, the seed, the validation fraction and the tokenizer (``datasets``' fingerprint of the
+tokenizer object: its vocabulary, special tokens and settings). Change any of them and the key changes; entries
+are never modified, only added. Beside the splits, ``test_index.json`` keeps each test example's row in the task's
+test file (what ``predictions.json`` records, so that runs pair up in ``compare``'s bootstrap whether they tokenized
+the task or read it from here).
 """
 
 from __future__ import annotations
@@ -26,14 +27,19 @@ __all__ = ["TOKENIZED_FOLDER", "task_cache_key", "read_cached_task", "write_cach
 
 TOKENIZED_FOLDER = "tokenized"
 _SPLITS = ("train", "test", "validation")
-#: Bumped when an entry's content changes, so entries of an earlier format are not read (2: ``test_index.json``).
-_ENTRY_FORMAT = 2
+#: Bumped when an entry's content or key changes, so entries of an earlier format are not read (2: ``test_index.json``;
+#: 3: data files keyed by content).
+_ENTRY_FORMAT = 3
 _TEST_INDEX = "test_index.json"
 
 
-def _file_stamp(path: str) -> dict[str, Any]:
-    stat = os.stat(path)
-    return {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+def _file_digest(path: str) -> dict[str, Any]:
+    """A data file's size and SHA-256: its content, not where it lies or when it was copied there."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": os.path.getsize(path), "sha256": digest.hexdigest()}
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -59,7 +65,10 @@ def task_cache_key(
             takes them.
     """
     spec = {key: value for key, value in dataclasses.asdict(task).items() if key != "training"}
-    files = {split: _file_stamp(path) for split, path in (task.data_files or {}).items() if os.path.isfile(path)}
+    local = {split: path for split, path in (task.data_files or {}).items() if os.path.isfile(path)}
+    files = {split: _file_digest(path) for split, path in local.items()}
+    # local files count by their content: the same data copied elsewhere (a node's scratch disk) keeps its entry
+    spec["data_files"] = {split: path for split, path in (task.data_files or {}).items() if split not in local}
     payload = {
         "task": spec,
         "files": files,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -115,6 +116,12 @@ def test_the_cache_key_changes_with_the_tokenizer_max_length_and_data(tokenizer,
     assert task_cache_key(task, LABELS, other, 64, 0, 0.0) != key  # another vocabulary
     lowered = AutoTokenizer.from_pretrained(tokenizer.name_or_path, model_max_length=7)
     assert task_cache_key(task, LABELS, lowered, 64, 0, 0.0) != key  # another setting
+    # the same files copied elsewhere (new paths, new timestamps, e.g. a node's scratch disk): the same entry
+    moved = tmp_path / "staged"
+    shutil.copytree(data, moved)
+    os.utime(moved / "train.csv", (1, 1))
+    staged = TaskConfig(name="fpb", data_files={s: str(moved / f"{s}.csv") for s in ("train", "test")})
+    assert task_cache_key(staged, LABELS, tokenizer, 64, 0, 0.0) == key
     with open(data / "train.csv", "a", encoding="utf-8") as handle:
         handle.write('"a new sentence",positive\n')
     assert task_cache_key(task, LABELS, tokenizer, 64, 0, 0.0) != key  # the data changed
