@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from classp_hf.continual.compare.report import format_mean_std
+from classp_hf.continual.compare.report import format_difference, format_mean_std
 
 MIB = 2**20
 
@@ -35,15 +35,10 @@ def _chosen(setting: Mapping[str, Any]) -> str:
     return f" ({chosen})"
 
 
-def _versus(setting: Mapping[str, Any], reference: str | None) -> str:
+def _versus(setting: Mapping[str, Any]) -> str:
     """The paired ACC difference to the reference in points, its interval and the *within noise* mark."""
-    if setting["name"] == reference:
-        return "reference"
-    diff = setting.get("versus_reference")
-    if not diff or "mean" not in diff:  # no paired predictions (e.g. runs from before predictions.json)
-        return "n/a"
-    text = f"{100 * diff['mean']:+.1f} [{100 * diff['low']:+.1f}, {100 * diff['high']:+.1f}]"
-    return f"{text}, *within noise*" if diff.get("within_noise") else text
+    text = format_difference(setting)
+    return f"{text}, *within noise*" if (setting.get("versus_reference") or {}).get("within_noise") else text
 
 
 def headline_rows(data: Mapping[str, Any], settings: Sequence[str] | None = None) -> list[list[str]]:
@@ -65,7 +60,6 @@ def headline_rows(data: Mapping[str, Any], settings: Sequence[str] | None = None
         raise SystemExit(f"--settings: {', '.join(unknown)} not in the comparison (it holds {', '.join(by_name)})")
     names = list(settings) if settings else list(by_name)
     references = [name for name in by_name if by_name[name].get("mode") in ("joint", "single_task")]
-    reference = (data.get("noise") or {}).get("reference")
     rows = []
     for name in [n for n in names if n not in references] + [n for n in references if n in names or not settings]:
         setting = by_name[name]
@@ -80,7 +74,7 @@ def headline_rows(data: Mapping[str, Any], settings: Sequence[str] | None = None
                 format_mean_std(summary.get("first_task_final")),
                 format_mean_std(summary.get("forgetting")) if not is_reference else "n/a",
                 "n/a" if memory is None else f"{memory / MIB:.0f}",
-                _versus(setting, reference),  # a reference's too: how far the compared setting is from it
+                _versus(setting),  # a reference's too: how far the compared setting is from it
                 "; ".join(notes),
             ]
         )

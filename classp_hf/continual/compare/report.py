@@ -30,6 +30,7 @@ __all__ = [
     "FIGURES",
     "load_comparison_schema",
     "validate_comparison",
+    "format_difference",
     "format_mean_std",
     "format_table",
     "render_markdown",
@@ -169,8 +170,16 @@ def _row_name(setting: dict[str, Any]) -> str:
     return f"{setting['name']} (reference: {setting['mode']})" if _is_reference(setting) else setting["name"]
 
 
-def _difference(setting: dict[str, Any], markdown: bool = True) -> str:
-    """``+1.2 [-0.4, +2.9]`` (points), ``reference``, or ``n/a``."""
+def format_difference(setting: Mapping[str, Any]) -> str:
+    """A setting's paired ACC difference to the comparison's reference, the way comparison.md prints it.
+
+    Args:
+        setting (`Mapping`): one entry of comparison.json's ``settings``.
+
+    Returns:
+        ``+1.2 [-0.4, +2.9]`` (points, the 95% interval in brackets), ``reference`` for the reference setting, or
+        ``n/a`` where no seed paired up.
+    """
     versus = setting.get("versus_reference")
     if versus is None:
         return "reference"
@@ -212,7 +221,7 @@ def format_table(data: dict[str, Any]) -> str:
                 _row_name(setting),
                 _chosen_label(setting),
                 format_mean_std(s["acc"]),
-                _difference(setting),
+                format_difference(setting),
                 format_mean_std(s["bwt"], signed=True),
                 format_mean_std(s["forgetting"]),
                 format_mean_std(s["first_task_final"]),
@@ -333,7 +342,7 @@ def _references_section(data: dict[str, Any]) -> list[str]:
                 format_mean_std(setting["summary"]["acc"]),
                 _pts(gap),
                 *[_pct(v) + ("%" if v is not None else "") for v in share],
-                _difference(setting),
+                format_difference(setting),
                 ", ".join(str(seed) for seed in versus.get("seeds", [])) or versus.get("note", "-"),
                 _notes(setting, data),
             ]
