@@ -9,9 +9,12 @@ previous checkpoint is removed only after that. A run killed at any moment there
 by ``run_state.json`` (or none yet), and ``classp-hf run CONFIG --output-dir DIR --resume`` continues with the next
 task. What a kill left half-written (temporary files, a half-deleted old checkpoint) is removed when the run resumes.
 
-With ``keep_last_checkpoint: false`` the last task's checkpoint is not written; once the final model is saved,
-:func:`finish_run_state` records every task done with no checkpoint (``"checkpoint": null``) and removes the one
-before: a finished run then holds no checkpoint, and counts as finished all the same.
+Once the final model is saved (or skipped, ``save_final_model: false``), :func:`finish_run_state` records the run
+finished (``"finished": true``): from then on it counts as finished whatever the user later removes (its final model
+or its last checkpoint, to save room). With ``keep_last_checkpoint: false`` the last task's checkpoint is not
+written, and :func:`finish_run_state` records no checkpoint (``"checkpoint": null``) and removes the one before.
+``run_state.json`` from an earlier classp_hf has no ``finished``: such a run is finished when it records no checkpoint
+after its last task, or when its final model is complete.
 """
 
 from __future__ import annotations
@@ -70,22 +73,30 @@ class RunState:
     Args:
         completed_tasks: tasks trained, evaluated and checkpointed (0 while the first task trains).
         tasks: the queue's task names.
-        checkpoint: the checkpoint folder (absolute), or `None` before the first one.
+        checkpoint: the checkpoint folder (absolute), or `None` before the first one (and, with
+            ``keep_last_checkpoint: false``, once the run has finished).
         num_processes: the world size that wrote it.
+        finished: every task is done and the final model saved (or skipped): nothing is left to do.
     """
 
     completed_tasks: int
     tasks: list[str]
     checkpoint: Path | None
     num_processes: int = 1
+    finished: bool = False
 
 
 def _write_run_state(
-    output_dir: Path, completed: int, task_names: list[str], checkpoint: str | None, num_processes: int
+    output_dir: Path,
+    completed: int,
+    task_names: list[str],
+    checkpoint: str | None,
+    num_processes: int,
+    finished: bool = False,
 ) -> None:
     """Writes ``run_state.json`` (see :class:`RunState`) atomically."""
     record = {"completed_tasks": completed, "tasks": list(task_names), "checkpoint": checkpoint}
-    write_json_atomic(output_dir / RUN_STATE, {**record, "num_processes": num_processes})
+    write_json_atomic(output_dir / RUN_STATE, {**record, "num_processes": num_processes, "finished": finished})
 
 
 def start_run_state(output_dir: Path, task_names: list[str], num_processes: int) -> None:
@@ -139,15 +150,22 @@ def save_checkpoint(
     return folder
 
 
-def finish_run_state(output_dir: Path, task_names: list[str], num_processes: int = 1) -> None:
-    """Records a finished run without a checkpoint (``keep_last_checkpoint: false``), then removes the last one.
+def finish_run_state(
+    output_dir: Path, task_names: list[str], num_processes: int = 1, keep_checkpoint: bool = False
+) -> None:
+    """Records the run finished; without ``keep_checkpoint`` (``keep_last_checkpoint: false``) it records no
+    checkpoint, then removes the last one.
 
-    Call it once the final model is saved: from then on nothing is left to resume.
+    Call it once the final model is saved (or skipped): from then on nothing is left to resume.
     """
     previous = _previous_checkpoint(output_dir)
-    _write_run_state(output_dir, len(task_names), task_names, None, num_processes)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
+    kept = None
+    if keep_checkpoint and previous is not None:
+        kept = previous.relative_to(output_dir).as_posix() if previous.is_relative_to(output_dir) else str(previous)
+    _write_run_state(output_dir, len(task_names), task_names, kept, num_processes, finished=True)
+    if previous is not None and not keep_checkpoint:
+        with contextlib.suppress(OSError):
+            remove_owned(previous)  # what the run wrote there; a user's files stay
     checkpoints = output_dir / "checkpoints"
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()
@@ -165,8 +183,9 @@ def read_run_state(output_dir: Path, require_checkpoint: bool = True) -> RunStat
 
     Args:
         output_dir: the run's folder.
-        require_checkpoint: refuse a state whose checkpoint folder is gone (what resuming needs); `False` for
-            asking whether a run finished (its last checkpoint may have been deleted to save room).
+        require_checkpoint: refuse an unfinished run's state whose checkpoint folder is gone (what resuming needs);
+            `False` for asking how far a run got. A finished run needs no checkpoint (it may have been deleted to
+            save room).
 
     Raises:
         ResumeError: the file is missing, unreadable or inconsistent (naming it).
@@ -178,19 +197,25 @@ def read_run_state(output_dir: Path, require_checkpoint: bool = True) -> RunStat
         raw = json.loads(path.read_text(encoding="utf-8"))
         completed, tasks, checkpoint = raw["completed_tasks"], raw["tasks"], raw["checkpoint"]
         processes = raw.get("num_processes", 1)
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        finished = raw.get("finished")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ResumeError(f"--resume: {path} is corrupt ({type(error).__name__}: {error})") from None
     if not (isinstance(completed, int) and isinstance(tasks, list) and 0 <= completed <= len(tasks)):
         raise ResumeError(f"--resume: {path} is corrupt (completed_tasks {completed!r} of {len(tasks)} tasks)")
-    finished_without_checkpoint = checkpoint is None and completed == len(tasks) > 0  # keep_last_checkpoint: false
-    if (completed == 0) != (checkpoint is None) and not finished_without_checkpoint:
+    if finished is None:  # an earlier classp_hf: a finished run without a checkpoint (keep_last_checkpoint: false)
+        finished = checkpoint is None and completed == len(tasks) > 0
+    if not isinstance(finished, bool) or finished and completed != len(tasks):
+        raise ResumeError(
+            f"--resume: {path} is corrupt (finished {finished!r} after {completed} of {len(tasks)} tasks)"
+        )
+    if (completed == 0) != (checkpoint is None) and not (finished and checkpoint is None):
         raise ResumeError(f"--resume: {path} is corrupt (completed_tasks {completed}, checkpoint {checkpoint!r})")
     folder = None
     if checkpoint is not None:
         folder = output_dir / str(checkpoint)
-        if require_checkpoint and not folder.is_dir():
+        if require_checkpoint and not finished and not folder.is_dir():  # a finished run needs none
             raise ResumeError(f"--resume: the checkpoint {folder} named by {path} is missing")
-    return RunState(completed, [str(task) for task in tasks], folder, int(processes))
+    return RunState(completed, [str(task) for task in tasks], folder, int(processes), finished)
 
 
 def check_same_config(config: RunConfig, output_dir: Path) -> None:
@@ -322,12 +347,7 @@ class ResumePoint:
             raise ResumeError(f"--resume: {RUN_STATE} lists the tasks {run_state.tasks}, the config {names}")
         if run_state.checkpoint is None and run_state.completed_tasks == 0:
             return cls(output_dir, run_state, None, None)
-        if run_state.checkpoint is None and not is_complete_model(output_dir / "model"):
-            raise ResumeError(
-                f"--resume: {output_dir / RUN_STATE} records a finished run without a checkpoint, but its final model "
-                f"{output_dir / 'model'} is incomplete; there is nothing to resume from: start the run afresh"
-            )
-        files = None if run_state.checkpoint is None else load_checkpoint(run_state.checkpoint)
+        files = None if run_state.checkpoint is None or run_state.finished else load_checkpoint(run_state.checkpoint)
         path = output_dir / RESULTS_FILENAME
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
@@ -345,9 +365,12 @@ class ResumePoint:
         return cls(output_dir, run_state, results, files)
 
     def finished(self) -> bool:
-        """Every task is checkpointed and the final model is saved completely (nothing left to do)."""
+        """Nothing is left to do: the run recorded itself finished, or (``run_state.json`` of an earlier classp_hf)
+        every task is checkpointed and the final model is saved completely."""
         state = self.run_state
-        return state.completed_tasks == len(state.tasks) and is_complete_model(self.output_dir / "model")
+        return (
+            state.finished or state.completed_tasks == len(state.tasks) and is_complete_model(self.output_dir / "model")
+        )
 
     def clean_up(self) -> list[str]:
         """Removes what a kill left half-written: temporary files and checkpoints other than the current one."""

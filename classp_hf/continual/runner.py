@@ -619,9 +619,15 @@ class ContinualRunner:
         for index in range(start, len(self.stages)):
             trainer = self._train_task(index, tracking)
         with self.timer.phase("final_model"):
-            self._save_final_model(trainer)  # also when every task was done and only the final model was missing
-            if not self.config.keep_last_checkpoint and self.is_main:
-                finish_run_state(self.output_dir, list(self.stage_names), self.backend.num_processes)
+            if self.config.save_final_model:  # also when every task was done and only the final model was missing
+                self._save_final_model(trainer)
+            if self.is_main:
+                finish_run_state(
+                    self.output_dir,
+                    list(self.stage_names),
+                    self.backend.num_processes,
+                    keep_checkpoint=self.config.keep_last_checkpoint,
+                )
         self._write_results(report=False)  # the finished run's timing: results.json alone, the report is written
         self._print("\n" + format_matrix_table(self.results.to_dict()))
         return self.results

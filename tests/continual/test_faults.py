@@ -84,6 +84,9 @@ def test_a_kill_during_the_final_model_save_is_completed_on_resume(tmp_path, ref
     import shutil
 
     shutil.rmtree(output / "model")
+    state = json.loads((output / "run_state.json").read_text())
+    assert state["finished"] is True
+    (output / "run_state.json").write_text(json.dumps({**state, "finished": False}))  # recorded after the save
     half = output / ".classp-tmp-model-abc123"
     half.mkdir()
     (half / "config.json").write_text("{")

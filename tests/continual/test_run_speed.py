@@ -200,17 +200,53 @@ def test_a_run_without_its_last_checkpoint_is_finished_and_shares_the_cache(
     assert count_evaluations.evaluations == 4
     assert [t["train_loss"] for t in again["per_task"]] == [t["train_loss"] for t in first["per_task"]]
     assert again["accuracy_matrix"] == first["accuracy_matrix"]
-    # a run recorded finished without a checkpoint but whose final model is gone: refused in one line
-    (run / "model" / "config.json").unlink()
-    assert _run_state(run) == "broken"  # compare starts it afresh
-    with pytest.raises(ResumeError, match=r"^--resume: .*records a finished run without a checkpoint, but its final"):
-        ContinualRunner(config_from_dict(raw), run, log=False, resume=True)
+    # the user deletes the finished run's final model to save room: still finished, nothing re-run or lost
+    shutil.rmtree(run / "model")
+    assert _run_state(run) == "finished"  # compare skips it and reports it
+    again = ContinualRunner(config_from_dict(raw), run, log=False, resume=True).run().to_dict()
+    assert again == first and json.loads((run / "results.json").read_text()) == first
 
 
-def test_keep_last_checkpoint_must_be_a_bool(tiny_model_dir):
-    with pytest.raises(ConfigError, match=r"^config\.keep_last_checkpoint: expected true or false$"):
-        config_from_dict(raw_config(tiny_model_dir, keep_last_checkpoint="no"))
-    assert config_from_dict(raw_config(tiny_model_dir)).keep_last_checkpoint is True
+def test_a_run_without_a_final_model_is_finished_and_keeps_its_last_checkpoint(tmp_path, tiny_model_dir):
+    raw = raw_config(tiny_model_dir, save_final_model=False, keep_last_checkpoint=True)
+    run = tmp_path / "run"
+    results = ContinualRunner(config_from_dict(raw), run, log=False).run().to_dict()
+    assert results["status"] == "complete" and not (run / "model").exists()
+    on_disk = json.loads((run / "run_state.json").read_text())
+    assert on_disk["finished"] is True and on_disk["checkpoint"] == "checkpoints/task-01-amazon_reviews"
+    assert (run / on_disk["checkpoint"] / "optimizer.pt").is_file()
+    assert _run_state(run) == "finished"
+    # save_final_model is no config difference (a run made with either is reused / resumed)
+    assert stored_config_differences(config_from_dict({**raw, "save_final_model": True}), run / "config.yaml") == []
+    resumed = ContinualRunner(config_from_dict({**raw, "save_final_model": True}), run, log=False, resume=True)
+    assert resumed.run().to_dict() == results and not (run / "model").exists()  # finished: nothing to do
+    shutil.rmtree(run / "checkpoints")  # the user removes the last checkpoint too: still finished
+    assert _run_state(run) == "finished"
+    assert ContinualRunner(config_from_dict(raw), run, log=False, resume=True).run().to_dict() == results
+
+
+def test_run_state_without_finished_reads_as_an_earlier_classp_hf_wrote_it(tmp_path):
+    def state(**record):
+        (tmp_path / "run_state.json").write_text(json.dumps({"tasks": ["a", "b"], **record}))
+        return read_run_state(tmp_path, require_checkpoint=False)
+
+    assert state(completed_tasks=2, checkpoint=None).finished  # keep_last_checkpoint: false, finished
+    assert not state(completed_tasks=2, checkpoint="checkpoints/task-01-b").finished  # the final model decides
+    assert not state(completed_tasks=1, checkpoint="checkpoints/task-00-a").finished
+    with pytest.raises(ResumeError, match=r"^--resume: .*run_state\.json is corrupt \(finished True after 1 of 2"):
+        state(completed_tasks=1, checkpoint="checkpoints/task-00-a", finished=True)
+    with pytest.raises(ResumeError, match=r"^--resume: .*run_state\.json is corrupt \(finished 'yes'"):
+        state(completed_tasks=2, checkpoint=None, finished="yes")
+    with pytest.raises(ResumeError, match=r"^--resume: .*run_state\.json is corrupt \(completed_tasks 1, checkpoint"):
+        state(completed_tasks=1, checkpoint=None, finished=False)
+
+
+@pytest.mark.parametrize("key", ["keep_last_checkpoint", "save_final_model"])
+def test_what_a_run_keeps_must_be_a_bool(tiny_model_dir, key):
+    with pytest.raises(ConfigError, match=rf"^config\.{key}: expected true or false$"):
+        config_from_dict(raw_config(tiny_model_dir, **{key: "no"}))
+    config = config_from_dict(raw_config(tiny_model_dir))
+    assert config.keep_last_checkpoint is True and config.save_final_model is True
 
 
 def test_phase_timer_counts_a_nested_phase_toward_itself_only():

@@ -202,14 +202,14 @@ def run_state(run_dir: Path) -> RunState:
         state = read_run_state(run_dir, require_checkpoint=False)  # a finished run needs no checkpoint
     except ResumeError:
         return "broken"
-    if state.completed_tasks == len(state.tasks) and is_complete_model(run_dir / "model"):
+    if state.finished or state.completed_tasks == len(state.tasks) and is_complete_model(run_dir / "model"):
         results = read_results(run_dir)
         if results is not None and results.get("status") == "complete":
             return "finished"
     if state.checkpoint is not None and not state.checkpoint.is_dir():
         return "broken"  # nothing to resume from
     if state.checkpoint is None and state.completed_tasks > 0:
-        return "broken"  # recorded finished without a checkpoint (keep_last_checkpoint: false), but incomplete
+        return "broken"  # recorded finished, but its results are not
     return "unfinished"
 
 

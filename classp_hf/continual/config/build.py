@@ -159,6 +159,8 @@ def config_from_dict(
     require(isinstance(diagnostics, bool), "config.diagnostics: expected true or false")
     keep_last_checkpoint = raw.get("keep_last_checkpoint", True)
     require(isinstance(keep_last_checkpoint, bool), "config.keep_last_checkpoint: expected true or false")
+    save_final_model = raw.get("save_final_model", True)
+    require(isinstance(save_final_model, bool), "config.save_final_model: expected true or false")
     queue_mode = check_value(raw.get("queue_mode", "sequential"), QueueMode, "config.queue_mode")
     validation_fraction = raw.get("validation_fraction", 0.0)
     require(
@@ -190,6 +192,7 @@ def config_from_dict(
         method_args=method_args,
         diagnostics=diagnostics,
         keep_last_checkpoint=keep_last_checkpoint,
+        save_final_model=save_final_model,
         validation_fraction=float(validation_fraction),
         peft=peft_section,
         model_dtype=model_dtype,

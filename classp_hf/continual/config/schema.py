@@ -55,7 +55,7 @@ QueueMode = Literal["sequential", "joint", "single_task"]
 
 
 #: Config keys that change what a run keeps on disk, not its results: no difference for ``--resume`` or run reuse.
-RESULT_NEUTRAL_KEYS = frozenset({"keep_last_checkpoint"})
+RESULT_NEUTRAL_KEYS = frozenset({"keep_last_checkpoint", "save_final_model"})
 
 
 @dataclass
@@ -117,6 +117,10 @@ class RunConfig:
             final model is saved: a finished run then holds no checkpoint (nothing is left to resume; a run killed
             before its final model resumes from the task before and trains the last task again). It does not change
             the results, so it is no difference for ``--resume`` or run reuse.
+        save_final_model: save the trained model (or, with LoRA, the last adapter merged into a copy) into ``model/``
+            once the run has finished (default `True`). `False` keeps only the results: a comparison's runs
+            then take no room for models (MiniLM: 88 MB a run). Like ``keep_last_checkpoint``, no difference for
+            ``--resume`` or run reuse.
         queue_mode: ``sequential`` (default: the tasks in order, one model), or a reference: ``joint`` (one stage
             on the union of every task's training data, the same epochs; the upper bound) or ``single_task`` (each
             task trained alone from the pretrained model, fresh optimizer state: its own ceiling). Both train
@@ -136,6 +140,7 @@ class RunConfig:
     peft: dict[str, Any] | None = None
     model_dtype: ModelDtype | None = None
     keep_last_checkpoint: bool = True
+    save_final_model: bool = True
     queue_mode: QueueMode = "sequential"
     source: str | None = None
 
