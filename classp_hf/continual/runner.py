@@ -50,6 +50,7 @@ from classp_hf.continual.optimizer_state import StateCarryingTrainer, capture_op
 from classp_hf.continual.outputs import (
     OutputDirError,
     adopt_run_folder,
+    is_complete_model,
     prepare_output_dir,
     save_model_atomic,
     start_run_folder,
@@ -604,7 +605,9 @@ class ContinualRunner:
     def _run(self) -> RunResults:
         point = self.resume_point
         if point is not None and point.finished():
-            self._print(f"[classp-hf] the run in {self.output_dir} is already complete; nothing to do")
+            model = self.output_dir / "model"
+            kept = "" if is_complete_model(model) else f" (it keeps no final model in {model})"
+            self._print(f"[classp-hf] the run in {self.output_dir} is already complete{kept}; nothing to do")
             self.results = point.results
             return self.results
         with self.timer.phase("startup"):

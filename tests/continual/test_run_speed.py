@@ -207,7 +207,7 @@ def test_a_run_without_its_last_checkpoint_is_finished_and_shares_the_cache(
     assert again == first and json.loads((run / "results.json").read_text()) == first
 
 
-def test_a_run_without_a_final_model_is_finished_and_keeps_its_last_checkpoint(tmp_path, tiny_model_dir):
+def test_a_run_without_a_final_model_is_finished_and_keeps_its_last_checkpoint(tmp_path, tiny_model_dir, capsys):
     raw = raw_config(tiny_model_dir, save_final_model=False, keep_last_checkpoint=True)
     run = tmp_path / "run"
     results = ContinualRunner(config_from_dict(raw), run, log=False).run().to_dict()
@@ -218,8 +218,9 @@ def test_a_run_without_a_final_model_is_finished_and_keeps_its_last_checkpoint(t
     assert _run_state(run) == "finished"
     # save_final_model is no config difference (a run made with either is reused / resumed)
     assert stored_config_differences(config_from_dict({**raw, "save_final_model": True}), run / "config.yaml") == []
-    resumed = ContinualRunner(config_from_dict({**raw, "save_final_model": True}), run, log=False, resume=True)
+    resumed = ContinualRunner(config_from_dict({**raw, "save_final_model": True}), run, log=True, resume=True)
     assert resumed.run().to_dict() == results and not (run / "model").exists()  # finished: nothing to do
+    assert f"already complete (it keeps no final model in {run / 'model'}); nothing to do" in capsys.readouterr().out
     shutil.rmtree(run / "checkpoints")  # the user removes the last checkpoint too: still finished
     assert _run_state(run) == "finished"
     assert ContinualRunner(config_from_dict(raw), run, log=False, resume=True).run().to_dict() == results
