@@ -85,6 +85,11 @@ class RunState:
     num_processes: int = 1
     finished: bool = False
 
+    def done(self, output_dir: Path) -> bool:
+        """Nothing is left to do: the run recorded itself finished, or (``run_state.json`` of an earlier classp_hf)
+        every task is checkpointed and the final model in ``output_dir`` is saved completely."""
+        return self.finished or self.completed_tasks == len(self.tasks) and is_complete_model(output_dir / "model")
+
 
 def _write_run_state(
     output_dir: Path,
@@ -365,12 +370,8 @@ class ResumePoint:
         return cls(output_dir, run_state, results, files)
 
     def finished(self) -> bool:
-        """Nothing is left to do: the run recorded itself finished, or (``run_state.json`` of an earlier classp_hf)
-        every task is checkpointed and the final model is saved completely."""
-        state = self.run_state
-        return (
-            state.finished or state.completed_tasks == len(state.tasks) and is_complete_model(self.output_dir / "model")
-        )
+        """Nothing is left to do (:meth:`RunState.done`)."""
+        return self.run_state.done(self.output_dir)
 
     def clean_up(self) -> list[str]:
         """Removes what a kill left half-written: temporary files and checkpoints other than the current one."""

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from classp_hf.continual.checkpoint import RUN_STATE
 from classp_hf.continual.compare.results import RunRecord, run_metrics
 from classp_hf.continual.config import ConfigError, RunConfig, stored_config_differences
-from classp_hf.continual.outputs import OutputDirError, is_complete_model
+from classp_hf.continual.outputs import OutputDirError
 from classp_hf.continual.ownership import (
     MARKER_FILENAME,
     FolderLock,
@@ -202,7 +202,7 @@ def run_state(run_dir: Path) -> RunState:
         state = read_run_state(run_dir, require_checkpoint=False)  # a finished run needs no checkpoint
     except ResumeError:
         return "broken"
-    if state.finished or state.completed_tasks == len(state.tasks) and is_complete_model(run_dir / "model"):
+    if state.done(run_dir):
         results = read_results(run_dir)
         if results is not None and results.get("status") == "complete":
             return "finished"
