@@ -142,20 +142,6 @@ def test_experiment_2_chooses_among_points_experiment_1_offers():
         assert all(point in offered[setting.name] for point in points), setting.name
 
 
-def test_experiment_2_rechosen_offers_experiment_2s_points_among_its_grid():
-    """The re-chosen check runs the presets' whole grids: they hold every point experiment 2 chooses among."""
-    queue = load_grid(EXPERIMENTS / "sentiment_queue.yaml")
-    again = load_grid(EXPERIMENTS / "sentiment_queue_rechosen.yaml")
-    assert again.seeds == queue.seeds
-    assert {s.name for s in again.settings} == {"adamw", "ewc", "classp", "classp_decay"}  # + CLASSP's gamma grid
-    for setting in again.settings:
-        assert len(setting.points) > 1, setting.name
-        fixed = next(s for s in queue.settings if s.name == setting.name)
-        offered = [again.run_config(setting, point, 0).to_dict() for point in setting.points]
-        for point in fixed.points:
-            assert queue.run_config(fixed, point, 0).to_dict() in offered, setting.name
-
-
 @pytest.mark.parametrize(
     "change,message",
     [
