@@ -85,8 +85,22 @@ def label_mapping(task: TaskConfig, dataset_labels: list[str], labels: list[str]
         else:
             raise ConfigError(
                 f"tasks ({task.name}): dataset label {value!r} is not a shared label {labels}; add a label_map"
+                + _integer_labels_hint(dataset_labels, labels)
             )
     return mapping
+
+
+def _integer_labels_hint(dataset_labels: list[str], labels: list[str]) -> str:
+    """For class indices as labels (``0``, ``1``, ... as GLUE-style files have them): the ``label_map`` that reads
+    them in the order of the shared labels, to check against the dataset's card (nothing is assumed)."""
+    values = set(dataset_labels)
+    if not values or not all(value.isdigit() for value in values):
+        return ""
+    found = sorted(values, key=int)
+    if [int(value) for value in found] != list(range(len(labels))):
+        return ""
+    pairs = ", ".join(f"{value}: {name}" for value, name in zip(found, labels))
+    return f" (if {', '.join(found)} mean {', '.join(labels)}: label_map: {{{pairs}}})"
 
 
 def _root_cause(error: BaseException) -> str:

@@ -109,6 +109,16 @@ def test_invalid_task_keys(task, message):
         config_from_dict(base(tasks=[task]))
 
 
+def test_label_map_with_class_indices_as_yaml_writes_them(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "model: m\nlabels: [negative, neutral, positive]\n"
+        "tasks:\n  - {name: a, dataset: imdb, label_map: {0: negative, 1: positive}}\n",
+        encoding="utf-8",
+    )
+    assert load_config(path).tasks[0].label_map == {"0": "negative", "1": "positive"}
+
+
 def test_duplicate_task_names():
     task = {"name": "a", "dataset": "imdb"}
     with pytest.raises(ConfigError, match="duplicate task name 'a'"):

@@ -55,6 +55,25 @@ def test_unmapped_label_is_an_error(tmp_path, tokenizer):
         label_mapping(TaskConfig(name="t"), ["pos"], LABELS)
 
 
+def test_class_indices_as_labels_get_the_label_map_that_reads_them_in_order(tmp_path, tokenizer):
+    task = binary_task(tmp_path, rows=[("good", "2"), ("meh", "1"), ("bad", "0")])
+    with pytest.raises(ConfigError) as error:
+        load_task(task, LABELS, tokenizer, max_length=16, seed=0)
+    hint = "(if 0, 1, 2 mean negative, neutral, positive: label_map: {0: negative, 1: neutral, 2: positive})"
+    assert str(error.value).endswith("add a label_map " + hint)
+    # the suggested map loads the task (the config turns YAML's integer keys into these strings)
+    task = binary_task(
+        tmp_path,
+        rows=[("good", "2"), ("meh", "1"), ("bad", "0")],
+        label_map={"0": "negative", "1": "neutral", "2": "positive"},
+    )
+    assert load_task(task, LABELS, tokenizer, max_length=16, seed=0).test_labels == [2, 1, 0]
+    # no hint where the indices do not cover the shared labels one to one (0/1 under a 3-way head)
+    with pytest.raises(ConfigError) as error:
+        label_mapping(TaskConfig(name="t"), ["0", "1"], LABELS)
+    assert str(error.value).endswith("add a label_map")
+
+
 def test_missing_column_missing_file_and_empty_split(tmp_path, tokenizer):
     task = binary_task(tmp_path, text_column="review")
     with pytest.raises(
