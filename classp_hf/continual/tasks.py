@@ -182,7 +182,14 @@ def _read_splits(task: TaskConfig) -> dict[str, datasets.Dataset]:
             for split, source in task.splits.items()
         }
     except Exception as error:
-        raise ConfigError(f"tasks ({task.name}).dataset: cannot load {task.dataset!r}: {_root_cause(error)}") from None
+        hint = (
+            " (the Hub is off here, HF_HUB_OFFLINE: load the dataset once with the Hub reachable, or give data_files)"
+            if datasets.config.HF_HUB_OFFLINE
+            else ""
+        )
+        raise ConfigError(
+            f"tasks ({task.name}).dataset: cannot load {task.dataset!r}: {_root_cause(error)}{hint}"
+        ) from None
 
 
 def _check_columns(task: TaskConfig, raw: Mapping[str, datasets.Dataset]) -> None:

@@ -171,3 +171,18 @@ def test_malformed_file_is_named(tmp_path, tokenizer):
     task = TaskConfig(name="t", data_files={"train": str(bad), "test": str(bad)})
     with pytest.raises(ConfigError, match=r"^tasks \(t\)\.data_files\.train: cannot read .*bad\.jsonl: "):
         load_task(task, LABELS, tokenizer, max_length=16, seed=0)
+
+
+def test_a_hub_dataset_that_is_not_cached_names_the_offline_hub(tokenizer, monkeypatch):
+    import datasets
+
+    task = TaskConfig(name="reviews", dataset="no-such-org/no-such-dataset-classp-hf")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError) as error:
+        load_task(task, LABELS, tokenizer, max_length=16, seed=0)
+    message = str(error.value)
+    assert message.startswith("tasks (reviews).dataset: cannot load 'no-such-org/no-such-dataset-classp-hf': ")
+    assert message.endswith(
+        "(the Hub is off here, HF_HUB_OFFLINE: load the dataset once with the Hub reachable, or give data_files)"
+    )
+    assert "\n" not in message
