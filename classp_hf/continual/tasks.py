@@ -94,7 +94,7 @@ def _integer_labels_hint(dataset_labels: list[str], labels: list[str]) -> str:
     """For class indices as labels (``0``, ``1``, ... as GLUE-style files have them): the ``label_map`` that reads
     them in the order of the shared labels, to check against the dataset's card (nothing is assumed)."""
     values = set(dataset_labels)
-    if not values or not all(value.isdigit() for value in values):
+    if not values or not all(value.isascii() and value.isdecimal() for value in values):
         return ""
     found = sorted(values, key=int)
     if [int(value) for value in found] != list(range(len(labels))):
